@@ -11,7 +11,7 @@ import json
 import sys
 
 from ltexec import __version__
-from ltexec.validation import check_int
+from ltexec.validation import check_float, check_int
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -71,6 +71,79 @@ def _run_sample(args) -> None:
         out.write(json.dumps(example.to_dict()) + "\n")
 
 
+def float_arg(name: str, minimum: float | None = None, maximum: float | None = None,
+              inclusive_min: bool = True):
+    """An argparse ``type`` that validates with :func:`check_float` and reports its message."""
+
+    def parse(text: str) -> float:
+        try:
+            return check_float(name, text, minimum, maximum, inclusive_min)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def _add_train(subparsers) -> None:
+    from ltexec.backends import BACKENDS
+    from ltexec.curriculum import STRATEGIES
+    from ltexec.sampler import TASKS
+    from ltexec.trainer import DTYPES, TrainConfig
+    from ltexec.vocab import TRANSFORMS
+
+    d = TrainConfig()
+    parser = subparsers.add_parser(
+        "train", help="train an LSTM on a task with a curriculum",
+        description="Train an LSTM on a task with one of the paper's curricula (defaults: the "
+                    "paper's configuration). Progress and sample predictions are printed at each "
+                    "evaluation; metrics.jsonl and an atomic checkpoint are written to --out. "
+                    "Ctrl-C saves a checkpoint and stops; --resume continues it exactly.")
+    add = parser.add_argument
+    # Defaults are None so that --resume can tell which options were given explicitly.
+    add("--task", choices=TASKS, help=f"task to learn (default {d.task})")
+    add("--length", type=int_arg("length", 1), help=f"target length (default {d.length})")
+    add("--nesting", type=int_arg("nesting", 1), help=f"target nesting, programs only (default {d.nesting})")
+    add("--strategy", choices=STRATEGIES, help=f"curriculum strategy (default {d.strategy})")
+    add("--transform", choices=TRANSFORMS, help=f"input modification (default {d.transform})")
+    add("--hidden", type=int_arg("hidden", 1), help=f"LSTM units per layer (default {d.hidden})")
+    add("--layers", type=int_arg("layers", 1), help=f"LSTM layers (default {d.layers})")
+    add("--batch", type=int_arg("batch", 1), help=f"batch size (default {d.batch})")
+    add("--window", type=int_arg("window", 1), help=f"unrolled steps per window (default {d.window})")
+    add("--lr", type=float_arg("lr", 0.0, inclusive_min=False), help=f"learning rate (default {d.lr})")
+    add("--momentum", type=float_arg("momentum", 0.0, 0.999), help=f"SGD momentum (default {d.momentum})")
+    add("--clip", type=float_arg("clip", 0.0, inclusive_min=False),
+        help=f"clip the global gradient norm at this value (default {d.clip})")
+    add("--backend", choices=("auto",) + tuple(BACKENDS), help=f"compute backend (default {d.backend})")
+    add("--dtype", choices=DTYPES, help=f"floating-point type (default {d.dtype})")
+    add("--seed", type=int_arg("seed", 0), help=f"random seed (default {d.seed})")
+    add("--eval-every", type=int_arg("eval-every", 1), help=f"steps between evaluations (default {d.eval_every})")
+    add("--eval-examples", type=int_arg("eval-examples", 1),
+        help=f"examples per validation and test evaluation (default {d.eval_examples})")
+    add("--minutes", type=float_arg("minutes", 0.0, inclusive_min=False),
+        help="wall-clock budget in minutes (default: none)")
+    add("--max-steps", type=int_arg("max-steps", 0), help="step budget (default: none)")
+    add("--out", help="output directory for metrics.jsonl and checkpoint.npz (default: none)")
+    add("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> None:
+    from ltexec.trainer import TrainConfig, train
+
+    names = [name for name in vars(TrainConfig()) if getattr(args, name, None) is not None]
+    given = {name: getattr(args, name) for name in names}
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out, the directory of the run to continue")
+        from ltexec.trainer import Trainer
+        budget = {k: given.pop(k) for k in ("minutes", "max_steps") if k in given}
+        summary = Trainer.resume(args.out, overrides={**given, **budget}).run()
+    else:
+        summary = train(TrainConfig(**given), out_dir=args.out)
+    print(json.dumps(summary))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="ltexec",
@@ -80,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     subparsers.required = True
     _add_sample(subparsers)
+    _add_train(subparsers)
     return parser
 
 
@@ -91,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"ltexec {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        if not type(error).__module__.startswith("ltexec."):
+            raise
+        print(f"ltexec {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ltexec {args.command}: interrupted", file=sys.stderr)
         return 130
