@@ -103,7 +103,7 @@ def _add_train(subparsers) -> None:
     # Defaults are None so that --resume can tell which options were given explicitly.
     add("--task", choices=TASKS, help=f"task to learn (default {d.task})")
     add("--length", type=int_arg("length", 1), help=f"target length (default {d.length})")
-    add("--nesting", type=int_arg("nesting", 1), help=f"target nesting, programs only (default {d.nesting})")
+    add("--nesting", type=int_arg("nesting", 1), help="target nesting, programs only (default 3 for programs, 1 otherwise)")
     add("--strategy", choices=STRATEGIES, help=f"curriculum strategy (default {d.strategy})")
     add("--transform", choices=TRANSFORMS, help=f"input modification (default {d.transform})")
     add("--hidden", type=int_arg("hidden", 1), help=f"LSTM units per layer (default {d.hidden})")

@@ -54,7 +54,7 @@ class TrainConfig:
 
     task: str = "programs"
     length: int = 4
-    nesting: int = 3
+    nesting: int | None = None          # None: 3 for programs (the paper's), 1 for the other tasks
     strategy: str = "combined"
     transform: str = "none"
     hidden: int = 400
@@ -74,6 +74,10 @@ class TrainConfig:
     eval_examples: int = 500
     minutes: float | None = None
     max_steps: int | None = None
+
+    def __post_init__(self):
+        if self.nesting is None:
+            self.nesting = 3 if self.task == "programs" else 1
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ValueError naming the first bad one."""
@@ -161,13 +165,15 @@ class Trainer:
         """One window: forward, BPTT, clip, SGD update; the LSTM state is carried."""
         window = self.batcher.next_window()
         result = self.model.loss_and_grads(window.x, window.y, window.mask, self.state)
-        norm = self.optimizer.grad_norm(self.model.backend, result.grads)
-        if not (math.isfinite(result.loss) and math.isfinite(norm)):
-            what = "loss" if not math.isfinite(result.loss) else "gradient norm"
-            raise TrainingDiverged(
-                f"the {what} became {result.loss if what == 'loss' else norm} at step {self.step + 1} "
-                f"(learning rate {self.optimizer.lr:g}); the parameters were not updated")
-        self.optimizer.step(self.model.backend, self.model.params, result.grads)
+        problem = None if math.isfinite(result.loss) else f"the loss became {result.loss}"
+        if problem is None:
+            try:
+                self.optimizer.step(self.model.backend, self.model.params, result.grads)
+            except FloatingPointError as error:
+                problem = str(error)
+        if problem is not None:
+            raise TrainingDiverged(f"{problem} at step {self.step + 1} (learning rate {self.optimizer.lr:g}); "
+                                   f"the parameters were not updated")
         self.state = result.state
         self.step += 1
         acc = self._since_eval
@@ -308,7 +314,8 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
         backend = self.model.backend
         arrays = {f"param/{k}": backend.to_numpy(v) for k, v in self.model.params.items()}
-        arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict(backend).items()})
+        velocity = self.optimizer.state_dict()["velocity"] or {}
+        arrays.update({f"velocity/{k}": v for k, v in velocity.items()})
         for layer, (h, c) in enumerate(self.state):
             arrays[f"state/h{layer}"] = backend.to_numpy(h)
             arrays[f"state/c{layer}"] = backend.to_numpy(c)
@@ -351,9 +358,9 @@ class Trainer:
     def _restore(self, arrays: dict, meta: dict) -> None:
         backend = self.model.backend
         self.model.load_params({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
-        self.optimizer.load_state_dict(backend, {k[len("optim/"):]: v for k, v in arrays.items()
-                                                 if k.startswith("optim/")})
-        self.optimizer.lr = float(meta["lr"])
+        velocity = {k[len("velocity/"):]: v for k, v in arrays.items() if k.startswith("velocity/")}
+        self.optimizer.load_state_dict({"lr": meta["lr"], "momentum": self.config.momentum,
+                                        "clip": self.config.clip, "velocity": velocity or None})
         expected = self.model.zero_state(self.config.batch)
         state = []
         for layer, (h0, c0) in enumerate(expected):

@@ -1,0 +1,65 @@
+"""Backend registry: find a backend by name, or the best one that runs here.
+
+Backends are listed in :data:`REGISTRY` in order of preference, each as
+``(name, "module:Class")``. Modules are imported only when a backend is asked
+about, and each class says through ``unavailable_reason()`` whether it can run
+here, so a missing optional dependency (CuPy, a GPU driver) never breaks the
+import of this package. Adding a backend is one module with a
+:class:`~ltexec.backends.base.Backend` subclass plus one line in
+:data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from ltexec.backends.base import Backend, BackendUnavailable
+
+__all__ = ["Backend", "BackendUnavailable", "BACKENDS", "REGISTRY", "available_backends", "get_backend"]
+
+REGISTRY = (
+    ("numpy", "ltexec.backends.numpy_backend:NumpyBackend"),
+)
+"""Every backend, best first: ``auto`` picks the first one that can run here."""
+
+BACKENDS = tuple(name for name, _ in REGISTRY)
+
+
+def _backend_class(name: str) -> type[Backend]:
+    module_name, class_name = dict(REGISTRY)[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run here, or None; a failing probe counts as a reason."""
+    try:
+        return _backend_class(name).unavailable_reason()
+    except Exception as exc:  # an import or driver error means "not usable here", never a crash
+        return f"{type(exc).__name__}: {exc}"
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every backend name mapped to None if it can run here, else the reason it cannot."""
+    return {name: _unavailable_reason(name) for name in BACKENDS}
+
+
+def get_backend(name: str = "auto", dtype=np.float32) -> Backend:
+    """A backend instance by name, or with ``"auto"`` the best one that runs here.
+
+    Raises ``ValueError`` for an unknown name or dtype and
+    :class:`BackendUnavailable` (with the reason) for a backend that cannot run here.
+    """
+    if name == "auto":
+        usable = (n for n in BACKENDS if _unavailable_reason(n) is None)
+        name = next(usable, None)
+        if name is None:
+            raise BackendUnavailable(f"no backend can run here: {available_backends()}")
+    elif name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    else:
+        reason = _unavailable_reason(name)
+        if reason is not None:
+            raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
+    return _backend_class(name)(dtype)

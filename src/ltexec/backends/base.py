@@ -1,0 +1,196 @@
+"""The backend interface: the few array operations the model is built from.
+
+:class:`ltexec.model.LSTMModel` never touches an array library directly; every
+computation goes through a :class:`Backend`, so a new backend (a faster CPU
+kernel, a CUDA kernel) only has to provide these operations and the model,
+optimizer, trainer and benchmarks work on it unchanged.
+
+Conventions (B batch, T window length, D layer input size, H hidden units,
+V vocabulary size):
+
+* Every array is an array of ``self.xp`` (NumPy here, CuPy for GPU backends),
+  C-contiguous. Floating arrays have dtype ``self.dtype`` (float32 or float64);
+  token ids are int64.
+* Sequences are time-major: ``xs[t]`` is the (B, D) input of step ``t``.
+* The LSTM gate blocks along the 4H axis are ordered i, f, g, o (as in
+  ``torch.nn.LSTM``); one layer computes, for each step ``t``::
+
+      a = x_t Wx + h_{t-1} Wh + b                        (B, 4H)
+      i, f, o = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o)
+      g = tanh(a_g)
+      c_t = f * c_{t-1} + i * g
+      h_t = o * tanh(c_t)
+
+Operations (what a backend must provide):
+
+``lstm_forward(xs, h0, c0, Wx, Wh, b, training) -> (hs, hT, cT, cache)``
+    xs (T,B,D), h0 and c0 (B,H), Wx (D,4H), Wh (H,4H), b (4H,). Returns all
+    hidden states hs (T,B,H), the final state hT, cT (B,H) and an opaque
+    ``cache`` for the backward pass (None when ``training`` is false).
+``lstm_backward(dhs, dhT, dcT, cache) -> (dxs, dWx, dWh, db, dh0, dc0)``
+    Backpropagation through time: gradients of the loss given its gradients
+    with respect to every hs[t] (dhs, (T,B,H)) and to the final state (dhT,
+    dcT, (B,H)). It may overwrite dhs and the buffers its forward pass
+    allocated, but not the arrays lstm_forward was given (xs, h0, c0, the
+    weights): xs is the layer below's output, still needed by its backward.
+``embedding_forward(E, x) -> xs`` and ``embedding_backward(dxs, x, V) -> dE``
+    E (V,D), x (T,B) ids, xs (T,B,D).
+``linear_forward(hs, W, b) -> logits`` and ``linear_backward(dlogits, hs, W) -> (dhs, dW, db)``
+    hs (T,B,H), W (H,V), b (V,), logits (T,B,V).
+``softmax_xent(logits, y, mask) -> (loss_sum, dlogits, correct)``
+    y (T,B) ids, mask (T,B) of 0/1 in ``self.dtype``. ``loss_sum`` (a Python
+    float) is the cross-entropy summed over positions with mask 1, ``dlogits``
+    its gradient, ``correct`` (a Python int) the number of those positions
+    whose argmax (first maximum) equals y.
+``global_norm(grads) -> float``, ``scale_(grads, factor)``, ``sgd_update_(params, grads, velocity, lr, momentum)``
+    On dicts of arrays: the Euclidean norm of all gradients together; scaling
+    every gradient in place; the in-place SGD update ``v = momentum*v + g;
+    p -= lr*v`` (``velocity`` may be None when momentum is 0).
+
+Every returned gradient is a fresh array (never a view of a parameter, an
+input or another gradient), because the optimizer scales gradients in place.
+
+This class implements everything except the LSTM layer with ``self.xp`` calls
+that work for NumPy and CuPy alike, so a backend subclasses it, sets ``name``
+and ``xp``, implements ``lstm_forward``/``lstm_backward`` and overrides
+whatever else it makes faster. It also tells the registry whether it can run
+here (:meth:`Backend.unavailable_reason`); its module must import even when
+its optional dependencies are missing.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend was asked for by name but cannot run here; the message says why."""
+
+
+def check_dtype(dtype) -> np.dtype:
+    """Return ``dtype`` as a NumPy dtype if it is float32 or float64, else raise ``ValueError``."""
+    try:
+        resolved = None if dtype is None else np.dtype(dtype)   # np.dtype(None) would be float64
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return resolved
+
+
+class Backend:
+    """Array operations for the model; see the module docstring for the contract."""
+
+    name = "base"
+    xp = np
+
+    def __init__(self, dtype=np.float32):
+        self.dtype = check_dtype(dtype)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None if this backend can run here, else a short human reason (e.g. a missing package)."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dtype={self.dtype.name})"
+
+    # ---------------------------------------------------------------- arrays
+
+    def device_name(self) -> str:
+        """A human name for the device the arrays live on."""
+        return f"CPU ({platform.machine() or 'unknown'})"
+
+    def asarray(self, host_array, dtype=None):
+        """A contiguous backend array from a host array; floating data becomes ``self.dtype``."""
+        if dtype is None:
+            source = host_array.dtype if hasattr(host_array, "dtype") else np.asarray(host_array).dtype
+            dtype = self.dtype if np.issubdtype(source, np.floating) else None
+        return self.xp.ascontiguousarray(host_array, dtype=dtype)
+
+    def to_numpy(self, array) -> np.ndarray:
+        """A NumPy copy (or view, for NumPy backends) of a backend array."""
+        return np.asarray(array)
+
+    def synchronize(self) -> None:
+        """Wait until queued device work has finished (for timing); a no-op on the CPU."""
+
+    # ------------------------------------------------------------ LSTM layer
+
+    def lstm_forward(self, xs, h0, c0, Wx, Wh, b, training: bool):
+        """One LSTM layer over a window: ``(hs, hT, cT, cache)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement lstm_forward")
+
+    def lstm_backward(self, dhs, dhT, dcT, cache):
+        """Backpropagation through time for one layer: ``(dxs, dWx, dWh, db, dh0, dc0)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement lstm_backward")
+
+    # ----------------------------------------------------- embedding, output
+
+    def embedding_forward(self, E, x):
+        """Rows of E for every id: (T,B) ids -> (T,B,D)."""
+        return E[x]
+
+    def embedding_backward(self, dxs, x, V: int):
+        """Gradient of E: the rows of dxs summed per id, as a one-hot product (V is small)."""
+        T, B, D = dxs.shape
+        one_hot = self._one_hot(x.reshape(T * B), V)           # (T*B, V)
+        return one_hot.T @ dxs.reshape(T * B, D)                # (V, D)
+
+    def linear_forward(self, hs, W, b):
+        """Affine output layer: (T,B,H) -> (T,B,V)."""
+        T, B, H = hs.shape
+        return (hs.reshape(T * B, H) @ W + b).reshape(T, B, W.shape[1])
+
+    def linear_backward(self, dlogits, hs, W):
+        """Gradients of the output layer: ``(dhs, dW, db)``."""
+        T, B, H = hs.shape
+        dlogits2 = dlogits.reshape(T * B, W.shape[1])
+        dhs = (dlogits2 @ W.T).reshape(T, B, H)
+        dW = hs.reshape(T * B, H).T @ dlogits2
+        db = dlogits2.sum(axis=0)
+        return dhs, dW, db
+
+    def softmax_xent(self, logits, y, mask):
+        """Masked summed cross-entropy, its gradient and the count of correct argmaxes."""
+        xp = self.xp
+        shifted = logits - logits.max(axis=-1, keepdims=True)   # largest logit is 0: exp cannot overflow
+        log_z = xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+        log_p = shifted - log_z                                  # (T,B,V) log-probabilities
+        log_p_y = xp.take_along_axis(log_p, y[..., None], axis=-1)[..., 0]
+        loss_sum = -(log_p_y * mask).sum()
+        one_hot = self._one_hot(y, logits.shape[-1])
+        dlogits = (xp.exp(log_p) - one_hot) * mask[..., None]
+        correct = ((logits.argmax(axis=-1) == y) & (mask != 0)).sum()
+        return float(loss_sum), dlogits, int(correct)
+
+    def _one_hot(self, ids, V: int):
+        """Float one-hot rows for an integer id array: ids.shape + (V,)."""
+        return (ids[..., None] == self.xp.arange(V)).astype(self.dtype)
+
+    # ------------------------------------------------------------- optimizer
+
+    def global_norm(self, grads: dict) -> float:
+        """Euclidean norm of all gradient arrays taken together."""
+        total = sum((g * g).sum() for g in grads.values())
+        return float(self.xp.sqrt(total))
+
+    def scale_(self, grads: dict, factor: float) -> None:
+        """Multiply every gradient by ``factor`` in place."""
+        for g in grads.values():
+            g *= factor
+
+    def sgd_update_(self, params: dict, grads: dict, velocity, lr: float, momentum: float) -> None:
+        """In-place SGD with PyTorch's momentum convention: v = momentum*v + g; p -= lr*v."""
+        for name, p in params.items():
+            step = grads[name]
+            if momentum:
+                v = velocity[name]
+                v *= momentum
+                v += step
+                step = v
+            p -= lr * step
