@@ -88,9 +88,10 @@ class LSTMModel:
     def loss_and_grads(self, x, y, mask, state) -> StepResult:
         """Forward and backward over one window of T steps.
 
-        x, y (T,B) int ids (y is x shifted by one: the character to predict),
-        mask (T,B) of 0/1 (1 where y is a target character), ``state`` the
-        carried-in state (a list like :meth:`zero_state`'s, or None for zeros).
+        x, y (T,B) int ids (the characters read and the characters to
+        predict), mask (T,B) of 0/1 (1 where y is a target character),
+        ``state`` the carried-in state (a list like :meth:`zero_state`'s, or
+        None for zeros).
         """
         x = self._check_ids("x", x)
         y = self._check_ids("y", y, x.shape)
@@ -107,12 +108,10 @@ class LSTMModel:
         grads = {}
         dh, grads["Wy"], grads["by"] = bk.linear_backward(dlogits, top, P["Wy"])
         dstate = [None] * self.layers
-        zeros = bk.xp.zeros
+        no_grad = self.zero_state(batch)     # truncated BPTT: nothing arrives from the next window
         for k in reversed(range(self.layers)):
-            no_grad = (zeros((batch, self.hidden), self.dtype), zeros((batch, self.hidden), self.dtype))
-            # (no gradient arrives from the next window: truncated BPTT)
             dh, grads[f"Wx{k}"], grads[f"Wh{k}"], grads[f"b{k}"], dh0, dc0 = bk.lstm_backward(
-                dh, *no_grad, caches[k])
+                dh, *no_grad[k], caches[k])
             dstate[k] = (dh0, dc0)
         grads["embed"] = bk.embedding_backward(dh, x_dev, self.vocab_size)
 

@@ -20,6 +20,7 @@ from ltexec.backends.base import Backend, BackendUnavailable
 __all__ = ["Backend", "BackendUnavailable", "BACKENDS", "REGISTRY", "available_backends", "get_backend"]
 
 REGISTRY = (
+    ("cpu", "ltexec.backends.cpu:CpuBackend"),
     ("numpy", "ltexec.backends.numpy_backend:NumpyBackend"),
 )
 """Every backend, best first: ``auto`` picks the first one that can run here."""

@@ -30,9 +30,9 @@ Operations (what a backend must provide):
 ``lstm_backward(dhs, dhT, dcT, cache) -> (dxs, dWx, dWh, db, dh0, dc0)``
     Backpropagation through time: gradients of the loss given its gradients
     with respect to every hs[t] (dhs, (T,B,H)) and to the final state (dhT,
-    dcT, (B,H)). It may overwrite dhs and the buffers its forward pass
-    allocated, but not the arrays lstm_forward was given (xs, h0, c0, the
-    weights): xs is the layer below's output, still needed by its backward.
+    dcT, (B,H)). It may overwrite dhs and workspace held only by the cache,
+    never an array lstm_forward was given or returned: xs is the layer
+    below's output and hT, cT are carried into the next window.
 ``embedding_forward(E, x) -> xs`` and ``embedding_backward(dxs, x, V) -> dE``
     E (V,D), x (T,B) ids, xs (T,B,D).
 ``linear_forward(hs, W, b) -> logits`` and ``linear_backward(dlogits, hs, W) -> (dhs, dW, db)``
@@ -49,6 +49,11 @@ Operations (what a backend must provide):
 
 Every returned gradient is a fresh array (never a view of a parameter, an
 input or another gradient), because the optimizer scales gradients in place.
+
+Housekeeping: ``name``, ``xp``, ``dtype``, ``device_name()``,
+``asarray(host_array)`` (host to backend; floating data becomes
+``self.dtype``), ``to_numpy(array)``, ``synchronize()`` (wait for queued
+device work, for timing) and the classmethod ``unavailable_reason()``.
 
 This class implements everything except the LSTM layer with ``self.xp`` calls
 that work for NumPy and CuPy alike, so a backend subclasses it, sets ``name``
@@ -114,7 +119,7 @@ class Backend:
 
     def to_numpy(self, array) -> np.ndarray:
         """A NumPy copy (or view, for NumPy backends) of a backend array."""
-        return np.asarray(array)
+        return getattr(self.xp, "asnumpy", np.asarray)(array)   # CuPy names it asnumpy
 
     def synchronize(self) -> None:
         """Wait until queued device work has finished (for timing); a no-op on the CPU."""
