@@ -23,10 +23,10 @@ from ltexec.sampler import sample
 from ltexec.trainer import Trainer, TrainConfig
 
 # What 10 minutes on a 2-core CPU can afford, and what makes it reliable (see README).
-FAST = dict(hidden=128, layers=1, batch=32, window=50, strategy="combined", transform="reverse",
+FAST = dict(hidden=128, layers=1, batch=32, window=50, mode="examples", strategy="combined", transform="reverse",
             lr=0.5, momentum=0.0, clip=5.0, eval_every=500, eval_examples=300)
 # The paper's configuration (SPEC section 3): 2x400, batch 100, plain SGD at 0.5, clip 5.
-PAPER = dict(hidden=400, layers=2, batch=100, window=50, strategy="combined", transform="none",
+PAPER = dict(hidden=400, layers=2, batch=100, window=50, mode="stream", strategy="combined", transform="none",
              lr=0.5, momentum=0.0, clip=5.0, eval_every=200, eval_examples=500)
 FINAL_TEST_EXAMPLES = 2000
 FINAL_EVAL_RESERVE_S = 15.0     # wall time kept back for the final evaluation
@@ -42,7 +42,8 @@ def parse_args(argv=None):
     parser.add_argument("--paper", action="store_true", help="the paper's full configuration (needs a GPU to be quick)")
     parser.add_argument("--out", default=None, help="directory for metrics.jsonl and the checkpoint (default: none)")
     for name, kind in (("hidden", int), ("layers", int), ("batch", int), ("lr", float),
-                       ("momentum", float), ("clip", float), ("strategy", str), ("transform", str)):
+                       ("momentum", float), ("clip", float), ("strategy", str), ("transform", str),
+                       ("mode", str)):
         parser.add_argument(f"--{name}", type=kind, default=None, help=f"override the preset's {name}")
     return parser.parse_args(argv)
 
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
         return 2
     run = trainer.run()
     test = evaluate(trainer.model, sample("addition", args.length, count=FINAL_TEST_EXAMPLES,
-                                          seed=10_000 + args.seed, split="test"), config.transform)
+                                          seed=10_000 + args.seed, split="test"),
+                    config.transform, warmup=trainer.warmup)
     summary = {
         "task": "addition", "length": args.length, "backend": run["backend"],
         "minutes": round((time.perf_counter() - started) / 60.0, 2), "steps": run["steps"],

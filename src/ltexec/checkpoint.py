@@ -32,7 +32,7 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     if _META_KEY in arrays:
         raise ValueError(f"array name {_META_KEY!r} is reserved for the checkpoint metadata")
     header = {"format": FORMAT, "version": VERSION, **meta}
-    payload = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+    payload = {name: np.asarray(value, order="C") for name, value in arrays.items()}
     payload[_META_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -89,7 +89,7 @@ def _add_train(subparsers) -> None:
     from ltexec.backends import BACKENDS
     from ltexec.curriculum import STRATEGIES
     from ltexec.sampler import TASKS
-    from ltexec.trainer import DTYPES, TrainConfig
+    from ltexec.trainer import DTYPES, MODES, TrainConfig
     from ltexec.vocab import TRANSFORMS
 
     d = TrainConfig()
@@ -110,6 +110,8 @@ def _add_train(subparsers) -> None:
     add("--layers", type=int_arg("layers", 1), help=f"LSTM layers (default {d.layers})")
     add("--batch", type=int_arg("batch", 1), help=f"batch size (default {d.batch})")
     add("--window", type=int_arg("window", 1), help=f"unrolled steps per window (default {d.window})")
+    add("--mode", choices=MODES, help="stream: examples back to back with the state carried between "
+        "windows (the paper's); examples: independent examples from a zero state (default stream)")
     add("--lr", type=float_arg("lr", 0.0, inclusive_min=False), help=f"learning rate (default {d.lr})")
     add("--momentum", type=float_arg("momentum", 0.0, 0.999), help=f"SGD momentum (default {d.momentum})")
     add("--clip", type=float_arg("clip", 0.0, inclusive_min=False),

@@ -1,10 +1,12 @@
 """Held-out evaluation: teacher-forced character accuracy and greedy exact match.
 
-The model is trained on streams of examples packed back to back, so it always
-reads a program right after the previous example's answer, never from a blank
-state. To evaluate it on the inputs it was trained on, every evaluated example
-is preceded by one unscored example (the previous one in the list), exactly as
-in the training stream, and each column starts from a zero state.
+A model trained in stream mode reads every program right after the previous
+example's answer, never from a blank state. To evaluate it on the inputs it was
+trained on (``warmup=True``), every evaluated example is preceded by one
+unscored example (the previous one in the list), exactly as in the training
+stream. A model trained on independent examples starts each one from a zero
+state, and so is evaluated without the warm-up example (``warmup=False``).
+Each column starts from a zero state.
 
 - Teacher-forced accuracy (the paper's metric): the fraction of answer
   characters, terminator included, whose argmax prediction is right when the
@@ -35,17 +37,18 @@ class EvalResult:
     predictions: list[str] = field(repr=False)
 
 
-def evaluate(model, examples: Sequence[Example], transform: str = "none",
+def evaluate(model, examples: Sequence[Example], transform: str = "none", warmup: bool = True,
              batch_size: int = 256) -> EvalResult:
     """Teacher-forced and free-running accuracy of ``model`` on ``examples``."""
     if not examples:
         raise ValueError("evaluate needs at least one example")
     correct = count = exact = 0
     predictions: list[str] = []
+    no_prefix = np.zeros(0, dtype=np.int32)
     for start in range(0, len(examples), batch_size):
         chunk = range(start, min(start + batch_size, len(examples)))
         prefixes = [vocab.encode_example(examples[i - 1].input, examples[i - 1].target, transform)[0]
-                    for i in chunk]
+                    if warmup else no_prefix for i in chunk]
         c, n = _teacher_forced(model, [examples[i] for i in chunk], prefixes, transform)
         correct, count = correct + c, count + n
         decoded = _greedy(model, [examples[i] for i in chunk], prefixes, transform)

@@ -1,9 +1,11 @@
 """The paper's trainer: SGD with a clipped global gradient norm, driven by a curriculum.
 
-Training runs in the paper-faithful stream mode: every batch column is an
-endless stream of examples packed back to back, cut into windows of
-``window`` steps, with the LSTM state carried from one window to the next (no
-gradient flows across windows). Every ``eval_every`` steps the trainer
+By default training runs in the paper-faithful stream mode: every batch
+column is an endless stream of examples packed back to back, cut into windows
+of ``window`` steps, with the LSTM state carried from one window to the next
+(no gradient flows across windows). The ``examples`` mode instead trains on
+batches of independent examples, one per column from a zero state, so that
+backpropagation always reaches from an answer to the start of its program. Every ``eval_every`` steps the trainer
 measures validation (at the curriculum's current level) and test (at the
 target level) accuracy, lets the curriculum advance, decays the learning rate
 by 0.8 on each trigger at the target level, appends a line to
@@ -34,7 +36,7 @@ import numpy as np
 
 from ltexec import vocab
 from ltexec.backends import BACKENDS
-from ltexec.batching import StreamBatcher
+from ltexec.batching import StreamBatcher, pack_examples
 from ltexec.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ltexec.curriculum import STRATEGIES, Curriculum
 from ltexec.evaluation import EvalResult, evaluate
@@ -46,6 +48,7 @@ from ltexec.validation import check_choice, check_float, check_int
 CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.jsonl"
 DTYPES = ("float32", "float64")
+MODES = ("stream", "examples")
 
 
 @dataclass
@@ -61,6 +64,7 @@ class TrainConfig:
     layers: int = 2
     batch: int = 100
     window: int = 50
+    mode: str = "stream"
     lr: float = 0.5
     momentum: float = 0.0
     clip: float = 5.0
@@ -93,6 +97,7 @@ class TrainConfig:
         check_int("layers", self.layers, 1)
         check_int("batch", self.batch, 1)
         check_int("window", self.window, 1)
+        check_choice("mode", self.mode, MODES)
         check_float("lr", self.lr, 0.0, inclusive_min=False)
         check_float("momentum", self.momentum, 0.0, 0.999)
         check_float("clip", self.clip, 0.0, inclusive_min=False)
@@ -142,9 +147,14 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0          # seconds of training and evaluation, across resumes
         self.history: list[dict] = []
-        self._since_eval = {"loss": 0.0, "correct": 0, "count": 0, "steps": 0, "seconds": 0.0}
+        self._since_eval = _fresh_counters()
         self._eval_sets: dict[tuple[str, int, int], list] = {}
         self._stop_requested = False
+
+    @property
+    def warmup(self) -> bool:
+        """Whether evaluation precedes each example by another, as the training stream does."""
+        return self.config.mode == "stream"
 
     # ----------------------------------------------------------------- data
     def _next_training_example(self):
@@ -162,8 +172,13 @@ class Trainer:
 
     # ------------------------------------------------------------- training
     def train_step(self) -> None:
-        """One window: forward, BPTT, clip, SGD update; the LSTM state is carried."""
-        window = self.batcher.next_window()
+        """One window: forward, BPTT, clip, SGD update; in stream mode the LSTM state is carried."""
+        if self.config.mode == "stream":
+            window = self.batcher.next_window()
+        else:
+            window = pack_examples([self._next_training_example() for _ in range(self.config.batch)],
+                                   self.config.transform)
+            self.state = None        # every example starts from a zero state
         result = self.model.loss_and_grads(window.x, window.y, window.mask, self.state)
         problem = None if math.isfinite(result.loss) else f"the loss became {result.loss}"
         if problem is None:
@@ -181,6 +196,7 @@ class Trainer:
         acc["correct"] += result.correct
         acc["count"] += result.count
         acc["steps"] += 1
+        acc["chars"] += window.x.size
 
     def run(self) -> dict:
         """Train until the learning rate, step or time budget runs out; return the final summary."""
@@ -244,13 +260,14 @@ class Trainer:
         acc = self._since_eval
         train_acc = acc["correct"] / max(acc["count"], 1)
         level = self.curriculum.level
-        val = evaluate(self.model, self._eval_set("val", self.curriculum.validation_level()), cfg.transform)
+        val = evaluate(self.model, self._eval_set("val", self.curriculum.validation_level()), cfg.transform,
+                       warmup=self.warmup)
         test_examples = self._eval_set("test", self.curriculum.test_level())
-        test = evaluate(self.model, test_examples, cfg.transform)
+        test = evaluate(self.model, test_examples, cfg.transform, warmup=self.warmup)
         record = {
             "step": self.step,
             "elapsed_s": round(self.elapsed, 3),
-            "chars_per_s": round(acc["steps"] * cfg.batch * cfg.window / max(acc["seconds"], 1e-9), 1),
+            "chars_per_s": round(acc["chars"] / max(acc["seconds"], 1e-9), 1),
             "loss": acc["loss"] / max(acc["steps"], 1),
             "lr": self.optimizer.lr,
             "level": list(level),
@@ -265,7 +282,7 @@ class Trainer:
             self.optimizer.lr *= cfg.lr_decay
         record["event"] = event
         self.history.append(record)
-        self._since_eval = {"loss": 0.0, "correct": 0, "count": 0, "steps": 0, "seconds": 0.0}
+        self._since_eval = _fresh_counters()
         self.log(self._progress_line(record))
         self._show_predictions(test_examples, test)
         self.elapsed += time.perf_counter() - started
@@ -385,6 +402,11 @@ class Trainer:
         kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line)["step"] <= self.step]
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _fresh_counters() -> dict:
+    """Training figures accumulated between two evaluations."""
+    return {"loss": 0.0, "correct": 0, "count": 0, "steps": 0, "chars": 0, "seconds": 0.0}
 
 
 def _rng_state_to_json(state) -> list:
