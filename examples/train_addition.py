@@ -23,8 +23,9 @@ from ltexec.sampler import sample
 from ltexec.trainer import Trainer, TrainConfig
 
 # What 10 minutes on a 2-core CPU can afford, and what makes it reliable (see README).
-FAST = dict(hidden=128, layers=1, batch=32, window=50, mode="examples", strategy="combined", transform="reverse",
-            lr=0.5, momentum=0.0, clip=5.0, eval_every=500, eval_examples=300)
+FAST = dict(hidden=128, layers=1, batch=32, window=50, mode="examples", loss_scale="chars",
+            strategy="baseline", transform="reverse", lr=0.5, momentum=0.9, clip=1.0,
+            eval_every=1000, eval_examples=300)
 # The paper's configuration (SPEC section 3): 2x400, batch 100, plain SGD at 0.5, clip 5.
 PAPER = dict(hidden=400, layers=2, batch=100, window=50, mode="stream", strategy="combined", transform="none",
              lr=0.5, momentum=0.0, clip=5.0, eval_every=200, eval_examples=500)
@@ -43,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="directory for metrics.jsonl and the checkpoint (default: none)")
     for name, kind in (("hidden", int), ("layers", int), ("batch", int), ("lr", float),
                        ("momentum", float), ("clip", float), ("strategy", str), ("transform", str),
-                       ("mode", str)):
+                       ("mode", str), ("loss_scale", str)):
         parser.add_argument(f"--{name}", type=kind, default=None, help=f"override the preset's {name}")
     return parser.parse_args(argv)
 

@@ -89,7 +89,7 @@ def _add_train(subparsers) -> None:
     from ltexec.backends import BACKENDS
     from ltexec.curriculum import STRATEGIES
     from ltexec.sampler import TASKS
-    from ltexec.trainer import DTYPES, MODES, TrainConfig
+    from ltexec.trainer import DTYPES, LOSS_SCALES, MODES, TrainConfig
     from ltexec.vocab import TRANSFORMS
 
     d = TrainConfig()
@@ -112,6 +112,8 @@ def _add_train(subparsers) -> None:
     add("--window", type=int_arg("window", 1), help=f"unrolled steps per window (default {d.window})")
     add("--mode", choices=MODES, help="stream: examples back to back with the state carried between "
         "windows (the paper's); examples: independent examples from a zero state (default stream)")
+    add("--loss-scale", choices=LOSS_SCALES, help="divide the summed answer-character loss by the batch "
+        "size (batch, the paper's) or by the number of answer characters (chars) (default batch)")
     add("--lr", type=float_arg("lr", 0.0, inclusive_min=False), help=f"learning rate (default {d.lr})")
     add("--momentum", type=float_arg("momentum", 0.0, 0.999), help=f"SGD momentum (default {d.momentum})")
     add("--clip", type=float_arg("clip", 0.0, inclusive_min=False),

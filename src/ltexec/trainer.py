@@ -1,5 +1,11 @@
 """The paper's trainer: SGD with a clipped global gradient norm, driven by a curriculum.
 
+The loss is the summed cross-entropy of the answer characters divided by the
+batch size, as in the original code (``loss_scale="batch"``); ``"chars"``
+divides by the number of answer characters instead, which keeps the gradient's
+scale, and so the meaning of ``lr`` and ``clip``, independent of the answers'
+lengths and of the window.
+
 By default training runs in the paper-faithful stream mode: every batch
 column is an endless stream of examples packed back to back, cut into windows
 of ``window`` steps, with the LSTM state carried from one window to the next
@@ -49,6 +55,7 @@ CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.jsonl"
 DTYPES = ("float32", "float64")
 MODES = ("stream", "examples")
+LOSS_SCALES = ("batch", "chars")
 
 
 @dataclass
@@ -65,6 +72,7 @@ class TrainConfig:
     batch: int = 100
     window: int = 50
     mode: str = "stream"
+    loss_scale: str = "batch"
     lr: float = 0.5
     momentum: float = 0.0
     clip: float = 5.0
@@ -98,6 +106,7 @@ class TrainConfig:
         check_int("batch", self.batch, 1)
         check_int("window", self.window, 1)
         check_choice("mode", self.mode, MODES)
+        check_choice("loss_scale", self.loss_scale, LOSS_SCALES)
         check_float("lr", self.lr, 0.0, inclusive_min=False)
         check_float("momentum", self.momentum, 0.0, 0.999)
         check_float("clip", self.clip, 0.0, inclusive_min=False)
@@ -150,6 +159,8 @@ class Trainer:
         self._since_eval = _fresh_counters()
         self._eval_sets: dict[tuple[str, int, int], list] = {}
         self._stop_requested = False
+        self._tty = sys.stderr.isatty()
+        self._last_live = 0.0
 
     @property
     def warmup(self) -> bool:
@@ -180,6 +191,9 @@ class Trainer:
                                    self.config.transform)
             self.state = None        # every example starts from a zero state
         result = self.model.loss_and_grads(window.x, window.y, window.mask, self.state)
+        if self.config.loss_scale == "chars" and result.count:
+            # The mean over answer characters instead of the sum over a batch column.
+            self.model.backend.scale_(result.grads, self.config.batch / result.count)
         problem = None if math.isfinite(result.loss) else f"the loss became {result.loss}"
         if problem is None:
             try:
@@ -219,6 +233,7 @@ class Trainer:
                 spent = time.perf_counter() - started
                 self._since_eval["seconds"] += spent
                 self.elapsed += spent
+                self._live_progress()
                 if self.step % cfg.eval_every == 0:
                     self._evaluate_and_checkpoint()
                     if self.optimizer.lr < cfg.min_lr:
@@ -235,6 +250,19 @@ class Trainer:
             self._evaluate_and_checkpoint()
         self.log(f"stopped after step {self.step}: {reason}")
         return self.summary(reason)
+
+    def _live_progress(self) -> None:
+        """A one-line status on a terminal between evaluations, rewritten in place every second."""
+        now = time.perf_counter()
+        if not self._tty or now - self._last_live < 1.0:
+            return
+        self._last_live = now
+        acc = self._since_eval
+        sys.stderr.write(f"\rstep {self.step:>7} | {acc['chars'] / max(acc['seconds'], 1e-9):>9,.0f} chars/s"
+                         f" | loss {acc['loss'] / max(acc['steps'], 1):.4f}"
+                         f" | train {100 * acc['correct'] / max(acc['count'], 1):5.1f}%"
+                         f" | next evaluation at step {self.step - self.step % self.config.eval_every + self.config.eval_every} ")
+        sys.stderr.flush()
 
     def _request_stop(self, signum, frame):
         if self._stop_requested:          # a second Ctrl-C stops at once
@@ -283,6 +311,8 @@ class Trainer:
         record["event"] = event
         self.history.append(record)
         self._since_eval = _fresh_counters()
+        if self._tty:
+            sys.stderr.write("\r\033[K")
         self.log(self._progress_line(record))
         self._show_predictions(test_examples, test)
         self.elapsed += time.perf_counter() - started
@@ -301,7 +331,10 @@ class Trainer:
                 f"{event}")
 
     def _show_predictions(self, examples, result: EvalResult, count: int = 2) -> None:
-        for example, prediction in list(zip(examples, result.predictions))[:count]:
+        """A few test examples with the model's free-running answer, different ones each time."""
+        first = (len(self.history) * count) % len(examples)
+        for k in range(first, first + min(count, len(examples))):
+            example, prediction = examples[k % len(examples)], result.predictions[k % len(examples)]
             program = example.input.replace("\n", "\n        ")
             mark = "ok" if prediction == example.target + vocab.TERMINATOR else "wrong"
             self.log(f"  input:  {program}\n  target: {example.target}.\n  model:  {prediction} ({mark})")
