@@ -44,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="directory for metrics.jsonl and the checkpoint (default: none)")
     for name, kind in (("hidden", int), ("layers", int), ("batch", int), ("lr", float),
                        ("momentum", float), ("clip", float), ("strategy", str), ("transform", str),
-                       ("mode", str), ("loss_scale", str)):
+                       ("mode", str), ("loss_scale", str), ("eval_every", int)):
         parser.add_argument(f"--{name}", type=kind, default=None, help=f"override the preset's {name}")
     return parser.parse_args(argv)
 
