@@ -13,15 +13,17 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    package_dir={"": "src"},
-    packages=find_packages("src"),
-    data_files=[],
+    # kernels/ (CUDA C sources read by the CuPy backend) installs as the package ltexec.kernels.
+    package_dir={"": "src", "ltexec.kernels": "kernels"},
+    packages=find_packages("src") + ["ltexec.kernels"],
+    package_data={"ltexec.kernels": ["*.cu", "*.cuh"]},
     install_requires=["numpy>=1.23", "numba>=0.59"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        # NVRTC (through cuda-bindings) compiles the CUDA kernels in the tests; no GPU needed.
+        "test": ["pytest>=7", "hypothesis>=6", "cuda-bindings>=13,<14", "nvidia-cuda-nvrtc>=13,<14"],
         "torch": ["torch"],
-        "cuda12": ["cupy-cuda12x", "numba-cuda[cu12]"],
-        "cuda13": ["cupy-cuda13x", "numba-cuda[cu13]"],
+        "cuda12": ["cupy-cuda12x[ctk]>=14", "numba-cuda[cu12]"],
+        "cuda13": ["cupy-cuda13x[ctk]>=14", "numba-cuda[cu13]"],
     },
     entry_points={"console_scripts": ["ltexec = ltexec.cli:main"]},
 )
