@@ -19,11 +19,13 @@ setup(
     package_data={"ltexec.kernels": ["*.cu", "*.cuh"]},
     install_requires=["numpy>=1.23", "numba>=0.59"],
     extras_require={
-        # NVRTC (through cuda-bindings) compiles the CUDA kernels in the tests; no GPU needed.
-        "test": ["pytest>=7", "hypothesis>=6", "cuda-bindings>=13,<14", "nvidia-cuda-nvrtc>=13,<14"],
+        # The tests compile every CUDA kernel (NVRTC through cuda-bindings, NVVM through numba-cuda)
+        # and run the Numba-CUDA kernels on numba's CUDA simulator: no GPU needed.
+        "test": ["pytest>=7", "hypothesis>=6", "numba-cuda>=0.30", "cuda-bindings>=13,<14",
+                 "nvidia-cuda-nvrtc>=13,<14", "nvidia-nvvm>=13,<14"],
         "torch": ["torch"],
-        "cuda12": ["cupy-cuda12x[ctk]>=14", "numba-cuda[cu12]"],
-        "cuda13": ["cupy-cuda13x[ctk]>=14", "numba-cuda[cu13]"],
+        "cuda12": ["cupy-cuda12x[ctk]>=14", "numba-cuda[cu12]>=0.30"],
+        "cuda13": ["cupy-cuda13x[ctk]>=14", "numba-cuda[cu13]>=0.30"],
     },
     entry_points={"console_scripts": ["ltexec = ltexec.cli:main"]},
 )

@@ -20,6 +20,8 @@ from ltexec.backends.base import Backend, BackendUnavailable
 __all__ = ["Backend", "BackendUnavailable", "BACKENDS", "REGISTRY", "available_backends", "get_backend"]
 
 REGISTRY = (
+    ("cupy", "ltexec.backends.cupy_backend:CupyBackend"),
+    ("numba_cuda", "ltexec.backends.numba_cuda:NumbaCudaBackend"),
     ("cpu", "ltexec.backends.cpu:CpuBackend"),
     ("numpy", "ltexec.backends.numpy_backend:NumpyBackend"),
 )

@@ -1,0 +1,40 @@
+"""The numba_cuda kernel tests run on the CUDA simulator or on a GPU, never on anything else.
+
+``tests/test_numba_cuda_kernels.py`` runs this folder in a subprocess with
+``NUMBA_ENABLE_CUDASIM=1``: the simulator has to be chosen before
+``numba.cuda`` is first imported, and the rest of the suite must not see a
+simulated device (``auto`` would then have to tell it apart). On a machine
+with a GPU, numba-cuda and CuPy, the main suite collects this folder too and
+the same tests run on the device with CuPy arrays. Anywhere else nothing
+here is collected. Run by hand: ``NUMBA_ENABLE_CUDASIM=1 pytest tests/numba_cuda``.
+"""
+
+import pytest
+
+
+def _mode() -> str | None:
+    """'simulator', 'device', or None when neither can run the kernels here."""
+    try:
+        from ltexec.backends.numba_cuda import NumbaCudaBackend, _simulator_active
+    except ImportError:
+        return None
+    if _simulator_active():
+        return "simulator"
+    return "device" if NumbaCudaBackend.unavailable_reason() is None else None
+
+
+MODE = _mode()
+if MODE is None:
+    collect_ignore_glob = ["test_*.py"]
+
+
+@pytest.fixture(scope="session")
+def make_backend():
+    """``make_backend(dtype, gemm="tiled")``: the backend on the simulator or on the device."""
+    from ltexec.backends.numba_cuda import NumbaCudaBackend
+
+    def make(dtype, gemm="tiled"):
+        return NumbaCudaBackend(dtype, gemm=gemm, simulator=MODE == "simulator")
+
+    return make
+

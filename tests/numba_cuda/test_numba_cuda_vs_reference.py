@@ -1,0 +1,351 @@
+"""The numba_cuda kernels and backend against the NumPy reference (on the CUDA simulator, or a GPU).
+
+Every kernel is launched through the backend's ``Launcher`` on fresh random
+inputs (never zeros) with its outputs poisoned with NaN first, so an element
+a kernel forgets to write shows up. Shapes are tiny, because the simulator
+runs every CUDA thread as a Python thread, but they include sizes that are
+not multiples of the tiles and sizes that need several blocks along a grid
+dimension and several k-chunks. The reference runs in float64 on the same
+numbers. Tolerance, as max|kernel - reference| / max|reference| per array:
+1e-12 for float64 kernels, 1e-5 for float32 ones.
+"""
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ltexec.backends import BackendUnavailable, available_backends, get_backend
+from ltexec.backends import numba_cuda_kernels as nk
+from ltexec.backends.numba_cuda import NumbaCudaBackend, _simulator_active
+from ltexec.backends.numpy_backend import NumpyBackend, cell_backward, cell_forward
+from ltexec.model import LSTMModel
+from ltexec.optim import SGD
+
+DTYPES = [np.float32, np.float64]
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+FEW = settings(max_examples=6, deadline=None)
+MODE = "simulator" if _simulator_active() else "device"   # conftest collects this file for nothing else
+
+
+def assert_close(name, actual, expected, dtype):
+    """Relative error below TOLERANCE[dtype], and no NaN left by a missed write."""
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    assert np.isfinite(actual).all(), f"{name}: not every element written (NaN left)"
+    scale = max(np.abs(expected).max(initial=0.0), np.finfo(np.float64).tiny)
+    error = np.abs(actual - expected).max(initial=0.0) / scale
+    assert error < TOLERANCE[dtype], f"{name}: relative error {error:.3g}"
+
+
+class PoisonedEmpty:
+    """The backend's array module, except that ``empty`` hands out arrays full of NaN."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def __getattr__(self, name):
+        return getattr(self.xp, name)
+
+    def empty(self, shape, dtype):
+        return self.xp.full(shape, np.nan, dtype)
+
+
+class Arrays:
+    """Random host inputs of one dtype, moved to the backend, and NaN-poisoned outputs."""
+
+    def __init__(self, backend, seed):
+        self.backend, self.rng = backend, np.random.default_rng(seed)
+
+    def uniform(self, shape, scale=1.0):
+        """(host, device) copies of the same uniform numbers in [-scale, scale]; never the same array."""
+        host = self.rng.uniform(-scale, scale, shape).astype(self.backend.dtype)
+        return host, self.backend.asarray(host.copy())
+
+    def poisoned(self, shape):
+        return self.backend.asarray(np.full(shape, np.nan, self.backend.dtype))
+
+    def host(self, device_array):
+        return np.array(self.backend.to_numpy(device_array), dtype=np.float64)
+
+
+# ------------------------------------------------------------------- kernels
+
+# (M, N, K, trans_a, trans_b, bias): every transpose and bias combination at small sizes, and
+# 67 x 70 x 19, which needs 2 x 2 blocks of 16 x 16 threads and two k-chunks.
+GEMM_CASES = ([(5, 7, 3, ta, tb, bias) for ta in (False, True) for tb in (False, True) for bias in (False, True)]
+              + [(1, 1, 1, False, False, True), (13, 6, 17, True, False, False),
+                 (67, 70, 19, False, True, True), (70, 67, 19, True, False, False)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M, N, K, trans_a, trans_b, bias", GEMM_CASES)
+def test_gemm_matches_matmul(make_backend, dtype, M, N, K, trans_a, trans_b, bias):
+    arrays = Arrays(make_backend(dtype), seed=M * N * K)
+    A, A_dev = arrays.uniform((K, M) if trans_a else (M, K))
+    B, B_dev = arrays.uniform((N, K) if trans_b else (K, N))
+    b, b_dev = arrays.uniform((N,))
+    C = arrays.poisoned((M, N))
+    arrays.backend.launcher.gemm(A_dev, B_dev, C, trans_a, trans_b, b_dev if bias else None)
+    expected = (A.T if trans_a else A).astype(np.float64) @ (B.T if trans_b else B) + (b if bias else 0)
+    assert_close("C", arrays.host(C), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M, N", [(1, 1), (5, 3), (300, 2), (9, 40)])
+def test_column_sums(make_backend, dtype, M, N):
+    arrays = Arrays(make_backend(dtype), seed=M + N)
+    A, A_dev = arrays.uniform((M, N))
+    out = arrays.poisoned((N,))
+    arrays.backend.launcher.column_sums(A_dev, out)
+    assert_close("sums", arrays.host(out), A.astype(np.float64).sum(axis=0), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T, B, H", [(1, 1, 1), (3, 2, 5), (2, 9, 33)])
+def test_lstm_steps_match_reference_cells(make_backend, dtype, T, B, H):
+    """All fused forward steps, then all fused backward steps, against numpy_backend's cells.
+
+    (2, 9, 33) needs two blocks along both the hidden units and the batch rows, and
+    several k-chunks (H = 33 forward, 4H = 132 backward).
+    """
+    arrays = Arrays(make_backend(dtype), seed=T * B * H)
+    k = arrays.backend.launcher
+    xproj, gates = arrays.uniform((T, B, 4 * H))            # x_t Wx
+    h0, _ = arrays.uniform((B, H))
+    c0, _ = arrays.uniform((B, H))
+    Wh, Wh_dev = arrays.uniform((H, 4 * H), 0.7)
+    b, b_dev = arrays.uniform((4 * H,), 0.5)
+    hs, cs = arrays.poisoned((T + 1, B, H)), arrays.poisoned((T + 1, B, H))
+    hs[0], cs[0] = arrays.backend.asarray(h0), arrays.backend.asarray(c0)
+    k.lstm_forward(gates, hs, cs, Wh_dev, b_dev)
+
+    f64 = np.float64
+    h, c, caches, ref_hs, ref_cs = h0.astype(f64), c0.astype(f64), [], [], []
+    for t in range(T):
+        h, c, cache = cell_forward(xproj[t].astype(f64), h, c, Wh.astype(f64), b.astype(f64))
+        ref_hs.append(h)
+        ref_cs.append(c)
+        caches.append(cache)
+    assert_close("h_t", arrays.host(hs)[1:], np.stack(ref_hs), dtype)
+    assert_close("c_t", arrays.host(cs)[1:], np.stack(ref_cs), dtype)
+    assert_close("i, f, g, o", arrays.host(gates), np.stack([np.concatenate(cache[:4], axis=1)
+                                                            for cache in caches]), dtype)
+
+    dhs, dhs_dev = arrays.uniform((T, B, H))
+    dh_last, dh_last_dev = arrays.uniform((B, H))
+    dcT, dc = arrays.uniform((B, H))
+    k.lstm_backward(gates, dhs_dev, dh_last_dev, dc, cs, Wh_dev)
+    dh, dc_ref, das = dh_last.astype(f64), dcT.astype(f64), [None] * T
+    for t in reversed(range(T)):
+        das[t], dh, dc_ref = cell_backward(dhs[t] + dh, dc_ref, caches[t])
+    assert_close("da", arrays.host(gates), np.stack(das), dtype)
+    assert_close("dc0", arrays.host(dc), dc_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(R=st.integers(1, 12), V=st.sampled_from([1, 2, 7, 33, 70]), ties=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_softmax_xent_rows(make_backend, dtype, R, V, ties, seed):
+    """Per-row loss, hit and gradient against the reference; ties take the first maximum."""
+    arrays = Arrays(make_backend(dtype), seed)
+    rng = arrays.rng
+    logits = (rng.integers(-2, 3, (R, V)) if ties else rng.normal(0, 3, (R, V))).astype(dtype)
+    y = rng.integers(0, V, R)
+    mask = (rng.random(R) < 0.6).astype(dtype)
+    dlogits, row_stats = arrays.poisoned((R, V)), arrays.poisoned((R, 2))
+    to = arrays.backend.asarray
+    arrays.backend.launcher.softmax_xent(to(logits), to(y), to(mask), dlogits, row_stats)
+
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    expected_d = (np.exp(log_p) - np.eye(V)[y]) * mask[:, None]
+    stats = arrays.host(row_stats)
+    assert_close("dlogits", arrays.host(dlogits), expected_d, dtype)
+    assert_close("loss", stats[:, 0], -log_p[np.arange(R), y] * mask, dtype)
+    np.testing.assert_array_equal(stats[:, 1], (logits.argmax(axis=1) == y) * mask)
+
+
+def test_softmax_xent_target_outside_vocabulary_is_nan(make_backend):
+    arrays = Arrays(make_backend(np.float64), seed=1)
+    logits, logits_dev = arrays.uniform((2, 3))
+    to = arrays.backend.asarray
+    row_stats = arrays.poisoned((2, 2))
+    arrays.backend.launcher.softmax_xent(logits_dev, to(np.array([1, 3])), to(np.ones(2)),
+                                         arrays.poisoned((2, 3)), row_stats)
+    stats = arrays.host(row_stats)
+    assert np.isfinite(stats[0]).all() and np.isnan(stats[1, 0]) and stats[1, 1] == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(R=st.integers(1, 12), V=st.integers(1, 6), D=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
+def test_embedding_gather_and_scatter(make_backend, dtype, R, V, D, seed):
+    arrays = Arrays(make_backend(dtype), seed)
+    E, E_dev = arrays.uniform((V, D))
+    dxs, dxs_dev = arrays.uniform((R, D))
+    ids = arrays.rng.integers(0, V, R)                      # ids repeat: R can exceed V
+    k, ids_dev = arrays.backend.launcher, arrays.backend.asarray(ids)
+    xs, dE = arrays.poisoned((R, D)), arrays.poisoned((V, D))
+    k.embedding_forward(E_dev, ids_dev, xs)
+    k.embedding_backward(dxs_dev, ids_dev, dE)
+    assert_close("xs", arrays.host(xs), E[ids], dtype)
+    expected = np.zeros((V, D))
+    np.add.at(expected, ids, dxs.astype(np.float64))
+    assert_close("dE", arrays.host(dE), expected, dtype)
+
+
+def test_embedding_id_outside_vocabulary_gives_nan_row(make_backend):
+    arrays = Arrays(make_backend(np.float64), seed=2)
+    _, E_dev = arrays.uniform((3, 2))
+    xs = arrays.poisoned((2, 2))
+    arrays.backend.launcher.embedding_forward(E_dev, arrays.backend.asarray(np.array([2, 3])), xs)
+    rows = arrays.host(xs)
+    assert np.isfinite(rows[0]).all() and np.isnan(rows[1]).all()
+
+
+# ------------------------------------------------------------------ validation
+
+def test_bad_arrays_are_refused_before_launch(make_backend):
+    backend = make_backend(np.float32)
+    k, xp, to = backend.launcher, backend.xp, backend.asarray
+    A, C = to(np.ones((4, 3))), to(np.ones((4, 5)))
+    with pytest.raises(TypeError, match="B must have dtype float32, got float64"):
+        k.gemm(A, xp.ones((3, 5)), C)
+    with pytest.raises(ValueError, match=r"B has shape \(4, 5\), expected \(3, 5\)"):
+        k.gemm(A, to(np.ones((4, 5))), C)
+    with pytest.raises(ValueError, match="must be C-contiguous"):
+        k.gemm(A, to(np.ones((5, 3))).T, C)
+    with pytest.raises(TypeError, match="A must be one of the"):
+        k.gemm(A.tolist(), to(np.ones((3, 5))), C)
+    with pytest.raises(ValueError, match="A must not be empty"):
+        k.column_sums(to(np.ones((2, 0))), to(np.ones(0)))
+    with pytest.raises(TypeError, match="y must have dtype int64"):
+        k.softmax_xent(to(np.ones((2, 3))), to(np.ones(2)), to(np.ones(2)), C, C)
+    with pytest.raises(ValueError, match=r"hs has shape \(2, 1, 2\), expected \(3, 1, 2\)"):
+        k.lstm_forward(to(np.ones((2, 1, 8))), to(np.ones((2, 1, 2))), to(np.ones((3, 1, 2))),
+                       to(np.ones((2, 8))), to(np.ones(8)))
+    with pytest.raises(ValueError, match=r"h0 has shape \(2, 3\), expected \(1, 3\)"):
+        backend.lstm_forward(to(np.ones((2, 1, 4))), to(np.ones((2, 3))), to(np.ones((1, 3))),
+                             to(np.ones((4, 12))), to(np.ones((3, 12))), to(np.ones(12)), training=False)
+
+
+def test_gemm_choice_is_validated(make_backend):
+    with pytest.raises(ValueError, match="gemm must be one of"):
+        make_backend(np.float32, gemm="magic")
+
+
+@pytest.mark.skipif(MODE != "simulator", reason="the simulator's own checks")
+def test_simulator_is_never_a_device():
+    """Under the simulator the backend is unavailable to the registry: auto skips it, naming it fails."""
+    reason = available_backends()["numba_cuda"]
+    assert reason is not None and "simulator" in reason
+    assert get_backend("auto").name != "numba_cuda"
+    with pytest.raises(BackendUnavailable, match="simulator"):
+        get_backend("numba_cuda")
+    with pytest.raises(ValueError, match="only 'tiled'"):
+        NumbaCudaBackend(np.float32, gemm="cublas", simulator=True)
+
+
+# ----------------------------------------------------------- whole model
+
+def gemm_choices():
+    return ["tiled", "cublas"] if MODE == "device" else ["tiled"]
+
+
+@pytest.mark.parametrize("gemm", gemm_choices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_training_steps_match_numpy(make_backend, monkeypatch, dtype, gemm):
+    """Two loss_and_grads + SGD steps through LSTMModel (state carried) give the reference's numbers.
+
+    Hidden 5 and vocabulary 7 are not multiples of any tile. Buffers the backend allocates
+    start as NaN, so one element left unwritten would reach the results. Every kernel launch is
+    recorded: each kernel runs, with exactly the argument types ``signatures()`` lists
+    (what the compile tests compile).
+    """
+    launched = {}
+    configured = nk.Launcher._configured
+
+    def recording(self, name, grid, block):
+        kernel = configured(self, name, grid, block)
+
+        def launch(*args):
+            launched.setdefault(name, set()).add(tuple(numba.typeof(a) for a in args))
+            kernel(*args)
+        return launch
+
+    monkeypatch.setattr(nk.Launcher, "_configured", recording)
+    backend = make_backend(dtype, gemm)
+    backend.xp = PoisonedEmpty(backend.xp)       # every buffer the backend allocates starts as NaN
+    V, H, layers, T, B = 7, 5, 2, 3, 2
+    rng = np.random.default_rng(5)
+    models = {"numba_cuda": LSTMModel(V, H, layers, backend=backend, init_scale=0.5, seed=3),
+              "numpy": LSTMModel(V, H, layers, backend=NumpyBackend(np.float64), init_scale=0.5, seed=3)}
+    models["numpy"].load_params(models["numba_cuda"].state_dict())     # the same (rounded) numbers
+    optimizers = {name: SGD(lr=0.5, momentum=0.9, clip=1.0) for name in models}
+    states = {name: None for name in models}
+    for step in range(2):
+        x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+        mask = (rng.random((T, B)) < 0.6).astype(dtype)
+        mask[0, 0] = 1.0
+        results = {}
+        for name, model in models.items():
+            results[name] = model.loss_and_grads(x, y, mask, states[name])
+            optimizers[name].step(model.backend, model.params, results[name].grads)
+            states[name] = results[name].state
+        fast, ref = results["numba_cuda"], results["numpy"]
+        host = models["numba_cuda"].backend.to_numpy
+        assert fast.correct == ref.correct and fast.count == ref.count
+        assert_close(f"step {step} loss", fast.loss, ref.loss, dtype)
+        for name in ref.grads:
+            assert_close(f"step {step} grads[{name}]", host(fast.grads[name]), ref.grads[name], dtype)
+        for k in range(layers):
+            for part in range(2):
+                assert_close(f"step {step} state[{k}][{part}]", host(fast.state[k][part]),
+                             ref.state[k][part], dtype)
+                assert_close(f"step {step} dstate[{k}][{part}]", host(fast.dstate[k][part]),
+                             ref.dstate[k][part], dtype)
+    signatures = nk.signatures(dtype)
+    assert launched.keys() == signatures.keys() - ({"gemm"} if gemm == "cublas" else set())
+    for name, types in launched.items():
+        assert types == {signatures[name]}, f"{name} was launched with {types}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inference_and_greedy_decoding_match_numpy(make_backend, dtype):
+    V, H = 6, 4
+    fast = LSTMModel(V, H, layers=2, backend=make_backend(dtype), init_scale=0.5, seed=4)
+    ref = LSTMModel(V, H, layers=2, backend=NumpyBackend(np.float64), init_scale=0.5, seed=4)
+    ref.load_params(fast.state_dict())
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, V, (3, 2))
+    (logits, state), (logits_ref, state_ref) = fast.forward(x, None), ref.forward(x, None)
+    assert_close("logits", logits, logits_ref, dtype)
+    assert_close("h", fast.backend.to_numpy(state[1][0]), state_ref[1][0], dtype)
+    prompts, lengths = rng.integers(0, V, (3, 2)), np.array([3, 2])
+    answers = fast.greedy_decode(prompts, lengths, max_answer_len=2, stop_id=0)
+    expected = ref.greedy_decode(prompts, lengths, max_answer_len=2, stop_id=0)
+    for a, e in zip(answers, expected):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_backward_leaves_forward_arrays_alone_and_consumes_its_cache(make_backend):
+    backend = make_backend(np.float64)
+    arrays = Arrays(backend, seed=6)
+    T, B, D, H = 2, 2, 3, 4
+    inputs = [arrays.uniform(shape)[1] for shape in ((T, B, D), (B, H), (B, H), (D, 4 * H), (H, 4 * H), (4 * H,))]
+    kept = [arrays.host(a) for a in inputs]
+    hs, hT, cT, cache = backend.lstm_forward(*inputs, training=True)
+    outputs = [arrays.host(a) for a in (hs, hT, cT)]
+    grads = [arrays.uniform(shape)[1] for shape in ((T, B, H), (B, H), (B, H))]
+    dhT, dcT = arrays.host(grads[1]), arrays.host(grads[2])
+    backend.lstm_backward(*grads, cache)
+    for a, before in zip(list(inputs) + [hs, hT, cT], kept + outputs):
+        np.testing.assert_array_equal(arrays.host(a), before)
+    np.testing.assert_array_equal(arrays.host(grads[1]), dhT)
+    np.testing.assert_array_equal(arrays.host(grads[2]), dcT)
+    with pytest.raises(ValueError, match="through lstm_backward already"):
+        backend.lstm_backward(*grads, cache)
+    with pytest.raises(TypeError, match="cache must come from NumbaCudaBackend.lstm_forward"):
+        backend.lstm_backward(*grads, None)
