@@ -19,10 +19,11 @@ setup(
     package_data={"ltexec.kernels": ["*.cu", "*.cuh"]},
     install_requires=["numpy>=1.23", "numba>=0.59"],
     extras_require={
-        # The tests compile every CUDA kernel (NVRTC through cuda-bindings, NVVM through numba-cuda)
+        # The tests compile every CUDA kernel (NVRTC through cuda-bindings, NVVM through numba-cuda),
+        # read ptxas's register and spill reports (nvcc and ptxas of the same CUDA release as NVVM)
         # and run the Numba-CUDA kernels on numba's CUDA simulator: no GPU needed.
         "test": ["pytest>=7", "hypothesis>=6", "numba-cuda>=0.30", "cuda-bindings>=13,<14",
-                 "nvidia-cuda-nvrtc>=13,<14", "nvidia-nvvm>=13,<14"],
+                 "nvidia-cuda-nvrtc>=13,<14", "nvidia-nvvm>=13,<14", "nvidia-cuda-nvcc>=13,<14"],
         "torch": ["torch"],
         "cuda12": ["cupy-cuda12x[ctk]>=14", "numba-cuda[cu12]>=0.30"],
         "cuda13": ["cupy-cuda13x[ctk]>=14", "numba-cuda[cu13]>=0.30"],

@@ -45,7 +45,8 @@ def parse_args(argv=None):
     for name, kind in (("hidden", int), ("layers", int), ("batch", int), ("lr", float),
                        ("momentum", float), ("clip", float), ("strategy", str), ("transform", str),
                        ("mode", str), ("loss_scale", str), ("eval_every", int)):
-        parser.add_argument(f"--{name}", type=kind, default=None, help=f"override the preset's {name}")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                            help=f"override the preset's {name}")
     return parser.parse_args(argv)
 
 

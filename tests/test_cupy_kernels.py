@@ -3,7 +3,8 @@
 * Compilation: every source goes through NVRTC (the compiler CuPy uses) for
   sm_80 and sm_90 with exactly the options and name expressions the CuPy
   backend uses, and every instantiation must come out. Where nvcc is
-  installed, ptxas's resource report is recorded and must show no spills.
+  installed (the test extra brings one), ptxas's resource report is
+  recorded and must show no spills.
 * Arithmetic: the same source text runs on the CPU through the C++ emulation
   in tests/cuda_emulation (itself checked first on kernels with known
   results) and is compared with the NumPy reference of
@@ -18,7 +19,6 @@ below 1e-5 for float32 kernels and below 1e-12 for float64 ones.
 """
 
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cuda_emulation as emulation
+from cuda_toolkit import toolkit_program
 from ltexec.backends import cupy_backend
 from ltexec.backends.base import Backend
 from ltexec.backends.numpy_backend import cell_backward, cell_forward
@@ -36,6 +37,7 @@ DTYPES = [np.float32, np.float64]
 ARCHES = ["sm_80", "sm_90"]
 SOURCES = sorted(cupy_backend.KERNELS)
 SETTINGS = settings(max_examples=12, deadline=None)
+NVCC = toolkit_program("nvcc")
 GUARD = 4          # guard cells on each side of every kernel argument
 CANARY = 12345     # their value
 
@@ -157,14 +159,14 @@ def test_kernel_sources_ship_in_the_package():
         kernels.source("missing.cu")
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed (pip install nvidia-cuda-nvcc)")
 @pytest.mark.parametrize("source", SOURCES)
 def test_no_register_spills(source, tmp_path, record_property):
     expressions = cupy_backend.name_expressions(source)
     wrapper = tmp_path / f"instantiate_{source}"
     wrapper.write_text(f'#include "{emulation.KERNEL_DIR / source}"\n'
                        "void instantiate()\n{\n" + "".join(f"    (void)&{e};\n" for e in expressions) + "}\n")
-    result = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "--resource-usage", *cupy_backend.NVRTC_OPTIONS,
+    result = subprocess.run([NVCC, "-cubin", "-arch=sm_90", "--resource-usage", *cupy_backend.NVRTC_OPTIONS,
                              "-o", str(tmp_path / "out.cubin"), str(wrapper)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     report = result.stdout + result.stderr

@@ -1,0 +1,342 @@
+"""Training-step throughput of every backend and of torch.nn.LSTM, against the machine's GEMM ceiling.
+
+One step is what training runs: forward over the window, BPTT, global-norm
+clipping and the SGD update (``LSTMModel.loss_and_grads`` + ``SGD.step`` for
+ltexec backends; Embedding + nn.LSTM + Linear + cross-entropy + clip_grad_norm_
++ torch.optim.SGD, with torch's default threads and oneDNN settings, for the
+baseline). Inputs are random tokens, the mask about 30% ones, the state
+carried from step to step.
+
+Everything is measured in one run and interleaved: after a warm-up, each
+repetition times one block of steps of every runner, in a rotated order and
+after a short pause (so no runner starts while the previous one's idle
+BLAS/OpenMP threads still spin), plus one large float32 matrix product
+through NumPy's BLAS with its default threads (the machine's GEMM ceiling).
+Each number is the median over repetitions, so load from other processes
+hits every runner alike; how much CPU time other processes took meanwhile
+is recorded with the results. FLOP/s are the step's nominal matrix-product
+FLOPs (``flops.py``) over its time, the same count for every runner (a
+backend that finds a shorter way shows more than it executes). Backends that
+cannot run here are listed as skipped with their reason.
+
+    python benchmarks/bench_lstm.py [--config {paper,small,all}] [--quick] [--repeats N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from flops import check_paper_count, step_flops
+from ltexec.backends import available_backends, get_backend
+from ltexec.model import LSTMModel
+from ltexec.optim import SGD
+from ltexec.vocab import VOCAB_SIZE
+
+MASK_DENSITY = 0.3
+LEARNING_RATE = 0.5
+CLIP = 5.0
+SETTLE_S = 0.25
+"""Pause before each timed block: idle BLAS and OpenMP workers spin for up to ~0.1 s after their
+last job, and would otherwise steal the cores from whichever runner comes next. One untimed step
+follows the pause, so the block times steady back-to-back steps as in training."""
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    batch: int
+    hidden: int
+    layers: int
+    seq_len: int
+    vocab: int = VOCAB_SIZE
+    dtype: str = "float32"
+
+    @property
+    def chars(self) -> int:
+        """Characters one step trains on."""
+        return self.batch * self.seq_len
+
+
+CONFIGS = {
+    "paper": Config("paper", batch=100, hidden=400, layers=2, seq_len=50),
+    "small": Config("small", batch=100, hidden=128, layers=2, seq_len=20),
+}
+
+
+def random_window(cfg: Config, seed: int = 0):
+    """Random ids x, y (T,B) and a 0/1 mask with about MASK_DENSITY ones."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, cfg.vocab, (cfg.seq_len, cfg.batch))
+    y = rng.integers(0, cfg.vocab, (cfg.seq_len, cfg.batch))
+    mask = (rng.random((cfg.seq_len, cfg.batch)) < MASK_DENSITY).astype(cfg.dtype)
+    return x, y, mask
+
+
+class LtexecRunner:
+    """One training step of LSTMModel on an ltexec backend, through the public API."""
+
+    def __init__(self, backend_name: str, cfg: Config):
+        self.name = backend_name
+        self.backend = get_backend(backend_name, cfg.dtype)
+        self.device = self.backend.device_name()
+        self.model = LSTMModel(cfg.vocab, cfg.hidden, cfg.layers, backend=self.backend)
+        self.optimizer = SGD(lr=LEARNING_RATE, clip=CLIP)
+        self.x, self.y, self.mask = random_window(cfg)
+        self.state = None
+
+    def step(self) -> None:
+        result = self.model.loss_and_grads(self.x, self.y, self.mask, self.state)
+        self.optimizer.step(self.backend, self.model.params, result.grads)
+        self.state = result.state
+        self.backend.synchronize()
+
+
+class TorchRunner:
+    """The same step with torch.nn.LSTM and PyTorch's optimizer (defaults: threads, oneDNN)."""
+
+    name = "torch"
+
+    def __init__(self, cfg: Config):
+        import torch
+        self.torch = torch
+        torch.manual_seed(0)
+        self.device = f"CPU ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+        dtype = getattr(torch, cfg.dtype)
+        self.embedding = torch.nn.Embedding(cfg.vocab, cfg.hidden).to(dtype)
+        self.lstm = torch.nn.LSTM(cfg.hidden, cfg.hidden, cfg.layers).to(dtype)
+        self.linear = torch.nn.Linear(cfg.hidden, cfg.vocab).to(dtype)
+        self.params = [p for m in (self.embedding, self.lstm, self.linear) for p in m.parameters()]
+        for p in self.params:
+            torch.nn.init.uniform_(p, -0.08, 0.08)
+        self.optimizer = torch.optim.SGD(self.params, lr=LEARNING_RATE)
+        x, y, mask = random_window(cfg)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y).reshape(-1)
+        self.mask = torch.from_numpy(mask).reshape(-1)
+        self.cfg = cfg
+        self.state = None
+
+    def step(self) -> None:
+        torch, cfg = self.torch, self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        hs, (h, c) = self.lstm(self.embedding(self.x), self.state)
+        logits = self.linear(hs).reshape(-1, cfg.vocab)
+        xent = torch.nn.functional.cross_entropy(logits, self.y, reduction="none")
+        loss = (xent * self.mask).sum() / cfg.batch
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, CLIP)
+        self.optimizer.step()
+        self.state = (h.detach(), c.detach())
+        loss.item()
+
+
+class GemmRunner:
+    """One n x n x n float32 product through NumPy's BLAS: the ceiling the steps are measured against."""
+
+    name = "gemm"
+
+    def __init__(self, n: int):
+        rng = np.random.default_rng(0)
+        self.a, self.b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        self.out = np.empty((n, n), np.float32)
+        self.flops = 2 * n ** 3
+
+    def step(self) -> None:
+        np.matmul(self.a, self.b, out=self.out)
+
+
+def seconds_per_step(runner, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        runner.step()
+    return (time.perf_counter() - start) / steps
+
+
+def time_interleaved(runners: list, block_s: float, warmup: int, repeats: int) -> tuple[dict, dict]:
+    """Seconds per step of every runner for each repetition, runners rotated between repetitions.
+
+    After ``warmup`` steps (JIT compilation, first-touch allocation), each
+    runner's block is as many steps as take about ``block_s``. Returns the
+    times and the steps per block.
+    """
+    steps = {}
+    for runner in runners:
+        for _ in range(warmup):
+            runner.step()
+        steps[runner.name] = max(1, round(block_s / seconds_per_step(runner, 2)))
+    times = {runner.name: [] for runner in runners}
+    for rep in range(repeats):
+        for k in range(len(runners)):
+            runner = runners[(rep + k) % len(runners)]
+            time.sleep(SETTLE_S)
+            runner.step()
+            times[runner.name].append(seconds_per_step(runner, steps[runner.name]))
+    return times, steps
+
+
+def processor_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    return {"processor": processor_name(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+class OtherLoad:
+    """Share of the machine's CPU time that other processes used between start() and share() (Linux)."""
+
+    def start(self) -> None:
+        self._busy, self._own, self._wall = self._machine_busy_s(), self._own_s(), time.perf_counter()
+
+    def share(self) -> float | None:
+        if self._busy is None:
+            return None
+        others = (self._machine_busy_s() - self._busy) - (self._own_s() - self._own)
+        return round(max(0.0, others) / ((time.perf_counter() - self._wall) * (os.cpu_count() or 1)), 3)
+
+    @staticmethod
+    def _own_s() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    @staticmethod
+    def _machine_busy_s() -> float | None:
+        try:
+            with open("/proc/stat", encoding="utf-8") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:8]]
+        except OSError:
+            return None
+        busy = sum(fields) - fields[3] - fields[4]               # all but idle and iowait
+        return busy / os.sysconf("SC_CLK_TCK")
+
+
+def runner_factories() -> tuple[dict, dict[str, str]]:
+    """The runnable runner factories and, for every runner that cannot run here, the reason."""
+    factories, skipped = {}, {}
+    for name, reason in available_backends().items():
+        if reason is None:
+            factories[name] = lambda cfg, name=name: LtexecRunner(name, cfg)
+        else:
+            skipped[name] = reason
+    try:
+        import torch  # noqa: F401
+        factories["torch"] = TorchRunner
+    except ImportError as exc:
+        skipped["torch"] = f"torch is not installed ({exc})"
+    return factories, skipped
+
+
+def bench_config(cfg: Config, quick: bool, repeats: int) -> list[dict]:
+    factories, skipped = runner_factories()
+    runners = [make(cfg) for make in factories.values()]
+    gemm = GemmRunner(2048 if quick else 3072)
+    load_before, other_load = load_average(), OtherLoad()
+    other_load.start()
+    times, steps = time_interleaved(runners + [gemm], block_s=0.15 if quick else 0.5,
+                                    warmup=2, repeats=repeats)
+    load_after = load_average()
+
+    peak = gemm.flops / statistics.median(times[gemm.name])
+    flops = step_flops(cfg.batch, cfg.seq_len, cfg.hidden, cfg.layers, cfg.vocab)
+    torch_s = statistics.median(times["torch"]) if "torch" in times else None
+    shape = {key: value for key, value in asdict(cfg).items() if key != "name"}
+    common = {"config": cfg.name, **shape, "flops_per_step": flops,
+              "gemm_peak_gflops": round(peak / 1e9, 1), "repeats": repeats, "quick": quick,
+              "load_average_before": load_before, "load_average_after": load_after,
+              "other_processes_cpu_share": other_load.share(), "machine": machine()}
+    records = []
+    for runner in runners:
+        s = statistics.median(times[runner.name])
+        records.append({"backend": runner.name, "device": runner.device, **common,
+                        "status": "ok", "reason": None,
+                        "ms_per_step": round(s * 1e3, 2),
+                        "ms_per_step_min_max": [round(min(times[runner.name]) * 1e3, 2),
+                                                round(max(times[runner.name]) * 1e3, 2)],
+                        "steps_per_block": steps[runner.name],
+                        "chars_per_s": round(cfg.chars / s, 1),
+                        "gflops": round(flops / s / 1e9, 1),
+                        "fraction_of_gemm_peak": round(flops / s / peak, 3),
+                        "speedup_vs_torch": round(torch_s / s, 3) if torch_s else None})
+    for name, reason in skipped.items():
+        records.append({"backend": name, "device": None, **common, "status": "skipped", "reason": reason,
+                        "ms_per_step": None, "chars_per_s": None, "gflops": None,
+                        "fraction_of_gemm_peak": None, "speedup_vs_torch": None})
+    return records
+
+
+def print_table(records: list[dict]) -> None:
+    header = f"{'config':<7}{'backend':<12}{'ms/step':>10}{'chars/s':>10}{'GFLOP/s':>9}{'of peak':>9}{'vs torch':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in records:
+        if r["status"] != "ok":
+            print(f"{r['config']:<7}{r['backend']:<12}  skipped: {r['reason']}")
+            continue
+        vs_torch = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
+        print(f"{r['config']:<7}{r['backend']:<12}{r['ms_per_step']:>10.1f}{r['chars_per_s']:>10.0f}"
+              f"{r['gflops']:>9.1f}{r['fraction_of_gemm_peak']:>9.0%}{vs_torch:>9}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=("paper", "small", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
+    parser.add_argument("--repeats", type=int, help="timed repetitions per runner (default 9, quick 3)")
+    parser.add_argument("--json", metavar="FILE", help="also write the records to FILE as a JSON list")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 9)
+    check_paper_count(VOCAB_SIZE)
+
+    names = list(CONFIGS) if args.config == "all" else [args.config]
+    records = []
+    for name in names:
+        cfg = CONFIGS[name]
+        print(f"{name}: {cfg.layers} x {cfg.hidden}, batch {cfg.batch}, window {cfg.seq_len}, "
+              f"vocabulary {cfg.vocab}, {cfg.dtype}, "
+              f"{step_flops(cfg.batch, cfg.seq_len, cfg.hidden, cfg.layers, cfg.vocab) / 1e9:.2f} GFLOP/step",
+              file=sys.stderr)
+        config_records = bench_config(cfg, args.quick, repeats)
+        first = config_records[0]
+        share = first["other_processes_cpu_share"]
+        print(f"  float32 GEMM ceiling {first['gemm_peak_gflops']} GFLOP/s; other processes used "
+              f"{'an unknown share' if share is None else f'{share:.0%}'} of the CPU time meanwhile "
+              f"(load average {first['load_average_before']} -> {first['load_average_after']})",
+              file=sys.stderr)
+        records += config_records
+    print_table(records)
+    if args.json:
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        for r in records:
+            r["date"] = stamp
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(records, out, indent=1)
+            out.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,460 @@
+"""The fast CPU backend: the reference's arithmetic, arranged around the BLAS and the cores.
+
+On a CPU a training step is matrix products plus a little pointwise work, so
+this backend makes the products as large and as few as the recurrence allows
+and keeps everything else out of their way:
+
+* Input projections are one product per layer and window (``X Wx`` for all T
+  steps); only ``h_{t-1} Wh`` and, backwards, ``da_t Wh^T`` remain per step.
+  The weight gradients and ``dxs`` are one product each over the whole window
+  (``dA^T X``, ``dA^T H_prev``, ``dA Wx^T``): the forward pass stores h_{t-1}
+  for every t in one (T+1,B,H) buffer, so H_prev is a contiguous slice.
+* A layer fed by the embedding gets its input rows from E: ``X Wx`` is
+  ``(E Wx)[x]`` and ``X^T dA`` is ``E^T S`` with S the rows of dA summed per
+  token, two (T*B, D, 4H) products replaced by (V, D, 4H) ones.
+* The gate math of a step is one Numba pass (:mod:`.cpu_kernels`) that reads
+  the two products and writes the activations over the projection in place;
+  backwards, one pass turns them into ``da`` in place and accumulates ``db``.
+  Softmax, loss, argmax and the logits gradient are one pass as well.
+* The cores work in :class:`Lanes`: a layer's recurrence is split by batch
+  columns (independent sequences, so lanes never wait for each other inside
+  a window) and large products by rows, each lane with a single-threaded BLAS.
+* Products write into preallocated buffers (``np.matmul(..., out=...)``),
+  reused from a pool keyed by shape and dtype (:class:`Workspace`), so a
+  step allocates (and the OS zero-fills) no new memory after the first one.
+
+float32 uses a rational tanh (a few ulp from libm's) so the gate loops
+vectorize; float64 uses libm and matches the reference to rounding.
+Every public entry point validates its arrays in Python first, so bad input
+raises ValueError/TypeError instead of reaching a kernel that does not check.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ltexec.backends.base import Backend
+
+MIN_LANE_ROWS = 32
+"""Fewest batch columns per lane in the recurrence: thinner per-step products lose too much speed."""
+
+MIN_SPLIT_FLOPS = 2e7
+"""Smallest product worth splitting between lanes (~0.1 ms on one core; a hand-off costs ~0.05 ms)."""
+
+
+class Workspace:
+    """Arrays reused across calls: a pool per (shape, dtype) that hands out only unreferenced arrays.
+
+    An array is free when nothing but the pool refers to it, directly or
+    through a view (a view holds its base), so results and caches the caller
+    still holds are never overwritten, while a training loop that drops last
+    step's arrays gets the same memory back every step.
+    """
+
+    def __init__(self):
+        self._pools: dict[tuple, list[np.ndarray]] = {}
+
+    def empty(self, shape: tuple, dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array that no one else holds."""
+        pool = self._pools.setdefault((shape, np.dtype(dtype)), [])
+        for k, count in enumerate(_refcounts(pool)):
+            if count == _FREE:
+                pool[k].flags.writeable = True     # a previous user may have returned it read-only
+                return pool[k]
+        array = np.empty(shape, dtype)
+        pool.append(array)
+        return array
+
+
+def _refcounts(arrays: list) -> list[int]:
+    return [sys.getrefcount(a) for a in arrays]
+
+
+_FREE = _refcounts([np.empty(0)])[0]
+"""What :func:`_refcounts` reports for an array held only by its list (interpreter-dependent)."""
+
+
+@functools.cache
+def _openblas_thread_setter():
+    """OpenBLAS's ``openblas_set_num_threads_local`` (sets the thread count, returns the old one), or None.
+
+    Despite its name, OpenBLAS's pthreads builds (NumPy's wheels) apply it to
+    the whole process; builds on OpenMP apply it to the calling thread.
+    :meth:`Lanes.run` is written to be right under either reading.
+    """
+    try:
+        if "openblas" not in np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]:
+            return None                            # NumPy multiplies with another BLAS
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()}
+    except (OSError, KeyError, TypeError):         # no /proc (not Linux) or an older NumPy
+        return None
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    for path in sorted(paths, key=lambda p: not p.startswith(numpy_dir)):   # NumPy's own BLAS first
+        try:
+            setter = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+        return setter
+    return None
+
+
+class Lanes:
+    """Threads that each take one block of a job: a range of batch columns, rows or work.
+
+    A multi-threaded BLAS synchronises its threads at the end of every
+    product; the recurrence makes hundreds of small products per step, and
+    whenever the OS preempts one BLAS thread (another process wants the core)
+    every other one waits. Lanes synchronise once per job instead: each lane
+    runs its whole block with a single-threaded BLAS, so a preempted lane
+    delays only the final join. The Numba kernels release the GIL and so
+    does NumPy inside a product, so the lanes run in parallel.
+
+    While a job runs, the BLAS is set to one thread (OpenBLAS; the previous
+    count is restored when the job ends, so other NumPy code keeps its
+    threads). Without OpenBLAS's setter there is a single lane, run on the
+    calling thread with the BLAS's own threads; so is ``count=1``. The
+    calling thread is lane 0; the other lanes are threads shared by the
+    process, so jobs are not meant to be started from several threads at once
+    (nor from inside a job).
+    """
+
+    _pool: ThreadPoolExecutor | None = None
+    _pool_size = 0
+
+    def __init__(self, count: int | None = None):
+        self._set_blas_threads = _openblas_thread_setter()
+        if count is None:
+            usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            count = (usable or 1) if self._set_blas_threads else 1
+        if count < 1 or (count > 1 and self._set_blas_threads is None):
+            raise ValueError(f"lanes must be 1, or more with OpenBLAS (which can be set to one thread); "
+                             f"got {count}")
+        self.count = count
+
+    def blocks(self, n: int, minimum: int = 1) -> list[tuple[int, int]]:
+        """Split range(n) into at most ``count`` near-equal ranges [lo, hi) of at least ``minimum``."""
+        k = max(1, min(self.count, n // minimum))
+        edges = [n * j // k for j in range(k + 1)]
+        return list(zip(edges[:-1], edges[1:]))
+
+    def run(self, job, blocks: list[tuple[int, int]]) -> None:
+        """job(lane, lo, hi) for every block at once; returns when all are done (exceptions re-raised)."""
+        if self.count == 1:
+            for lane, (lo, hi) in enumerate(blocks):
+                job(lane, lo, hi)
+            return
+        previous = self._set_blas_threads(1)
+        try:
+            others = [self._executor().submit(self._in_lane, job, lane, lo, hi)
+                      for lane, (lo, hi) in enumerate(blocks) if lane > 0]
+            try:
+                job(0, *blocks[0])                     # the calling thread is lane 0
+            finally:
+                for future in others:                  # never leave a lane running on shared buffers
+                    future.exception()
+            for future in others:
+                future.result()
+        finally:
+            self._set_blas_threads(previous)
+
+    def _in_lane(self, job, lane: int, lo: int, hi: int) -> None:
+        self._set_blas_threads(1)     # for OpenMP builds, where the count is per thread
+        job(lane, lo, hi)
+
+    def matmul(self, *products) -> None:
+        """``out = a @ b`` for every ``(a, b, out)`` given, all at once.
+
+        The products' rows, taken in the order given, are dealt out to the
+        lanes in contiguous shares of equal work, so a lane computes whole
+        products where it can and only products at share boundaries are
+        split, by rows of ``a`` (order them so that those split well).
+        """
+        row_flops = [2 * a.shape[1] * b.shape[1] for a, b, _ in products]
+        starts = np.cumsum([0] + [f * a.shape[0] for f, (a, _, _) in zip(row_flops, products)])
+        total = int(starts[-1])
+        lanes = self.count if total >= MIN_SPLIT_FLOPS else 1
+        cuts = [total * k // lanes for k in range(lanes + 1)]
+
+        def share(lane, lo, hi):                       # the rows whose work lies in [lo, hi)
+            for (a, b, out), f, start in zip(products, row_flops, starts):
+                r0, r1 = (min(max(round((cut - start) / f), 0), a.shape[0]) for cut in (lo, hi))
+                if r0 < r1:
+                    np.matmul(a[r0:r1], b, out=out[r0:r1])
+
+        self.run(share, list(zip(cuts[:-1], cuts[1:])))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """The process's lane threads (lanes 1, 2, ...; lane 0 is the caller)."""
+        if Lanes._pool_size < self.count - 1:
+            if Lanes._pool is not None:
+                Lanes._pool.shutdown(wait=False)
+            Lanes._pool = ThreadPoolExecutor(self.count - 1, thread_name_prefix="ltexec-lane")
+            Lanes._pool_size = self.count - 1
+        return Lanes._pool
+
+
+_NO_IDS = np.zeros((0, 0), np.int64)
+"""The kernel's ids for a layer whose ``x_t Wx`` is already in the gates buffer."""
+
+
+class Embedded:
+    """An embedding lookup ``xs = E[x]`` as it was made: xs (read-only) and copies of E and x."""
+
+    __slots__ = ("xs", "E", "x")
+
+    def __init__(self, xs, E, x):
+        self.xs, self.E, self.x = xs, E, x
+
+
+class LstmCache:
+    """What the backward pass needs from the forward pass of one layer."""
+
+    __slots__ = ("xs", "Wx", "Wh", "gates", "hs", "cs", "tanh_c", "embedded")
+
+    def __init__(self, xs, Wx, Wh, gates, hs, cs, tanh_c, embedded):
+        self.xs, self.Wx, self.Wh = xs, Wx, Wh    # the layer's input (T,B,D) and weights
+        self.gates = gates                        # (T,B,4H) activations i, f, g, o
+        self.hs, self.cs = hs, cs                 # (T+1,B,H): h_{t-1}, c_{t-1} at index t
+        self.tanh_c = tanh_c                      # (T,B,H) tanh(c_t)
+        self.embedded = embedded                  # the Embedded that xs is, or None
+
+
+class CpuBackend(Backend):
+    """NumPy arrays, BLAS products in lanes, Numba pointwise kernels.
+
+    ``lanes`` is how many threads share the work (default: one per usable
+    core where the BLAS allows it, see :class:`Lanes`).
+
+    A layer whose input is this backend's latest embedding output (the same
+    array) computes with ``E Wx`` and ``E^T S`` where that is less work than
+    with X; that output is returned read-only and the lookup keeps copies of
+    E and x, so the layer still computes with exactly the ``E[x]`` it got.
+    """
+
+    name = "cpu"
+    xp = np
+
+    def __init__(self, dtype=np.float32, lanes: int | None = None):
+        super().__init__(dtype)
+        from ltexec.backends import cpu_kernels   # compiles (or loads cached) kernels on first use
+        self._k = cpu_kernels
+        self._ws = Workspace()
+        self.lanes = Lanes(lanes)
+        self._embedded: Embedded | None = None    # the latest embedding_forward
+
+    def device_name(self) -> str:
+        return f"{super().device_name()}, {self.lanes.count} lane{'s' if self.lanes.count > 1 else ''}"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import numba  # noqa: F401
+        except ImportError as exc:
+            return f"needs numba ({exc})"
+        return None
+
+    # ------------------------------------------------------------ LSTM layer
+
+    def lstm_forward(self, xs, h0, c0, Wx, Wh, b, training: bool):
+        T, B, D = self._check("xs", xs, 3)
+        H = self._check("Wh", Wh, 2)[0]
+        self._check("h0", h0, shape=(B, H))
+        self._check("c0", c0, shape=(B, H))
+        self._check("Wx", Wx, shape=(D, 4 * H))
+        self._check("Wh", Wh, shape=(H, 4 * H))
+        self._check("b", b, shape=(4 * H,))
+        ws, dt, cell_forward = self._ws, self.dtype, self._k.cell_forward
+        gates = ws.empty((T, B, 4 * H), dt)                  # x_t Wx, then activations i, f, g, o
+        embedded = self._embedded if self._embedded is not None and self._embedded.xs is xs else None
+        if embedded is not None and 2 * len(embedded.E) <= T * B:
+            table = ws.empty((len(embedded.E), 4 * H), dt)
+            self.lanes.matmul((embedded.E, Wx, table))
+            ids = embedded.x                                  # x_t Wx = (E Wx)[x_t], read by the kernel
+        else:
+            embedded, table, ids = None, Wx, _NO_IDS
+            self.lanes.matmul((xs.reshape(T * B, D), Wx, gates.reshape(T * B, 4 * H)))
+        hs = ws.empty((T + 1, B, H), dt)                      # hs[t] = h_{t-1}
+        cs = ws.empty((T + 1, B, H), dt)                      # cs[t] = c_{t-1}
+        tanh_c = ws.empty((T, B, H), dt)                      # tanh(c_t)
+        rec = ws.empty((B, 4 * H), dt)                        # h_{t-1} Wh
+        hs[0], cs[0] = h0, c0
+
+        def recurrence(lane, r0, r1):                         # columns r0..r1-1 over the window
+            for t in range(T):
+                np.matmul(hs[t, r0:r1], Wh, out=rec[r0:r1])
+                cell_forward(gates, rec, b, cs, tanh_c, hs, t, r0, r1, table, ids)
+
+        self.lanes.run(recurrence, self.lanes.blocks(B, MIN_LANE_ROWS))
+        cache = LstmCache(xs, Wx, Wh, gates, hs, cs, tanh_c, embedded) if training else None
+        return hs[1:], hs[T].copy(), cs[T].copy(), cache
+
+    def lstm_backward(self, dhs, dhT, dcT, cache):
+        if not isinstance(cache, LstmCache):
+            raise TypeError(f"cache must come from {type(self).__name__}.lstm_forward(training=True), "
+                            f"got {type(cache).__name__}")
+        xs, Wx, Wh, gates, cs, tanh_c = cache.xs, cache.Wx, cache.Wh, cache.gates, cache.cs, cache.tanh_c
+        T, B, D = xs.shape
+        H = Wh.shape[0]
+        self._check("dhs", dhs, shape=(T, B, H))
+        self._check("dhT", dhT, shape=(B, H))
+        self._check("dcT", dcT, shape=(B, H))
+        ws, dt, cell_backward = self._ws, self.dtype, self._k.cell_backward
+        WhT = ws.empty((4 * H, H), dt)                        # contiguous: the per-step product runs faster
+        np.copyto(WhT, Wh.T)
+        dh_next = ws.empty((B, H), dt)                        # h_t's gradient from step t+1
+        dc = ws.empty((B, H), dt)                             # c_t's gradient from step t+1
+        dh_next[...], dc[...] = dhT, dcT
+        blocks = self.lanes.blocks(B, MIN_LANE_ROWS)
+        lane_db = np.zeros((len(blocks), 4 * H), np.float64)  # each lane's sum of da
+
+        def recurrence(lane, r0, r1):                         # columns r0..r1-1, last step first
+            for t in reversed(range(T)):
+                cell_backward(gates, dhs, dh_next, dc, cs, tanh_c, lane_db[lane], t, r0, r1)
+                np.matmul(gates[t, r0:r1], WhT, out=dh_next[r0:r1])    # da_t Wh^T
+
+        self.lanes.run(recurrence, blocks)
+        dA = gates.reshape(T * B, 4 * H)                       # every step's da
+        dWx, dWh, dxs = ws.empty((D, 4 * H), dt), ws.empty((H, 4 * H), dt), ws.empty((T * B, D), dt)
+        if cache.embedded is not None:                        # dWx^T = S^T E, S: rows of dA summed per token
+            E = cache.embedded.E
+            S = self._sum_rows_by_id(dA, cache.embedded.x.reshape(-1), len(E))   # (V,4H)
+            input_grad = (S.T, E, dWx.T)
+        else:
+            input_grad = (dA.T, xs.reshape(T * B, D), dWx.T)  # dWx^T = dA^T X
+        self.lanes.matmul(input_grad,
+                          (dA, Wx.T, dxs),                    # dxs = dA Wx^T (split best by rows)
+                          (dA.T, cache.hs[:T].reshape(T * B, H), dWh.T))   # dWh^T = dA^T H_prev
+        return dxs.reshape(T, B, D), dWx, dWh, lane_db.sum(axis=0).astype(dt), dh_next, dc
+
+    # ----------------------------------------------------- embedding, output
+
+    def embedding_forward(self, E, x):
+        V, D = self._check("E", E, 2)
+        self._check_ids("x", x, V, ndim=2)
+        xs = np.take(E, x, axis=0, out=self._ws.empty(x.shape + (D,), self.dtype), mode="clip")
+        xs.flags.writeable = False
+        self._embedded = Embedded(xs, E.copy(), x.copy())
+        return xs
+
+    def embedding_backward(self, dxs, x, V: int):
+        T, B, D = self._check("dxs", dxs, 3)
+        self._check_ids("x", x, V, shape=(T, B))
+        return self._sum_rows_by_id(dxs.reshape(T * B, D), x.reshape(T * B), V)
+
+    def _sum_rows_by_id(self, src, ids, V: int):
+        """(V,K): the rows of src (N,K) summed per id, the columns shared out between lanes."""
+        out = self._ws.empty((V, src.shape[1]), self.dtype)
+        kernel = self._k.sum_rows_by_id
+        self.lanes.run(lambda lane, c0, c1: kernel(src, ids, out, c0, c1), self.lanes.blocks(src.shape[1], 64))
+        return out
+
+    def linear_forward(self, hs, W, b):
+        T, B, H = self._check("hs", hs, 3)
+        V = self._check("W", W, shape=(H, None))[1]
+        self._check("b", b, shape=(V,))
+        logits = self._ws.empty((T * B, V), self.dtype)
+        self.lanes.matmul((hs.reshape(T * B, H), W, logits))
+        logits += b
+        return logits.reshape(T, B, V)
+
+    def linear_backward(self, dlogits, hs, W):
+        T, B, H = self._check("hs", hs, 3)
+        V = self._check("W", W, shape=(H, None))[1]
+        self._check("dlogits", dlogits, shape=(T, B, V))
+        ws, dt = self._ws, self.dtype
+        dlogits2 = dlogits.reshape(T * B, V)
+        dhs, dW = ws.empty((T * B, H), dt), ws.empty((H, V), dt)
+        self.lanes.matmul((hs.reshape(T * B, H).T, dlogits2, dW), (dlogits2, W.T, dhs))
+        dhs = dhs.reshape(T, B, H)
+        db = ws.empty((V,), dt)
+        self._k.column_sums(dlogits2, db)
+        return dhs, dW, db
+
+    def softmax_xent(self, logits, y, mask):
+        T, B, V = self._check("logits", logits, 3)
+        self._check_ids("y", y, V, shape=(T, B))
+        self._check("mask", mask, shape=(T, B))
+        dlogits = self._ws.empty((T, B, V), self.dtype)
+        blocks = self.lanes.blocks(T * B, 256)
+        sums = [None] * len(blocks)                           # each lane's (loss, correct)
+        kernel, args = self._k.softmax_xent, (logits.reshape(T * B, V), y.reshape(T * B),
+                                              mask.reshape(T * B), dlogits.reshape(T * B, V))
+
+        def job(lane, lo, hi):
+            sums[lane] = kernel(*args, lo, hi)
+
+        self.lanes.run(job, blocks)
+        return float(sum(loss for loss, _ in sums)), dlogits, int(sum(correct for _, correct in sums))
+
+    # ------------------------------------------------------------- optimizer
+
+    def global_norm(self, grads: dict) -> float:
+        total = 0.0
+        for name, g in grads.items():
+            self._check(f"grads[{name!r}]", g)
+            total += self._k.sum_of_squares(g.reshape(-1))
+        return float(np.sqrt(total))
+
+    def scale_(self, grads: dict, factor: float) -> None:
+        for name, g in grads.items():
+            self._check(f"grads[{name!r}]", g)
+            g *= factor
+
+    def sgd_update_(self, params: dict, grads: dict, velocity, lr: float, momentum: float) -> None:
+        for name, p in params.items():
+            self._check(f"params[{name!r}]", p)
+            g = self._check_like(f"grads[{name!r}]", grads[name], p)
+            if momentum:
+                v = self._check_like(f"velocity[{name!r}]", velocity[name], p)
+                self._k.sgd_momentum_update(p.reshape(-1), g.reshape(-1), v.reshape(-1), lr, momentum)
+            else:
+                self._k.sgd_update(p.reshape(-1), g.reshape(-1), lr)
+
+    # ------------------------------------------------------------ validation
+
+    def _check(self, name: str, a, ndim: int | None = None, shape: tuple | None = None) -> tuple:
+        """a's shape, once a is a C-contiguous ndarray of self.dtype with that ndim/shape (None = any)."""
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+        if a.dtype != self.dtype:
+            raise TypeError(f"{name} must have dtype {self.dtype.name}, got {a.dtype}")
+        if shape is not None:
+            if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+                wanted = tuple("any" if s is None else s for s in shape)
+                raise ValueError(f"{name} has shape {a.shape}, expected {wanted}")
+        elif ndim is not None and a.ndim != ndim:
+            raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        if 0 in a.shape:
+            raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+        return a.shape
+
+    def _check_like(self, name: str, a, like: np.ndarray) -> np.ndarray:
+        self._check(name, a, shape=like.shape)
+        return a
+
+    @staticmethod
+    def _check_ids(name: str, ids, V: int, ndim: int | None = None, shape: tuple | None = None) -> None:
+        """ids must be a C-contiguous int64 array of values in [0, V) with that ndim/shape."""
+        if not isinstance(ids, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array of token ids, got {type(ids).__name__}")
+        if ids.dtype != np.int64:
+            raise TypeError(f"{name} must have dtype int64, got {ids.dtype}")
+        if (shape is not None and ids.shape != shape) or (ndim is not None and ids.ndim != ndim):
+            raise ValueError(f"{name} has shape {ids.shape}, expected {shape or f'{ndim} dimensions'}")
+        if not ids.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        if ids.size == 0:
+            raise ValueError(f"{name} must not be empty")
+        low, high = ids.min(), ids.max()
+        if low < 0 or high >= V:
+            raise ValueError(f"{name} holds ids outside [0, {V}): {low if low < 0 else high}")
