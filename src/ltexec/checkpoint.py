@@ -34,10 +34,16 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     header = {"format": FORMAT, "version": VERSION, **meta}
     payload = {name: np.asarray(value, order="C") for name, value in arrays.items()}
     payload[_META_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    atomic_write(path, lambda handle: np.savez(handle, **payload))
+
+
+def atomic_write(path, write) -> None:
+    """Create ``path`` through ``write(binary_handle)``: a temporary file in its folder, synced, then renamed."""
+    path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **payload)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)

@@ -148,6 +148,123 @@ def _run_train(args) -> None:
     print(json.dumps(summary))
 
 
+def list_arg(name: str, check_item, ranges: bool = False):
+    """An argparse ``type`` for a comma-separated list (with ``ranges``, ``a..b`` for a run of integers)."""
+
+    def parse(text: str) -> tuple:
+        from ltexec.sweep import check_list
+
+        items = []
+        try:
+            for part in (p.strip() for p in text.split(",") if p.strip()):
+                low, dots, high = part.partition("..")
+                if ranges and dots:
+                    items += range(check_int(name, low, 0), check_int(name, high, 0) + 1)
+                else:
+                    items.append(part)
+            return check_list(name, items, check_item)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def _add_sweep(subparsers) -> None:
+    from ltexec.backends import BACKENDS
+    from ltexec.curriculum import STRATEGIES
+    from ltexec.sampler import TASKS
+    from ltexec.sweep import PRESETS
+    from ltexec.validation import check_choice
+    from ltexec.vocab import TRANSFORMS
+
+    parser = subparsers.add_parser(
+        "sweep", help="train a grid of runs (strategies x lengths x nestings or transforms)",
+        description="Train one run per cell of a grid: strategies x target length x nesting for programs "
+                    "and addition (the paper's Figures 4 and 5), strategies x input transform x length "
+                    "for copy (Figure 7). Each cell gets its own directory under --out with its "
+                    "metrics.jsonl, checkpoint.npz, train.log and result.json; results.jsonl collects "
+                    "them. Rerunning the command continues the sweep: finished cells are skipped, "
+                    "interrupted ones resume from their checkpoint. Grid options replace the preset's.")
+    add = parser.add_argument
+    add("--out", required=True, help="the sweep directory (created; a rerun continues it)")
+    add("--preset", choices=tuple(PRESETS), help="paper: programs, lengths 1..6, nestings 1..3, 2x400 "
+        "(needs a GPU); paper-copy: the copy grid of Figure 7; cpu: a small grid for a 2-core CPU, "
+        "about 30 minutes with --workers 2")
+    add("--task", choices=TASKS, help="task of every cell")
+    add("--strategies", type=list_arg("strategies", lambda s: check_choice("strategies", s, STRATEGIES)),
+        help=f"comma-separated curriculum strategies (default all: {','.join(STRATEGIES)})")
+    add("--lengths", type=list_arg("lengths", lambda v: check_int("lengths", v, 1), ranges=True),
+        help="target lengths, e.g. 1,2,3 or 1..6")
+    add("--nestings", type=list_arg("nestings", lambda v: check_int("nestings", v, 1), ranges=True),
+        help="target nestings, programs only (default 1)")
+    add("--transforms", type=list_arg("transforms", lambda t: check_choice("transforms", t, TRANSFORMS)),
+        help=f"input transforms, several for copy only: {','.join(TRANSFORMS)} (default none)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps-per-cell", type=int_arg("steps-per-cell", 1), help="training steps per cell")
+    budget.add_argument("--minutes-per-cell", type=float_arg("minutes-per-cell", 0.0, inclusive_min=False),
+                        help="training minutes per cell (default: the preset's; none: until the "
+                             "learning rate falls below its minimum, as in the paper)")
+    add("--beyond", type=list_arg("beyond", lambda v: check_int("beyond", v, 1), ranges=True),
+        help="also evaluate each model at length + k and nesting + k for these k (default 1,2)")
+    add("--hidden", type=int_arg("hidden", 1), help="LSTM units per layer (default: the preset's, else 400)")
+    add("--layers", type=int_arg("layers", 1), help="LSTM layers (default: the preset's, else 2)")
+    add("--batch", type=int_arg("batch", 1), help="batch size (default: the preset's, else 100)")
+    add("--seed", type=int_arg("seed", 0), help="random seed of every cell (default 0)")
+    add("--backend", choices=("auto",) + tuple(BACKENDS), help="compute backend of every cell (default auto)")
+    add("--eval-every", type=int_arg("eval-every", 1), help="steps between evaluations (default: the preset's, else 500)")
+    add("--eval-examples", type=int_arg("eval-examples", 1),
+        help="examples per evaluation and per generalization level (default: the preset's, else 500)")
+    add("--workers", type=int_arg("workers", 1), default=1, help="cells trained at once (default 1)")
+    add("--threads-per-cell", type=int_arg("threads-per-cell", 1),
+        help="BLAS threads (cpu backend lanes) per cell (default: cores / workers)")
+    add("--ray", metavar="ADDRESS", help='run the cells as tasks on the Ray cluster at ADDRESS (e.g. auto); '
+        'needs pip install "ltexec[ray]", ltexec on every node and --out on a shared filesystem')
+    parser.set_defaults(run=_run_sweep)
+
+
+SWEEP_GRID_OPTIONS = ("task", "strategies", "lengths", "nestings", "transforms", "steps_per_cell",
+                      "minutes_per_cell", "beyond")
+SWEEP_TRAIN_OPTIONS = ("hidden", "layers", "batch", "seed", "backend", "eval_every", "eval_examples")
+
+
+def _run_sweep(args) -> None:
+    from ltexec import sweep
+
+    grid = {k: getattr(args, k) for k in SWEEP_GRID_OPTIONS if getattr(args, k) is not None}
+    train = {k: getattr(args, k) for k in SWEEP_TRAIN_OPTIONS if getattr(args, k) is not None}
+    if args.preset:
+        spec = sweep.preset(args.preset, train=train, **grid)
+    elif grid or train:
+        spec = sweep.SweepSpec.from_dict({**grid, "train": train})
+    else:                                  # only --out: continue the sweep held there
+        spec = sweep.load_spec(args.out)
+    executor = sweep.ray_executor(args.ray) if args.ray else sweep.local_executor
+    sweep.run_sweep(spec, args.out, workers=args.workers, threads=args.threads_per_cell,
+                    executor_factory=executor, log=lambda line: print(line, flush=True))
+    print(sweep.results_table(args.out))
+
+
+def _add_plot(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plot", help="draw a sweep's heatmaps (PNG and SVG)",
+        description="Draw heatmaps in the style of the paper's figures from a sweep directory: accuracy "
+                    "per strategy (rows nesting or transform, columns length), each strategy relative "
+                    "to baseline, and accuracy beyond the training target, for teacher-forced and "
+                    "exact-match accuracy. Cells not yet run are hatched. Needs matplotlib "
+                    '(pip install "ltexec[plot]").')
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a directory written by ltexec sweep")
+    parser.add_argument("--figures", help="where to write the figures (default SWEEP_DIR/figures)")
+    parser.set_defaults(run=_run_plot)
+
+
+def _run_plot(args) -> None:
+    from ltexec.plot import plot_sweep
+
+    for path in plot_sweep(args.sweep_dir, args.figures):
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="ltexec",
@@ -158,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     _add_sample(subparsers)
     _add_train(subparsers)
+    _add_sweep(subparsers)
+    _add_plot(subparsers)
     return parser
 
 

@@ -1,0 +1,63 @@
+"""Generalization beyond the training target: a trained run measured on longer and deeper inputs.
+
+The paper evaluates every model only at the length and nesting it was trained
+for; its section 8 asks how far the learned procedure carries beyond them.
+:func:`evaluate_beyond` loads a run's checkpoint and measures the same two
+accuracies (teacher-forced characters, greedy exact match) on fresh test
+examples at ``length + k`` and, for programs, ``nesting + k``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ltexec import vocab
+from ltexec.checkpoint import CheckpointError, load_checkpoint
+from ltexec.evaluation import evaluate
+from ltexec.model import LSTMModel
+from ltexec.sampler import sample
+from ltexec.trainer import CHECKPOINT_NAME, TrainConfig
+from ltexec.validation import check_int
+
+
+def beyond_levels(task: str, length: int, nesting: int, offsets) -> list[dict]:
+    """The levels past a target: ``length + k`` for every task, and ``nesting + k`` for programs."""
+    levels = []
+    for k in offsets:
+        check_int("beyond offsets", k, 1)
+        levels.append({"offset": f"length+{k}", "length": length + k, "nesting": nesting})
+    if task == "programs":
+        levels += [{"offset": f"nesting+{k}", "length": length, "nesting": nesting + k} for k in offsets]
+    return levels
+
+
+def load_trained_model(run_dir, backend=None) -> tuple[LSTMModel, TrainConfig]:
+    """The model and configuration of the checkpoint in ``run_dir`` (``backend``: a name or instance, default the run's)."""
+    arrays, meta = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint in {run_dir} has an unusable configuration ({error})") from None
+    model = LSTMModel(vocab.VOCAB_SIZE, hidden=config.hidden, layers=config.layers,
+                      backend=config.backend if backend is None else backend, dtype=np.dtype(config.dtype))
+    model.load_params({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
+    return model, config
+
+
+def evaluate_beyond(run_dir, offsets=(1, 2), examples: int | None = None, backend=None) -> list[dict]:
+    """Accuracy of the run in ``run_dir`` at each level of :func:`beyond_levels`, one dict per level.
+
+    ``examples`` test examples per level (default: the run's ``eval_examples``),
+    drawn from a seed derived from the run's, so a re-evaluation gives the same figures.
+    """
+    model, config = load_trained_model(run_dir, backend)
+    count = config.eval_examples if examples is None else check_int("examples", examples, 1)
+    results = []
+    for level in beyond_levels(config.task, config.length, config.nesting, offsets):
+        seed = 2_000_003 * (config.seed + 1) + 7_919 * level["length"] + 104_729 * level["nesting"]
+        test = sample(config.task, level["length"], level["nesting"], count=count, seed=seed, split="test")
+        result = evaluate(model, test, config.transform, warmup=config.mode == "stream")
+        results.append({**level, "teacher_forced_acc": result.char_acc, "exact_match_acc": result.exact_acc})
+    return results

@@ -1,0 +1,498 @@
+"""Curriculum sweeps: the paper's grids of training runs, resumable and parallel.
+
+A sweep trains one ordinary run (:class:`~ltexec.trainer.Trainer`) per cell of
+a grid: strategies x target length x nesting for ``programs`` and ``addition``
+(the paper's Figures 4 and 5), strategies x input transform x length for
+``copy`` (Figure 7). Its directory holds
+
+- ``sweep.json``: the grid and training options, written at the start; a
+  restart with a different grid is refused, so results never mix two grids;
+- ``cells/NAME/``: each cell's own ``metrics.jsonl``, ``checkpoint.npz``,
+  ``train.log`` (the trainer's output) and, once it is done, ``result.json``
+  (written atomically: its presence is what marks the cell finished);
+- ``results.jsonl``: every finished cell's result, in grid order, rewritten
+  after each cell.
+
+Restarting the same sweep skips finished cells and resumes an interrupted
+cell from its checkpoint, so a killed sweep loses at most the work since the
+last evaluation of the cells in flight. Cells run in worker processes on this
+machine (:func:`local_executor`) or as Ray tasks on a cluster
+(:class:`RayExecutor`); both are ``concurrent.futures`` executors and give the
+same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+from ltexec.checkpoint import atomic_write
+from ltexec.curriculum import STRATEGIES
+from ltexec.sampler import TASKS
+from ltexec.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
+from ltexec.validation import check_choice, check_float, check_int
+from ltexec.vocab import TRANSFORMS
+
+SPEC_NAME = "sweep.json"
+RESULTS_NAME = "results.jsonl"
+CELLS_DIR = "cells"
+CELL_RESULT_NAME = "result.json"
+CELL_LOG_NAME = "train.log"
+SPEC_FORMAT = "ltexec-sweep"
+SPEC_VERSION = 1
+GRID_FIELDS = ("task", "length", "nesting", "strategy", "transform", "minutes", "max_steps")
+"""TrainConfig fields that the grid and the budget set for each cell; the other fields are ``train`` options."""
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a sweep: its target level, curriculum and input transform."""
+
+    strategy: str
+    length: int
+    nesting: int = 1
+    transform: str = "none"
+
+    @property
+    def name(self) -> str:
+        """The cell's directory name, e.g. ``combined-L4-N3-none``."""
+        return f"{self.strategy}-L{self.length}-N{self.nesting}-{self.transform}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SweepSpec:
+    """A grid of cells plus what every cell shares: budget, training options, generalization offsets.
+
+    ``steps_per_cell`` or ``minutes_per_cell`` bounds each cell (neither: the
+    paper's rule, train until the learning rate falls below ``min_lr``).
+    ``train`` holds any other :class:`TrainConfig` field (hidden, layers, batch,
+    seed, backend, ...). ``beyond`` lists the offsets k at which each trained
+    model is also evaluated, at length + k and (programs) nesting + k.
+    """
+
+    task: str
+    strategies: tuple = STRATEGIES
+    lengths: tuple = (1,)
+    nestings: tuple = (1,)
+    transforms: tuple = ("none",)
+    steps_per_cell: int | None = None
+    minutes_per_cell: float | None = None
+    beyond: tuple = (1, 2)
+    train: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> "SweepSpec":
+        """Check every field; raise ValueError naming the first bad one."""
+        check_choice("task", self.task, TASKS)
+        self.strategies = check_list("strategies", self.strategies, lambda s: check_choice("strategies", s, STRATEGIES))
+        self.lengths = check_list("lengths", self.lengths, lambda v: check_int("lengths", v, 1))
+        self.nestings = check_list("nestings", self.nestings, lambda v: check_int("nestings", v, 1))
+        self.transforms = check_list("transforms", self.transforms,
+                                     lambda t: check_choice("transforms", t, TRANSFORMS))
+        self.beyond = check_list("beyond", self.beyond, lambda v: check_int("beyond", v, 1), allow_empty=True)
+        if self.task != "programs" and self.nestings != (1,):
+            raise ValueError(f"nestings apply only to task programs; got nestings "
+                             f"{','.join(map(str, self.nestings))} for task {self.task}")
+        if self.task != "copy" and len(self.transforms) > 1:
+            raise ValueError(f"transforms: a {self.task} sweep takes one transform (its grid is nesting x "
+                             f"length); got {','.join(self.transforms)}")
+        if self.steps_per_cell is not None and self.minutes_per_cell is not None:
+            raise ValueError("give steps_per_cell or minutes_per_cell, not both")
+        if self.steps_per_cell is not None:
+            self.steps_per_cell = check_int("steps_per_cell", self.steps_per_cell, 1)
+        if self.minutes_per_cell is not None:
+            self.minutes_per_cell = check_float("minutes_per_cell", self.minutes_per_cell, 0.0, inclusive_min=False)
+        if not isinstance(self.train, dict):
+            raise ValueError(f"train must be a dict of training options, got {type(self.train).__name__}")
+        clash = sorted(set(self.train) & set(GRID_FIELDS))
+        if clash:
+            raise ValueError(f"train options must not set {', '.join(clash)}: the grid and the budget set them")
+        self.cell_config(self.cells()[0])          # the training options themselves, as TrainConfig checks them
+        return self
+
+    def cells(self) -> list[Cell]:
+        """Every cell, in grid order (strategy, then rows, then length)."""
+        return [Cell(strategy, length, nesting, transform)
+                for strategy, transform, nesting, length
+                in itertools.product(self.strategies, self.transforms, self.nestings, self.lengths)]
+
+    def cell_config(self, cell: Cell) -> TrainConfig:
+        """The validated training configuration of one cell."""
+        return TrainConfig.from_dict({**self.train, "task": self.task, "length": cell.length,
+                                      "nesting": cell.nesting, "strategy": cell.strategy,
+                                      "transform": cell.transform, "max_steps": self.steps_per_cell,
+                                      "minutes": self.minutes_per_cell})
+
+    def to_dict(self) -> dict:
+        fields = dataclasses.asdict(self)
+        return {"format": SPEC_FORMAT, "version": SPEC_VERSION,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SweepSpec":
+        values = {k: v for k, v in values.items() if k not in ("format", "version")}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown sweep option(s): {', '.join(unknown)}")
+        if "task" not in values:
+            raise ValueError("a sweep needs a task: one of " + ", ".join(TASKS))
+        return cls(**values).validate()
+
+
+def check_list(name: str, values, check_item: Callable, allow_empty: bool = False) -> tuple:
+    """``values`` as a tuple of checked items, refusing an empty list (unless allowed) and repeats."""
+    if isinstance(values, (str, int)):
+        values = (values,)
+    items = tuple(check_item(v) for v in values)
+    if not items and not allow_empty:
+        raise ValueError(f"{name} must list at least one value")
+    repeated = sorted({str(v) for v in items if items.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{name} must not repeat a value, got {', '.join(repeated)} more than once")
+    return items
+
+
+PRESETS = {
+    # The paper's Figures 4 and 5: program evaluation, 2x400 LSTM, batch 100, until the lr rule stops it.
+    "paper": {"task": "programs", "lengths": (1, 2, 3, 4, 5, 6), "nestings": (1, 2, 3)},
+    # The paper's Figure 7: copying 5 to 65 digits under the four input transforms.
+    "paper-copy": {"task": "copy", "lengths": (5, 15, 25, 35, 45, 55, 65), "transforms": TRANSFORMS},
+    # Small enough for a 2-core CPU in about 30 minutes with two workers (see README).
+    "cpu": {"task": "programs", "lengths": (1, 2), "nestings": (1, 2), "steps_per_cell": 4000,
+            "train": {"hidden": 128, "layers": 1, "batch": 32, "eval_every": 100, "eval_examples": 200}},
+}
+
+
+def preset(name: str, **overrides) -> SweepSpec:
+    """A preset grid with some fields replaced (``train`` options are merged, not replaced)."""
+    values = dict(PRESETS[check_choice("preset", name, PRESETS)])
+    values["train"] = {**values.get("train", {}), **overrides.pop("train", {})}
+    return SweepSpec.from_dict({**values, **overrides})
+
+
+# ------------------------------------------------------------------ the sweep directory
+def cell_dir(sweep_dir, cell: Cell) -> Path:
+    return Path(sweep_dir) / CELLS_DIR / cell.name
+
+
+def write_json(path, value) -> None:
+    """Write ``value`` as JSON atomically (a reader sees the old file or the new one, never half of it)."""
+    atomic_write(path, lambda handle: handle.write((json.dumps(value, indent=1) + "\n").encode("utf-8")))
+
+
+def load_spec(sweep_dir) -> SweepSpec:
+    """The grid a sweep directory was started with."""
+    path = Path(sweep_dir) / SPEC_NAME
+    if not path.is_file():
+        raise ValueError(f"{sweep_dir} is not a sweep directory (no {SPEC_NAME})")
+    try:
+        return SweepSpec.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ValueError(f"{path} is not a readable sweep spec ({error})") from None
+
+
+def open_sweep_dir(sweep_dir, spec: SweepSpec) -> None:
+    """Write the spec of a new sweep, or check that a restart asks for the grid the directory holds."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / SPEC_NAME
+    wanted = spec.validate().to_dict()
+    if path.exists():
+        held = load_spec(sweep_dir).to_dict()
+        differences = [f"{key}: {held.get(key)!r} there, {wanted.get(key)!r} now"
+                       for key in wanted if held.get(key) != wanted.get(key)]
+        if differences:
+            raise ValueError(f"{sweep_dir} holds a sweep with a different grid ({'; '.join(differences)}); "
+                             f"rerun with the same arguments to continue it, or choose another --out")
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, wanted)
+
+
+def load_results(sweep_dir) -> tuple[SweepSpec, dict[Cell, dict]]:
+    """The sweep's spec and every finished cell's result (cells not yet run are absent)."""
+    spec = load_spec(sweep_dir)
+    results = {}
+    for cell in spec.cells():
+        path = cell_dir(sweep_dir, cell) / CELL_RESULT_NAME
+        if path.is_file():
+            results[cell] = json.loads(path.read_text(encoding="utf-8"))
+    return spec, results
+
+
+def write_results_file(sweep_dir) -> Path:
+    """Rewrite ``results.jsonl`` from the cells' result files, in grid order."""
+    spec, results = load_results(sweep_dir)
+    lines = "".join(json.dumps(results[c]) + "\n" for c in spec.cells() if c in results)
+    path = Path(sweep_dir) / RESULTS_NAME
+    atomic_write(path, lambda handle: handle.write(lines.encode("utf-8")))
+    return path
+
+
+# ------------------------------------------------------------------------- one cell
+def run_cell(job: dict) -> dict:
+    """Train (or resume) one cell, evaluate it beyond its target, write its result file; runs in a worker.
+
+    ``job`` holds ``config`` (a TrainConfig dict), ``dir``, ``cell``, ``beyond``
+    and ``threads`` (the BLAS threads, i.e. lanes of the ``cpu`` backend, this
+    cell may use). The trainer's output goes to the cell's ``train.log``.
+    Returns the result, or ``{"status": "interrupted"}`` (no result file) if
+    the cell was stopped before its budget ran out.
+    """
+    from ltexec.generalization import evaluate_beyond
+
+    out = Path(job["dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig.from_dict(job["config"])
+    with open(out / CELL_LOG_NAME, "a", encoding="utf-8") as log_file, \
+            contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+        def log(line: str) -> None:
+            print(line, file=log_file, flush=True)
+
+        if (out / CHECKPOINT_NAME).exists():
+            trainer = Trainer.resume(out, overrides={"minutes": config.minutes, "max_steps": config.max_steps},
+                                     log=log)
+        else:
+            trainer = Trainer(config, out, log)
+        limit_lanes(trainer.model.backend, job["threads"])
+        summary = trainer.run()
+        if summary["stopped"] == "interrupted":
+            return {"status": "interrupted", "cell": job["cell"]}
+        beyond = evaluate_beyond(out, job["beyond"], backend=trainer.model.backend)
+    result = {"status": "done", "cell": job["cell"], **summary, "beyond": beyond,
+              "config": dataclasses.asdict(config), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json(out / CELL_RESULT_NAME, result)
+    return result
+
+
+def limit_lanes(backend, threads: int) -> None:
+    """Give the ``cpu`` backend ``threads`` lanes (its default is one per core, too many beside other workers)."""
+    from ltexec.backends.cpu import CpuBackend, Lanes
+
+    if isinstance(backend, CpuBackend) and backend.lanes.count > threads:
+        backend.lanes = Lanes(threads)
+
+
+# ------------------------------------------------------------------------ executors
+def thread_environment(threads: int) -> dict[str, str]:
+    """Environment variables that cap a fresh process's BLAS and OpenMP threads."""
+    return {name: str(threads) for name in THREAD_VARIABLES}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """Set environment variables for the block (worker processes spawned in it inherit them)."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def local_executor(workers: int, threads: int):
+    """Worker processes on this machine ("spawn": a fresh interpreter, no inherited threads or locks).
+
+    A BLAS reads its thread count once, when NumPy is imported, so the cap is
+    set in the environment that the workers are spawned with; the pool spawns
+    them while the sweep submits its first cells, inside this block.
+    """
+    with _environment(thread_environment(threads)), \
+            ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        yield pool
+
+
+class RayExecutor(Executor):
+    """Cells as Ray tasks on a cluster, behind the ``concurrent.futures`` interface.
+
+    Every node needs ltexec installed and the sweep directory on a shared
+    filesystem at the same path. ``ray`` is the imported module (a stand-in in tests).
+    """
+
+    def __init__(self, ray, address: str, threads: int):
+        self._ray = ray
+        self._threads = threads
+        ray.init(address=address)
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        task = self._ray.remote(fn).options(num_cpus=self._threads,
+                                            runtime_env={"env_vars": thread_environment(self._threads)})
+        return task.remote(*args, **kwargs).future()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._ray.shutdown()
+
+
+def import_ray():
+    """The ``ray`` module, or a clear error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError('--ray needs Ray, which is not installed: pip install "ltexec[ray]"') from None
+    return ray
+
+
+def ray_executor(address: str):
+    """An executor factory for :func:`run_sweep` that runs cells on the Ray cluster at ``address``."""
+    ray = import_ray()
+
+    @contextlib.contextmanager
+    def factory(workers: int, threads: int):
+        executor = RayExecutor(ray, address, threads)
+        try:
+            yield executor
+        finally:
+            executor.shutdown()
+
+    return factory
+
+
+# ------------------------------------------------------------------------ the sweep
+class SweepError(RuntimeError):
+    """Some cells of a sweep failed; the others' results are kept."""
+
+
+class Progress:
+    """One line per cell started or finished: cells done, running and left, and an ETA."""
+
+    def __init__(self, total: int, done: int, workers: int, log: Callable[[str], None]):
+        self.total, self.done, self.workers, self.log = total, done, workers, log
+        self.started: dict[Cell, float] = {}
+        self.durations: list[float] = []
+
+    def start(self, cell: Cell) -> None:
+        self.started[cell] = time.monotonic()
+        self._line(f"started  {cell.name}")
+
+    def finish(self, cell: Cell, outcome: str, detail: str = "", counted: bool = True) -> None:
+        seconds = time.monotonic() - self.started.pop(cell)
+        if counted:
+            self.done += 1
+            self.durations.append(seconds)
+        self._line(f"{outcome} {cell.name} after {format_duration(seconds)}{detail}")
+
+    def _line(self, event: str) -> None:
+        running = len(self.started)
+        left = self.total - self.done - running
+        self.log(f"[sweep {self.done}/{self.total} done, {running} running, {left} left, ETA {self._eta(left)}] {event}")
+
+    def _eta(self, left: int) -> str:
+        if not self.durations:
+            return "after the first cell"
+        mean = sum(self.durations) / len(self.durations)
+        now = time.monotonic()
+        in_flight = sum(max(mean - (now - t), 0.0) for t in self.started.values())
+        return format_duration((in_flight + left * mean) / self.workers)
+
+
+def format_duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def default_threads(workers: int) -> int:
+    """BLAS threads per cell so that ``workers`` cells share this machine's cores without oversubscribing."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable // workers)
+
+
+def run_sweep(spec: SweepSpec, sweep_dir, workers: int = 1, threads: int | None = None,
+              executor_factory=local_executor, log: Callable[[str], None] = print) -> list[dict]:
+    """Run every unfinished cell of ``spec`` with at most ``workers`` at once; return all results in grid order.
+
+    ``executor_factory(workers, threads)`` is a context manager giving a
+    ``concurrent.futures.Executor`` (:func:`local_executor`, :func:`ray_executor`).
+    Raises :class:`SweepError` after the other cells are done if some failed.
+    """
+    workers = check_int("workers", workers, 1)
+    threads = default_threads(workers) if threads is None else check_int("threads", threads, 1)
+    open_sweep_dir(sweep_dir, spec)
+    _, finished = load_results(sweep_dir)
+    pending = [cell for cell in spec.cells() if cell not in finished]
+    progress = Progress(len(spec.cells()), len(finished), workers, log)
+    log(f"sweep {sweep_dir}: {len(spec.cells())} cells, {len(finished)} already done, "
+        f"{workers} worker{'s' if workers > 1 else ''} of {threads} thread{'s' if threads > 1 else ''}")
+    failures = []
+    if pending:
+        with executor_factory(workers, threads) as executor:
+            in_flight: dict[Future, Cell] = {}
+            queue = iter(pending)
+            try:
+                while True:
+                    for cell in itertools.islice(queue, workers - len(in_flight)):
+                        job = {"config": dataclasses.asdict(spec.cell_config(cell)), "cell": cell.to_dict(),
+                               "dir": str(cell_dir(sweep_dir, cell)), "beyond": list(spec.beyond),
+                               "threads": threads}
+                        in_flight[executor.submit(run_cell, job)] = cell
+                        progress.start(cell)
+                    if not in_flight:
+                        break
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        cell = in_flight.pop(future)
+                        failure = _report(future, cell, progress)
+                        if failure:
+                            failures.append(failure)
+                        write_results_file(sweep_dir)
+            except KeyboardInterrupt:
+                log(f"sweep interrupted: the cells in flight save a checkpoint; rerun the same command "
+                    f"to continue ({len(in_flight)} cell(s) will resume)")
+                raise
+    write_results_file(sweep_dir)
+    if failures:
+        raise SweepError(f"{len(failures)} cell(s) failed: {'; '.join(failures)}; rerun to retry them "
+                         f"(each cell's train.log has its output)")
+    _, results = load_results(sweep_dir)
+    return [results[c] for c in spec.cells() if c in results]
+
+
+def _report(future: Future, cell: Cell, progress: Progress) -> str | None:
+    """Log a finished cell; return a one-line failure description if it failed."""
+    error = future.exception()
+    if error is not None:
+        progress.finish(cell, "FAILED  ", f": {error}", counted=False)
+        return f"{cell.name}: {type(error).__name__}: {error}"
+    result = future.result()
+    if result["status"] == "interrupted":
+        progress.finish(cell, "stopped ", " (interrupted; it resumes on a rerun)", counted=False)
+        return None
+    progress.finish(cell, "finished", f": {100 * result['teacher_forced_acc']:.1f}% char, "
+                                      f"{100 * result['exact_match_acc']:.1f}% exact, {result['steps']} steps")
+    return None
+
+
+# -------------------------------------------------------------------------- table
+def results_table(sweep_dir) -> str:
+    """A Markdown table of the sweep's results: one row per cell, missing cells marked."""
+    spec, results = load_results(sweep_dir)
+    beyond = [level["offset"] for level in next(iter(results.values()), {}).get("beyond", [])]
+    head = ["strategy", "transform" if spec.task == "copy" else "nesting", "length",
+            "teacher-forced", "exact match", *(f"exact {b}" for b in beyond), "steps", "chars/s"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell in spec.cells():
+        row = [cell.strategy, cell.transform if spec.task == "copy" else str(cell.nesting), str(cell.length)]
+        result = results.get(cell)
+        if result is None:
+            row += ["not run"] + [""] * (len(head) - 4)
+        else:
+            row += [f"{100 * result['teacher_forced_acc']:.1f}%", f"{100 * result['exact_match_acc']:.1f}%"]
+            row += [f"{100 * level['exact_match_acc']:.1f}%" for level in result["beyond"]]
+            row += [str(result["steps"]), f"{result['chars_per_s']:,.0f}"]
+        rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
