@@ -167,6 +167,32 @@ def test_layer_on_an_embedding_matches_reference(dtype, T, B, H, V, seed):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
+@given(T=steps, B=dims, H=dims, V=st.integers(1, 30), seed=seeds, other_ids=st.booleans())
+def test_embedding_and_first_layer_backward_match_reference(dtype, T, B, H, V, seed, other_ids):
+    """embedding_lstm_backward equals lstm_backward + embedding_backward of the reference.
+
+    With few ids (2V <= T*B) the layer runs on E Wx and dE comes from S Wx^T
+    without dxs; otherwise, or when the ids given are not the ones looked up,
+    the backend takes the two-step way.
+    """
+    rng = np.random.default_rng(seed)
+    E, x = uniform(rng, (V, H), dtype), rng.integers(0, V, (T, B))
+    ids = rng.integers(0, V, (T, B)) if other_ids else x.copy()
+    _, h0, c0, Wx, Wh, b = lstm_inputs(rng, T, B, H, H, dtype)
+    grads_in = (uniform(rng, (T, B, H), dtype), uniform(rng, (B, H), dtype), uniform(rng, (B, H), dtype))
+    fast, ref = backends(dtype)
+    cache = fast.lstm_forward(fast.embedding_forward(E, x), h0, c0, Wx, Wh, b, True)[3]
+    assert (cache.embedded is not None) == (2 * V <= T * B)
+    cache_ref = ref.lstm_forward(ref.embedding_forward(E, x), h0, c0, Wx, Wh, b, True)[3]
+    grads = fast.embedding_lstm_backward(*[g.copy() for g in grads_in], cache, ids, V)
+    dxs_ref, *grads_ref = ref.lstm_backward(*[g.copy() for g in grads_in], cache_ref)
+    grads_ref = [ref.embedding_backward(dxs_ref, ids, V)] + grads_ref
+    for name, a, e in zip(("dE", "dWx", "dWh", "db", "dh0", "dc0"), grads, grads_ref):
+        assert_close(name, a, e, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
 @given(T=steps, B=dims, D=dims, V=dims, seed=seeds)
 def test_embedding_matches_reference(dtype, T, B, D, V, seed):
     rng = np.random.default_rng(seed)

@@ -109,11 +109,13 @@ class LSTMModel:
         dh, grads["Wy"], grads["by"] = bk.linear_backward(dlogits, top, P["Wy"])
         dstate = [None] * self.layers
         no_grad = self.zero_state(batch)     # truncated BPTT: nothing arrives from the next window
-        for k in reversed(range(self.layers)):
+        for k in reversed(range(1, self.layers)):
             dh, grads[f"Wx{k}"], grads[f"Wh{k}"], grads[f"b{k}"], dh0, dc0 = bk.lstm_backward(
                 dh, *no_grad[k], caches[k])
             dstate[k] = (dh0, dc0)
-        grads["embed"] = bk.embedding_backward(dh, x_dev, self.vocab_size)
+        grads["embed"], grads["Wx0"], grads["Wh0"], grads["b0"], dh0, dc0 = bk.embedding_lstm_backward(
+            dh, *no_grad[0], caches[0], x_dev, self.vocab_size)
+        dstate[0] = (dh0, dc0)
 
         return StepResult(loss=loss_sum / batch, grads={name: grads[name] for name in P},
                           state=new_state, dstate=dstate, correct=correct, count=int(mask.sum()))

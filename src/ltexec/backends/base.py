@@ -35,6 +35,12 @@ Operations (what a backend must provide):
     below's output and hT, cT are carried into the next window.
 ``embedding_forward(E, x) -> xs`` and ``embedding_backward(dxs, x, V) -> dE``
     E (V,D), x (T,B) ids, xs (T,B,D).
+``embedding_lstm_backward(dhs, dhT, dcT, cache, x, V) -> (dE, dWx, dWh, db, dh0, dc0)``
+    The first layer's backward and the embedding's together, for a layer
+    whose input was ``embedding_forward(E, x)``: ``lstm_backward`` then
+    ``embedding_backward`` (this class does exactly that). dxs only feeds dE,
+    so a backend that knows the layer's input rows came from E may get dE
+    without forming dxs (dE = S Wx^T, S the rows of dA summed per id).
 ``linear_forward(hs, W, b) -> logits`` and ``linear_backward(dlogits, hs, W) -> (dhs, dW, db)``
     hs (T,B,H), W (H,V), b (V,), logits (T,B,V).
 ``softmax_xent(logits, y, mask) -> (loss_sum, dlogits, correct)``
@@ -133,6 +139,11 @@ class Backend:
     def lstm_backward(self, dhs, dhT, dcT, cache):
         """Backpropagation through time for one layer: ``(dxs, dWx, dWh, db, dh0, dc0)``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement lstm_backward")
+
+    def embedding_lstm_backward(self, dhs, dhT, dcT, cache, x, V: int):
+        """The first layer's backward and the embedding's: ``(dE, dWx, dWh, db, dh0, dc0)``."""
+        dxs, dWx, dWh, db, dh0, dc0 = self.lstm_backward(dhs, dhT, dcT, cache)
+        return self.embedding_backward(dxs, x, V), dWx, dWh, db, dh0, dc0
 
     # ----------------------------------------------------- embedding, output
 

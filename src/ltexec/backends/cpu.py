@@ -10,8 +10,9 @@ and keeps everything else out of their way:
   (``dA^T X``, ``dA^T H_prev``, ``dA Wx^T``): the forward pass stores h_{t-1}
   for every t in one (T+1,B,H) buffer, so H_prev is a contiguous slice.
 * A layer fed by the embedding gets its input rows from E: ``X Wx`` is
-  ``(E Wx)[x]`` and ``X^T dA`` is ``E^T S`` with S the rows of dA summed per
-  token, two (T*B, D, 4H) products replaced by (V, D, 4H) ones.
+  ``(E Wx)[x]``, ``X^T dA`` is ``E^T S`` with S the rows of dA summed per
+  token, and the embedding's gradient (the rows of ``dA Wx^T`` summed per
+  token) is ``S Wx^T``: three (T*B, D, 4H) products replaced by (V, D, 4H) ones.
 * The gate math of a step is one Numba pass (:mod:`.cpu_kernels`) that reads
   the two products and writes the activations over the projection in place;
   backwards, one pass turns them into ``da`` in place and accumulates ``db``.
@@ -297,9 +298,25 @@ class CpuBackend(Backend):
         return hs[1:], hs[T].copy(), cs[T].copy(), cache
 
     def lstm_backward(self, dhs, dhT, dcT, cache):
+        self._check_cache(cache)
+        return self._backward(dhs, dhT, dcT, cache, embedding_grad=False)
+
+    def embedding_lstm_backward(self, dhs, dhT, dcT, cache, x, V: int):
+        """dE = S Wx^T without dxs when the layer ran on this embedding of x (else the two-step default)."""
+        self._check_cache(cache)
+        self._check_ids("x", x, V, ndim=2)
+        embedded = cache.embedded
+        if embedded is None or len(embedded.E) != V or not np.array_equal(embedded.x, x):
+            return super().embedding_lstm_backward(dhs, dhT, dcT, cache, x, V)
+        return self._backward(dhs, dhT, dcT, cache, embedding_grad=True)
+
+    def _check_cache(self, cache) -> None:
         if not isinstance(cache, LstmCache):
             raise TypeError(f"cache must come from {type(self).__name__}.lstm_forward(training=True), "
                             f"got {type(cache).__name__}")
+
+    def _backward(self, dhs, dhT, dcT, cache, embedding_grad: bool):
+        """BPTT of one layer; returns dE (embedding_grad, cache.embedded set) or dxs first."""
         xs, Wx, Wh, gates, cs, tanh_c = cache.xs, cache.Wx, cache.Wh, cache.gates, cache.cs, cache.tanh_c
         T, B, D = xs.shape
         H = Wh.shape[0]
@@ -322,17 +339,23 @@ class CpuBackend(Backend):
 
         self.lanes.run(recurrence, blocks)
         dA = gates.reshape(T * B, 4 * H)                       # every step's da
-        dWx, dWh, dxs = ws.empty((D, 4 * H), dt), ws.empty((H, 4 * H), dt), ws.empty((T * B, D), dt)
+        dWx, dWh = ws.empty((D, 4 * H), dt), ws.empty((H, 4 * H), dt)
         if cache.embedded is not None:                        # dWx^T = S^T E, S: rows of dA summed per token
             E = cache.embedded.E
             S = self._sum_rows_by_id(dA, cache.embedded.x.reshape(-1), len(E))   # (V,4H)
             input_grad = (S.T, E, dWx.T)
         else:
             input_grad = (dA.T, xs.reshape(T * B, D), dWx.T)  # dWx^T = dA^T X
-        self.lanes.matmul(input_grad,
-                          (dA, Wx.T, dxs),                    # dxs = dA Wx^T (split best by rows)
+        if embedding_grad:
+            first = ws.empty((len(E), D), dt)
+            first_grad = (S, Wx.T, first)                     # dE = S Wx^T: the rows of dxs summed per token
+        else:
+            first = ws.empty((T * B, D), dt)
+            first_grad = (dA, Wx.T, first)                    # dxs = dA Wx^T (split best by rows)
+        self.lanes.matmul(input_grad, first_grad,
                           (dA.T, cache.hs[:T].reshape(T * B, H), dWh.T))   # dWh^T = dA^T H_prev
-        return dxs.reshape(T, B, D), dWx, dWh, lane_db.sum(axis=0).astype(dt), dh_next, dc
+        first = first if embedding_grad else first.reshape(T, B, D)
+        return first, dWx, dWh, lane_db.sum(axis=0).astype(dt), dh_next, dc
 
     # ----------------------------------------------------- embedding, output
 
