@@ -106,7 +106,7 @@ class SweepSpec:
             raise ValueError(f"nestings apply only to task programs; got nestings "
                              f"{','.join(map(str, self.nestings))} for task {self.task}")
         if self.task != "copy" and len(self.transforms) > 1:
-            raise ValueError(f"transforms: a {self.task} sweep takes one transform (its grid is nesting x "
+            raise ValueError(f"transforms: a sweep of task {self.task} takes one transform (its grid is nesting x "
                              f"length); got {','.join(self.transforms)}")
         if self.steps_per_cell is not None and self.minutes_per_cell is not None:
             raise ValueError("give steps_per_cell or minutes_per_cell, not both")
@@ -171,7 +171,7 @@ PRESETS = {
     # The paper's Figure 7: copying 5 to 65 digits under the four input transforms.
     "paper-copy": {"task": "copy", "lengths": (5, 15, 25, 35, 45, 55, 65), "transforms": TRANSFORMS},
     # Small enough for a 2-core CPU in about 30 minutes with two workers (see README).
-    "cpu": {"task": "programs", "lengths": (1, 2), "nestings": (1, 2), "steps_per_cell": 4000,
+    "cpu": {"task": "programs", "lengths": (1, 2), "nestings": (1, 2), "steps_per_cell": 6000,
             "train": {"hidden": 128, "layers": 1, "batch": 32, "eval_every": 100, "eval_examples": 200}},
 }
 
@@ -190,6 +190,7 @@ def cell_dir(sweep_dir, cell: Cell) -> Path:
 
 def write_json(path, value) -> None:
     """Write ``value`` as JSON atomically (a reader sees the old file or the new one, never half of it)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda handle: handle.write((json.dumps(value, indent=1) + "\n").encode("utf-8")))
 
 
@@ -340,18 +341,25 @@ class RayExecutor(Executor):
         self._ray.shutdown()
 
 
+class MissingExtra(RuntimeError):
+    """An optional dependency that the requested feature needs is not installed."""
+
+
 def import_ray():
     """The ``ray`` module, or a clear error saying how to install it."""
     try:
         import ray
     except ImportError:
-        raise RuntimeError('--ray needs Ray, which is not installed: pip install "ltexec[ray]"') from None
+        raise MissingExtra('--ray needs Ray, which is not installed: pip install "ltexec[ray]"') from None
     return ray
 
 
-def ray_executor(address: str):
-    """An executor factory for :func:`run_sweep` that runs cells on the Ray cluster at ``address``."""
-    ray = import_ray()
+def ray_executor(address: str, ray=None):
+    """An executor factory for :func:`run_sweep` that runs cells on the Ray cluster at ``address``.
+
+    ``ray`` is the module to use (default: ``import ray``, with a clear error if it is missing).
+    """
+    ray = import_ray() if ray is None else ray
 
     @contextlib.contextmanager
     def factory(workers: int, threads: int):

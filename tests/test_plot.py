@@ -1,0 +1,87 @@
+"""Heatmaps from a synthetic sweep: every figure written, missing cells drawn, no display needed."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+
+from ltexec import sweep
+from ltexec.cli import main
+from ltexec.generalization import beyond_levels
+from ltexec.sweep import SweepSpec
+
+pytest.importorskip("matplotlib", reason='the plots need matplotlib: pip install -e ".[plot]"')
+
+from ltexec import plot  # noqa: E402  (after the skip: plot needs matplotlib)
+
+
+def fake_sweep(directory, spec: SweepSpec, skip=()) -> None:
+    """A sweep directory whose cells have made-up results (accuracy rising with the strategy's index)."""
+    sweep.open_sweep_dir(directory, spec)
+    for cell in spec.cells():
+        if cell.name in skip:
+            continue
+        accuracy = 0.2 + 0.2 * spec.strategies.index(cell.strategy) / cell.length
+        beyond = [{**level, "teacher_forced_acc": accuracy / 2, "exact_match_acc": accuracy / 4}
+                  for level in beyond_levels(spec.task, cell.length, cell.nesting, spec.beyond)]
+        sweep.write_json(sweep.cell_dir(directory, cell) / sweep.CELL_RESULT_NAME,
+                         {"status": "done", "cell": cell.to_dict(), "teacher_forced_acc": accuracy,
+                          "exact_match_acc": accuracy / 2, "steps": 10, "chars_per_s": 1.0, "beyond": beyond})
+
+
+def programs_spec(strategies=("baseline", "combined"), lengths=(1, 2)) -> SweepSpec:
+    return SweepSpec.from_dict({"task": "programs", "strategies": strategies, "lengths": lengths,
+                                "nestings": [1, 2], "steps_per_cell": 1})
+
+
+def test_plot_writes_absolute_and_relative_figures_with_missing_cells(tmp_path):
+    fake_sweep(tmp_path, programs_spec(), skip={"combined-L2-N2-none", "baseline-L1-N1-none"})
+    written = plot.plot_sweep(tmp_path)
+    names = {p.name for p in written}
+    assert names == {f"{kind}-{metric}.{ext}" for kind in ("absolute", "relative")
+                     for metric in ("teacher_forced", "exact_match") for ext in ("png", "svg")}
+    for path in written:
+        assert path.parent == tmp_path / "figures" and path.stat().st_size > 10_000
+        head = path.read_bytes()[:200]
+        assert head.startswith(b"\x89PNG") if path.suffix == ".png" else b"<svg" in path.read_bytes()[:2000]
+
+
+def test_grids_hold_percentages_and_nan_for_cells_not_run(tmp_path):
+    spec = programs_spec()
+    fake_sweep(tmp_path, spec, skip={"combined-L2-N1-none"})
+    _, results = sweep.load_results(tmp_path)
+    grid = plot._grid(spec, results, "combined", "teacher_forced_acc")
+    assert len(grid) == 2 and len(grid[0]) == 2
+    assert math.isnan(grid[0][1]) and grid[1][0] == pytest.approx(100 * (0.2 + 0.2 * 1 / 1))
+    labels, columns, values = plot._beyond_grid(spec, results, "combined", "exact_match_acc")
+    assert columns == ["target", "length+1", "length+2", "nesting+1", "nesting+2"]
+    assert labels[:2] == ["L1 N1", "L2 N1"] and all(math.isnan(v) for v in values[1])
+
+
+def test_copy_sweep_without_baseline_has_transform_rows_and_no_relative_figure(tmp_path):
+    spec = SweepSpec.from_dict({"task": "copy", "strategies": ["naive", "combined"], "lengths": [5],
+                                "transforms": ["none", "reverse", "double", "both"], "steps_per_cell": 1})
+    fake_sweep(tmp_path, spec)
+    out = tmp_path / "elsewhere"
+    written = plot.plot_sweep(tmp_path, out)
+    assert sorted(p.name for p in written) == sorted(f"absolute-{m}.{e}" for m in ("teacher_forced", "exact_match")
+                                                     for e in ("png", "svg"))
+    assert plot._rows(spec) == ("transform", ("none", "reverse", "double", "both"))
+
+
+def test_plot_command_and_its_errors(tmp_path, capsys):
+    fake_sweep(tmp_path / "s", programs_spec(strategies=["naive"], lengths=[1]))
+    assert main(["plot", str(tmp_path / "s"), "--figures", str(tmp_path / "f")]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(tmp_path / "f" / f"absolute-{metric}.{ext}")
+                                                    for metric in ("teacher_forced", "exact_match")
+                                                    for ext in ("png", "svg")]
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "is not a sweep directory (no sweep.json)" in capsys.readouterr().err
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(sweep.MissingExtra, match=r'pip install "ltexec\[plot\]"'):
+        plot.import_pyplot()

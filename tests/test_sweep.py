@@ -1,0 +1,279 @@
+"""Sweeps: the grid, the spec check, validation, resume after a kill, parallel workers, the Ray executor."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import Executor, Future
+from pathlib import Path
+
+import pytest
+
+from ltexec import sweep
+from ltexec.cli import main
+from ltexec.generalization import beyond_levels, evaluate_beyond
+from ltexec.sweep import Cell, SweepSpec
+from ltexec.trainer import Trainer
+
+TINY = {"hidden": 8, "layers": 1, "batch": 4, "window": 10, "backend": "numpy", "eval_every": 5,
+        "eval_examples": 8}
+TINY_FLAGS = ["--hidden", "8", "--layers", "1", "--batch", "4", "--backend", "numpy", "--eval-every", "5",
+              "--eval-examples", "8"]
+
+
+def tiny_spec(**fields) -> SweepSpec:
+    values = {"task": "addition", "strategies": ("baseline", "combined"), "lengths": (1, 2),
+              "steps_per_cell": 10, "beyond": (1,), "train": TINY}
+    return SweepSpec.from_dict({**values, **fields})
+
+
+class InlineExecutor(Executor):
+    """Runs each submitted call at once in this process (the tests' stand-in for worker processes)."""
+
+    def __init__(self, fail_cell: str | None = None):
+        self.fail_cell = fail_cell
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future = Future()
+        try:
+            if self.fail_cell and Path(args[0]["dir"]).name == self.fail_cell:
+                raise RuntimeError("this cell fails")
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
+
+def inline_executor(fail_cell=None):
+    @contextlib.contextmanager
+    def factory(workers, threads):
+        yield InlineExecutor(fail_cell)
+    return factory
+
+
+# ---------------------------------------------------------------------------- the grid
+def test_programs_grid_is_strategies_by_nesting_by_length():
+    spec = SweepSpec.from_dict({"task": "programs", "strategies": ["baseline", "mix"], "lengths": [1, 2, 3],
+                                "nestings": [1, 2]})
+    cells = spec.cells()
+    assert len(cells) == 2 * 2 * 3
+    assert cells[0] == Cell("baseline", 1, 1, "none") and cells[-1] == Cell("mix", 3, 2, "none")
+    assert len({c.name for c in cells}) == len(cells)
+    assert cells[0].name == "baseline-L1-N1-none"
+
+
+def test_copy_grid_is_strategies_by_transform_by_length():
+    spec = SweepSpec.from_dict({"task": "copy", "strategies": ["combined"], "lengths": [5, 15],
+                                "transforms": ["none", "reverse", "double", "both"]})
+    cells = spec.cells()
+    assert [(c.transform, c.length) for c in cells] == [(t, n) for t in ("none", "reverse", "double", "both")
+                                                        for n in (5, 15)]
+    assert {c.nesting for c in cells} == {1}
+
+
+def test_cell_config_takes_grid_budget_and_training_options():
+    spec = tiny_spec(strategies=["naive"], steps_per_cell=7)
+    config = spec.cell_config(Cell("naive", 2))
+    assert (config.task, config.length, config.strategy, config.max_steps, config.minutes) == ("addition", 2, "naive", 7, None)
+    assert (config.hidden, config.batch, config.backend) == (8, 4, "numpy")
+
+
+def test_presets_and_overrides():
+    paper = sweep.preset("paper")
+    assert (paper.task, paper.lengths, paper.nestings, len(paper.strategies)) == ("programs", (1, 2, 3, 4, 5, 6), (1, 2, 3), 4)
+    assert paper.cell_config(paper.cells()[0]).hidden == 400
+    cpu = sweep.preset("cpu", lengths=(1,), train={"seed": 3})
+    assert cpu.lengths == (1,) and cpu.train["seed"] == 3 and cpu.train["hidden"] == sweep.PRESETS["cpu"]["train"]["hidden"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"task": "chess"}, "task must be one of addition, copy, programs; got 'chess'"),
+    ({"strategies": ["baseline", "best"]}, "strategies must be one of baseline, naive, mix, combined; got 'best'"),
+    ({"lengths": [0]}, "lengths must be an integer >= 1, got 0"),
+    ({"lengths": [2, 2]}, "lengths must not repeat a value, got 2 more than once"),
+    ({"lengths": []}, "lengths must list at least one value"),
+    ({"nestings": [2]}, "nestings apply only to task programs"),
+    ({"transforms": ["none", "reverse"]}, "a sweep of task addition takes one transform"),
+    ({"minutes_per_cell": 1.0}, "give steps_per_cell or minutes_per_cell, not both"),
+    ({"steps_per_cell": 0}, "steps_per_cell must be an integer >= 1, got 0"),
+    ({"train": {"length": 3}}, "train options must not set length"),
+    ({"train": {"hiddn": 3}}, "unknown training option(s): hiddn"),
+    ({"train": {"hidden": 0}}, "hidden must be an integer >= 1, got 0"),
+])
+def test_bad_spec_is_refused_naming_the_field(fields, message):
+    with pytest.raises(ValueError) as error:
+        tiny_spec(**fields)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lengths", "0..2"], "argument --lengths: lengths must be an integer >= 1, got 0"),
+    (["--strategies", "baseline,best"], "argument --strategies: strategies must be one of baseline, naive, mix, combined; got 'best'"),
+    (["--workers", "0"], "argument --workers: workers must be an integer >= 1, got 0"),
+    (["--preset", "gpu"], "argument --preset: invalid choice: 'gpu'"),
+    (["--task", "copy", "--lengths", "5", "--nestings", "2"], "nestings apply only to task programs"),
+])
+def test_cli_refuses_bad_arguments_with_exit_2_and_one_line(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(["sweep", "--out", str(tmp_path / "s"), *argv])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_lists_accept_ranges():
+    from ltexec.cli import build_parser
+
+    args = build_parser().parse_args(["sweep", "--out", "x", "--lengths", "1..3,5", "--strategies", "mix,naive"])
+    assert args.lengths == (1, 2, 3, 5) and args.strategies == ("mix", "naive")
+
+
+def test_restart_with_another_grid_is_refused(tmp_path):
+    sweep.open_sweep_dir(tmp_path, tiny_spec())
+    sweep.open_sweep_dir(tmp_path, tiny_spec())                     # the same grid continues
+    with pytest.raises(ValueError, match=r"different grid \(lengths: \[1, 2\] there, \[1, 3\] now\)"):
+        sweep.open_sweep_dir(tmp_path, tiny_spec(lengths=[1, 3]))
+    assert sweep.load_spec(tmp_path) == tiny_spec()
+
+
+# ------------------------------------------------------------------------- running
+def test_parallel_workers_run_every_cell_and_keep_training_output_in_cell_logs(tmp_path):
+    lines = []
+    results = sweep.run_sweep(tiny_spec(), tmp_path, workers=2, log=lines.append)
+    spec = tiny_spec()
+    assert [r["cell"] for r in results] == [c.to_dict() for c in spec.cells()]
+    for cell, result in zip(spec.cells(), results):
+        directory = sweep.cell_dir(tmp_path, cell)
+        assert {"metrics.jsonl", "checkpoint.npz", "train.log", "result.json"} <= {p.name for p in directory.iterdir()}
+        assert "ltexec train: addition" in (directory / "train.log").read_text()
+        assert result["steps"] == 10 and 0.0 <= result["exact_match_acc"] <= 1.0
+        assert result["config"]["max_steps"] == 10 and result["chars_per_s"] > 0
+        assert [level["offset"] for level in result["beyond"]] == ["length+1"]
+    assert len((tmp_path / sweep.RESULTS_NAME).read_text().splitlines()) == 4
+    assert sum("finished" in line for line in lines) == 4 and "4/4 done" in lines[-1]
+    assert not any("step " in line for line in lines)               # no trainer output among the progress lines
+    table = sweep.results_table(tmp_path)
+    assert table.count("\n") == 1 + 4 and "not run" not in table
+
+
+def test_resume_after_kill_skips_finished_cells(tmp_path):
+    """A sweep killed after its first cell: the restart keeps that cell and completes the others."""
+    argv = [sys.executable, "-m", "ltexec", "sweep", "--out", str(tmp_path), "--task", "addition",
+            "--strategies", "baseline,naive,combined", "--lengths", "1", "--steps-per-cell", "150",
+            "--beyond", "1", *TINY_FLAGS]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    first = sweep.cell_dir(tmp_path, Cell("baseline", 1)) / sweep.CELL_RESULT_NAME
+    deadline = time.monotonic() + 60
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert first.exists(), process.stderr.read().decode()
+    kept = first.read_text()
+    spec = sweep.load_spec(tmp_path)
+    _, finished = sweep.load_results(tmp_path)
+    assert len(finished) < len(spec.cells()), "the sweep ended before it was killed; make its cells longer"
+
+    lines = []
+    results = sweep.run_sweep(spec, tmp_path, executor_factory=inline_executor(), log=lines.append)
+    assert first.read_text() == kept                                  # not re-run
+    assert f"{len(finished)} already done" in lines[0]
+    assert [r["cell"]["strategy"] for r in results] == ["baseline", "naive", "combined"]
+    assert all(r["steps"] == 150 for r in results)
+    assert len((tmp_path / sweep.RESULTS_NAME).read_text().splitlines()) == 3
+
+
+def test_cell_with_a_checkpoint_resumes_from_it(tmp_path):
+    spec = tiny_spec(strategies=["mix"], lengths=[1], steps_per_cell=12)
+    cell = spec.cells()[0]
+    config = spec.cell_config(cell)
+    config.max_steps = 5                                              # a cell killed after step 5
+    Trainer(config, sweep.cell_dir(tmp_path, cell), log=lambda line: None).run()
+    (result,) = sweep.run_sweep(spec, tmp_path, executor_factory=inline_executor(), log=lambda line: None)
+    assert "resumed from" in (sweep.cell_dir(tmp_path, cell) / "train.log").read_text()
+    assert result["steps"] == 12
+    steps = [json.loads(line)["step"] for line in (sweep.cell_dir(tmp_path, cell) / "metrics.jsonl").open()]
+    assert steps == [5, 10, 12]
+
+
+def test_a_failed_cell_is_reported_and_the_others_finish(tmp_path):
+    with pytest.raises(sweep.SweepError, match="1 cell\\(s\\) failed: baseline-L2-N1-none: RuntimeError: this cell fails"):
+        sweep.run_sweep(tiny_spec(), tmp_path, executor_factory=inline_executor("baseline-L2-N1-none"),
+                        log=lambda line: None)
+    _, results = sweep.load_results(tmp_path)
+    assert len(results) == 3 and Cell("baseline", 2) not in results
+    assert "| baseline | 1 | 2 | not run |" in sweep.results_table(tmp_path)
+
+
+# --------------------------------------------------------------------------- Ray
+class FakeRay:
+    """The part of Ray's API that RayExecutor uses: init, remote(fn).options(...).remote(...).future(), shutdown."""
+
+    def __init__(self):
+        self.calls = []
+
+    def init(self, address):
+        self.calls.append(("init", address))
+
+    def shutdown(self):
+        self.calls.append(("shutdown",))
+
+    def remote(self, fn):
+        fake = self
+
+        class Task:
+            def options(self, **options):
+                fake.calls.append(("options", options))
+                return self
+
+            def remote(self, *args):
+                future = Future()
+                future.set_result(fn(*args))
+
+                class Ref:
+                    def future(self):
+                        return future
+                return Ref()
+        return Task()
+
+
+def test_ray_executor_runs_cells_as_tasks_with_thread_limits(tmp_path):
+    ray = FakeRay()
+    results = sweep.run_sweep(tiny_spec(lengths=[1]), tmp_path, workers=2, threads=3,
+                              executor_factory=sweep.ray_executor("ray://head:10001", ray=ray), log=lambda line: None)
+    assert len(results) == 2 and all(r["status"] == "done" for r in results)
+    assert ray.calls[0] == ("init", "ray://head:10001") and ray.calls[-1] == ("shutdown",)
+    options = [call[1] for call in ray.calls if call[0] == "options"]
+    assert options == [{"num_cpus": 3, "runtime_env": {"env_vars": {
+        "OPENBLAS_NUM_THREADS": "3", "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}}}] * 2
+
+
+def test_missing_ray_names_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)                     # "import ray" raises ImportError
+    with pytest.raises(sweep.MissingExtra, match=r'pip install "ltexec\[ray\]"'):
+        sweep.ray_executor("auto")
+    assert main(["sweep", "--out", str(tmp_path), "--task", "addition", "--lengths", "1", "--ray", "auto"]) == 1
+    assert 'pip install "ltexec[ray]"' in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- generalization
+def test_beyond_levels():
+    assert [(d["length"], d["nesting"]) for d in beyond_levels("programs", 2, 3, (1, 2))] == [(3, 3), (4, 3), (2, 4), (2, 5)]
+    assert [d["offset"] for d in beyond_levels("copy", 5, 1, (1,))] == ["length+1"]
+    with pytest.raises(ValueError, match="beyond offsets must be an integer >= 1, got 0"):
+        beyond_levels("addition", 2, 1, (0,))
+
+
+def test_evaluate_beyond_loads_the_checkpoint_and_is_repeatable(tmp_path):
+    spec = SweepSpec.from_dict({"task": "programs", "strategies": ["baseline"], "lengths": [1], "nestings": [1],
+                                "steps_per_cell": 5, "beyond": [1], "train": TINY})
+    (result,) = sweep.run_sweep(spec, tmp_path, executor_factory=inline_executor(), log=lambda line: None)
+    again = evaluate_beyond(sweep.cell_dir(tmp_path, spec.cells()[0]), offsets=(1,))
+    assert again == result["beyond"]
+    assert [(d["length"], d["nesting"]) for d in again] == [(2, 1), (1, 2)]
