@@ -106,7 +106,7 @@ def _absolute_figure(plt, spec, results, key, title):
     with_beyond = bool(spec.beyond)
     beyond_rows = len(rows) * len(spec.lengths)
     heights = [len(rows) + 1.5] + ([beyond_rows + 1.5] if with_beyond else [])
-    width = max(3.0, 0.75 * max(len(spec.lengths), 1 + len(beyond_levels(spec.task, 1, 1, spec.beyond))) + 1.5)
+    width = _panel_width(max(len(spec.lengths), 1 + len(beyond_levels(spec.task, 1, 1, spec.beyond))))
     figure, axes = plt.subplots(len(heights), len(strategies), squeeze=False,
                                 figsize=(width * len(strategies), 0.45 * sum(heights) + 1.2),
                                 gridspec_kw={"height_ratios": heights}, layout="constrained")
@@ -132,7 +132,7 @@ def _relative_figure(plt, spec, results, key, title):
     finite = [abs(v) for grid in differences.values() for row in grid for v in row if not math.isnan(v)]
     limit = max(finite + [5.0])
     figure, axes = plt.subplots(1, len(others), squeeze=False,
-                                figsize=(max(3.0, 0.75 * len(spec.lengths) + 1.5) * len(others), 0.45 * len(rows) + 2.2),
+                                figsize=(_panel_width(len(spec.lengths)) * len(others), 0.45 * len(rows) + 2.2),
                                 layout="constrained")
     for column, strategy in enumerate(others):
         _heatmap(axes[0][column], differences[strategy], [str(r) for r in rows],
@@ -140,6 +140,11 @@ def _relative_figure(plt, spec, results, key, title):
         axes[0][column].set(title=f"{strategy} - baseline", xlabel="length", ylabel=row_name if column == 0 else "")
     figure.suptitle(f"{spec.task}: {title}, percentage points relative to baseline")
     return figure
+
+
+def _panel_width(columns: int) -> float:
+    """Inches for a heatmap panel of ``columns`` cells, its labels included."""
+    return max(3.0, 0.6 * columns + 1.2)
 
 
 def _heatmap(ax, values, row_labels, column_labels, cmap, vmin, vmax, number_format) -> None:

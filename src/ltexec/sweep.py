@@ -171,7 +171,7 @@ PRESETS = {
     # The paper's Figure 7: copying 5 to 65 digits under the four input transforms.
     "paper-copy": {"task": "copy", "lengths": (5, 15, 25, 35, 45, 55, 65), "transforms": TRANSFORMS},
     # Small enough for a 2-core CPU in about 30 minutes with two workers (see README).
-    "cpu": {"task": "programs", "lengths": (1, 2), "nestings": (1, 2), "steps_per_cell": 6000,
+    "cpu": {"task": "programs", "lengths": (1, 2), "nestings": (1, 2), "steps_per_cell": 9000,
             "train": {"hidden": 128, "layers": 1, "batch": 32, "eval_every": 100, "eval_examples": 200}},
 }
 
