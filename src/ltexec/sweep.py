@@ -37,6 +37,7 @@ from typing import Callable
 
 from ltexec.checkpoint import atomic_write
 from ltexec.curriculum import STRATEGIES
+from ltexec.generalization import evaluate_beyond
 from ltexec.sampler import TASKS
 from ltexec.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
 from ltexec.validation import check_choice, check_float, check_int
@@ -252,8 +253,6 @@ def run_cell(job: dict) -> dict:
     Returns the result, or ``{"status": "interrupted"}`` (no result file) if
     the cell was stopped before its budget ran out.
     """
-    from ltexec.generalization import evaluate_beyond
-
     out = Path(job["dir"])
     out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig.from_dict(job["config"])
@@ -280,7 +279,7 @@ def run_cell(job: dict) -> dict:
 
 def limit_lanes(backend, threads: int) -> None:
     """Give the ``cpu`` backend ``threads`` lanes (its default is one per core, too many beside other workers)."""
-    from ltexec.backends.cpu import CpuBackend, Lanes
+    from ltexec.backends.cpu import CpuBackend, Lanes    # backend modules load only when used (see the registry)
 
     if isinstance(backend, CpuBackend) and backend.lanes.count > threads:
         backend.lanes = Lanes(threads)
