@@ -136,7 +136,7 @@ def _relative_figure(plt, spec, results, key, title):
                                 layout="constrained")
     for column, strategy in enumerate(others):
         _heatmap(axes[0][column], differences[strategy], [str(r) for r in rows],
-                 [str(length) for length in spec.lengths], "RdBu", -limit, limit, "{:+.0f}")
+                 [str(length) for length in spec.lengths], "RdBu", -limit, limit, "{:+.1f}")
         axes[0][column].set(title=f"{strategy} - baseline", xlabel="length", ylabel=row_name if column == 0 else "")
     figure.suptitle(f"{spec.task}: {title}, percentage points relative to baseline")
     return figure
