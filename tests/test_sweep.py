@@ -89,6 +89,8 @@ def test_presets_and_overrides():
     assert paper.cell_config(paper.cells()[0]).hidden == 400
     cpu = sweep.preset("cpu", lengths=(1,), train={"seed": 3})
     assert cpu.lengths == (1,) and cpu.train["seed"] == 3 and cpu.train["hidden"] == sweep.PRESETS["cpu"]["train"]["hidden"]
+    timed = sweep.preset("cpu", minutes_per_cell=2.0)
+    assert (timed.minutes_per_cell, timed.steps_per_cell) == (2.0, None)
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -178,8 +178,11 @@ PRESETS = {
 
 
 def preset(name: str, **overrides) -> SweepSpec:
-    """A preset grid with some fields replaced (``train`` options are merged, not replaced)."""
+    """A preset grid with some fields replaced (``train`` options are merged; a budget replaces the preset's)."""
     values = dict(PRESETS[check_choice("preset", name, PRESETS)])
+    if {"steps_per_cell", "minutes_per_cell"} & set(overrides):
+        values.pop("steps_per_cell", None)
+        values.pop("minutes_per_cell", None)
     values["train"] = {**values.get("train", {}), **overrides.pop("train", {})}
     return SweepSpec.from_dict({**values, **overrides})
 
