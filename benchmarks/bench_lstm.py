@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from flops import check_paper_count, step_flops
+from machine import machine
 from ltexec.backends import available_backends, get_backend
 from ltexec.model import LSTMModel
 from ltexec.optim import SGD
@@ -183,21 +184,6 @@ def time_interleaved(runners: list, block_s: float, warmup: int, repeats: int) -
     return times, steps
 
 
-def processor_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    return {"processor": processor_name(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "python": platform.python_version(), "numpy": np.__version__}
-
 
 def load_average() -> list[float] | None:
     try:
@@ -267,7 +253,7 @@ def bench_config(cfg: Config, quick: bool, repeats: int) -> list[dict]:
     common = {"config": cfg.name, **shape, "flops_per_step": flops,
               "gemm_peak_gflops": round(peak / 1e9, 1), "repeats": repeats, "quick": quick,
               "load_average_before": load_before, "load_average_after": load_after,
-              "other_processes_cpu_share": other_load.share(), "machine": machine()}
+              "other_processes_cpu_share": other_load.share(), "machine": machine(numpy=np.__version__)}
     records = []
     for runner in runners:
         s = statistics.median(times[runner.name])

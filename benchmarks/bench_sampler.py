@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import sys
 import time
 
 from ltexec.sampler import TASKS, generate, sample_example
+from machine import machine
 
 LENGTH = 4
 PROGRAM_NESTING = 3
@@ -38,23 +37,6 @@ def examples_per_second(draw, count: int, repeats: int) -> float:
             rates.append(count / elapsed)
     return statistics.median(rates)
 
-
-def processor_name() -> str:
-    """The CPU model where the system names it (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    return {"processor": processor_name(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "implementation": platform.python_implementation()}
 
 
 def measure(count: int, repeats: int) -> list[dict]:
