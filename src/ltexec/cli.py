@@ -21,17 +21,22 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def int_arg(name: str, minimum: int | None = None, maximum: int | None = None):
-    """An argparse ``type`` that validates with :func:`check_int` and reports its message."""
+def checked_arg(name: str, check, *args):
+    """An argparse ``type`` that parses with ``check(name, text, *args)``; its ValueError becomes the error line."""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            return check_int(name, text, minimum, maximum)
+            return check(name, text, *args)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 
     parse.__name__ = name
     return parse
+
+
+def int_arg(name: str, minimum: int | None = None, maximum: int | None = None):
+    """An argparse ``type`` that validates with :func:`check_int`."""
+    return checked_arg(name, check_int, minimum, maximum)
 
 
 def _add_sample(subparsers) -> None:
@@ -73,16 +78,8 @@ def _run_sample(args) -> None:
 
 def float_arg(name: str, minimum: float | None = None, maximum: float | None = None,
               inclusive_min: bool = True):
-    """An argparse ``type`` that validates with :func:`check_float` and reports its message."""
-
-    def parse(text: str) -> float:
-        try:
-            return check_float(name, text, minimum, maximum, inclusive_min)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    parse.__name__ = name
-    return parse
+    """An argparse ``type`` that validates with :func:`check_float`."""
+    return checked_arg(name, check_float, minimum, maximum, inclusive_min)
 
 
 def _add_train(subparsers) -> None:
@@ -150,24 +147,20 @@ def _run_train(args) -> None:
 
 def list_arg(name: str, check_item, ranges: bool = False):
     """An argparse ``type`` for a comma-separated list (with ``ranges``, ``a..b`` for a run of integers)."""
+    return checked_arg(name, _parse_list, check_item, ranges)
 
-    def parse(text: str) -> tuple:
-        from ltexec.sweep import check_list
 
-        items = []
-        try:
-            for part in (p.strip() for p in text.split(",") if p.strip()):
-                low, dots, high = part.partition("..")
-                if ranges and dots:
-                    items += range(check_int(name, low, 0), check_int(name, high, 0) + 1)
-                else:
-                    items.append(part)
-            return check_list(name, items, check_item)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+def _parse_list(name: str, text: str, check_item, ranges: bool) -> tuple:
+    from ltexec.sweep import check_list
 
-    parse.__name__ = name
-    return parse
+    items = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        low, dots, high = part.partition("..")
+        if ranges and dots:
+            items += range(check_int(name, low, 0), check_int(name, high, 0) + 1)
+        else:
+            items.append(part)
+    return check_list(name, items, check_item)
 
 
 def _add_sweep(subparsers) -> None:
