@@ -189,7 +189,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     args = [sys.executable, "-m", "ltexec", "train", "--task", "addition", "--length", "2", "--hidden", "8",
             "--layers", "1", "--batch", "4", "--window", "10", "--eval-every", "1000000",
             "--backend", "numpy", "--out", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A process started in the background by a non-interactive shell (as CI jobs may be) ignores SIGINT,
+    # and so would its children; the user's terminal gives the trainer the default disposition.
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         while proc.poll() is None and "ltexec train:" not in (proc.stdout.readline() or ""):
             pass
