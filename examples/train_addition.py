@@ -21,9 +21,10 @@ import time
 from ltexec.evaluation import evaluate
 from ltexec.sampler import sample
 from ltexec.trainer import Trainer, TrainConfig
+from ltexec.validation import check_float
 
 # What 10 minutes on a 2-core CPU can afford, and what makes it reliable (see README).
-FAST = dict(hidden=128, layers=1, batch=32, window=50, mode="examples", loss_scale="chars",
+FAST = dict(hidden=128, layers=1, batch=64, window=50, mode="examples", loss_scale="chars",
             strategy="baseline", transform="reverse", lr=0.5, momentum=0.9, clip=1.0,
             eval_every=1000, eval_examples=300)
 # The paper's configuration (SPEC section 3): 2x400, batch 100, plain SGD at 0.5, clip 5.
@@ -55,8 +56,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     preset = dict(PAPER if args.paper else FAST)
     preset.update({k: v for k, v in vars(args).items() if k in preset and v is not None})
-    budget_s = 60.0 * args.minutes - FINAL_EVAL_RESERVE_S
     try:
+        budget_s = 60.0 * check_float("minutes", args.minutes, 0.0, inclusive_min=False) - FINAL_EVAL_RESERVE_S
         config = TrainConfig(task="addition", length=args.length, backend=args.backend, seed=args.seed,
                              minutes=max(budget_s, 1.0) / 60.0, **preset).validate()
         trainer = Trainer(config, out_dir=args.out)

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from closeness import assert_relative_error_below
 from ltexec.backends import BACKENDS, available_backends, get_backend
 from ltexec.backends.cpu import CpuBackend, Lanes, Workspace, _openblas_thread_setter
 from ltexec.backends.numpy_backend import NumpyBackend
@@ -57,12 +58,7 @@ def require_lanes(count):
 
 
 def assert_close(name, actual, expected, dtype):
-    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    assert np.isfinite(actual).all(), f"{name}: not every element written (NaN left)"
-    scale = max(np.abs(expected).max(initial=0.0), np.finfo(np.float64).tiny)
-    error = np.abs(actual - expected).max(initial=0.0) / scale
-    assert error < TOLERANCE[dtype], f"{name}: relative error {error:.3g}"
+    assert_relative_error_below(name, actual, expected, TOLERANCE[dtype])
 
 
 def uniform(rng, shape, dtype, scale=1.0):
