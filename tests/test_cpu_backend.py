@@ -72,6 +72,19 @@ def lstm_inputs(rng, T, B, D, H, dtype):
             uniform(rng, (4 * H,), dtype, 0.5))
 
 
+def output_grads(rng, T, B, H, dtype):
+    """What the loss sends into a layer: dhs (T,B,H), dhT and dcT (B,H)."""
+    return uniform(rng, (T, B, H), dtype), uniform(rng, (B, H), dtype), uniform(rng, (B, H), dtype)
+
+
+def assert_layer_backward_matches(fast, ref, grads_in, cache, cache_ref, dtype):
+    """lstm_backward of both backends, each on its own copies of grads_in, agree on every gradient."""
+    grads = fast.lstm_backward(*[g.copy() for g in grads_in], cache)
+    grads_ref = ref.lstm_backward(*[g.copy() for g in grads_in], cache_ref)
+    for name, a, e in zip(("dxs", "dWx", "dWh", "db", "dh0", "dc0"), grads, grads_ref):
+        assert_close(name, a, e, dtype)
+
+
 # --------------------------------------------------------------- operations
 
 
@@ -81,7 +94,7 @@ def lstm_inputs(rng, T, B, D, H, dtype):
 def test_lstm_layer_matches_reference(dtype, T, B, D, H, seed):
     rng = np.random.default_rng(seed)
     inputs = lstm_inputs(rng, T, B, D, H, dtype)
-    grads_in = (uniform(rng, (T, B, H), dtype), uniform(rng, (B, H), dtype), uniform(rng, (B, H), dtype))
+    grads_in = output_grads(rng, T, B, H, dtype)
     fast, ref = backends(dtype)
 
     originals = [a.copy() for a in inputs]
@@ -91,10 +104,7 @@ def test_lstm_layer_matches_reference(dtype, T, B, D, H, seed):
         assert_close(name, a, b, dtype)
     forward_out = [hs.copy(), hT.copy(), cT.copy()]
 
-    out = fast.lstm_backward(*[g.copy() for g in grads_in], cache)
-    out_ref = ref.lstm_backward(*[g.copy() for g in grads_in], cache_ref)
-    for name, a, b in zip(("dxs", "dWx", "dWh", "db", "dh0", "dc0"), out, out_ref):
-        assert_close(name, a, b, dtype)
+    assert_layer_backward_matches(fast, ref, grads_in, cache, cache_ref, dtype)
     # Neither pass may touch what forward was given or returned.
     for a, original in zip(inputs, originals):
         np.testing.assert_array_equal(a, original)
@@ -122,16 +132,13 @@ def test_lstm_layer_in_several_lanes_matches_reference(dtype, lanes, B):
     T, D, H = 3, 6, 5
     rng = np.random.default_rng(B)
     inputs = lstm_inputs(rng, T, B, D, H, dtype)
-    grads_in = (uniform(rng, (T, B, H), dtype), uniform(rng, (B, H), dtype), uniform(rng, (B, H), dtype))
+    grads_in = output_grads(rng, T, B, H, dtype)
     fast, ref = backends(dtype, lanes)
     assert len(fast.lanes.blocks(B, 32)) == lanes
     out, out_ref = fast.lstm_forward(*inputs, training=True), ref.lstm_forward(*inputs, training=True)
     for name, a, b in zip(("hs", "hT", "cT"), out[:3], out_ref[:3]):
         assert_close(name, a, b, dtype)
-    grads = fast.lstm_backward(*[g.copy() for g in grads_in], out[3])
-    grads_ref = ref.lstm_backward(*[g.copy() for g in grads_in], out_ref[3])
-    for name, a, b in zip(("dxs", "dWx", "dWh", "db", "dh0", "dc0"), grads, grads_ref):
-        assert_close(name, a, b, dtype)
+    assert_layer_backward_matches(fast, ref, grads_in, out[3], out_ref[3], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -146,7 +153,7 @@ def test_layer_on_an_embedding_matches_reference(dtype, T, B, H, V, seed):
     rng = np.random.default_rng(seed)
     E, x = uniform(rng, (V, H), dtype), rng.integers(0, V, (T, B))
     _, h0, c0, Wx, Wh, b = lstm_inputs(rng, T, B, H, H, dtype)
-    grads_in = (uniform(rng, (T, B, H), dtype), uniform(rng, (B, H), dtype), uniform(rng, (B, H), dtype))
+    grads_in = output_grads(rng, T, B, H, dtype)
     fast, ref = backends(dtype)
     xs = fast.embedding_forward(E, x)
     assert not xs.flags.writeable
@@ -155,10 +162,7 @@ def test_layer_on_an_embedding_matches_reference(dtype, T, B, H, V, seed):
     out, out_ref = fast.lstm_forward(xs, h0, c0, Wx, Wh, b, True), ref.lstm_forward(xs_ref, h0, c0, Wx, Wh, b, True)
     for name, a, e in zip(("hs", "hT", "cT"), out[:3], out_ref[:3]):
         assert_close(name, a, e, dtype)
-    grads = fast.lstm_backward(*[g.copy() for g in grads_in], out[3])
-    grads_ref = ref.lstm_backward(*[g.copy() for g in grads_in], out_ref[3])
-    for name, a, e in zip(("dxs", "dWx", "dWh", "db", "dh0", "dc0"), grads, grads_ref):
-        assert_close(name, a, e, dtype)
+    assert_layer_backward_matches(fast, ref, grads_in, out[3], out_ref[3], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -175,7 +179,7 @@ def test_embedding_and_first_layer_backward_match_reference(dtype, T, B, H, V, s
     E, x = uniform(rng, (V, H), dtype), rng.integers(0, V, (T, B))
     ids = rng.integers(0, V, (T, B)) if other_ids else x.copy()
     _, h0, c0, Wx, Wh, b = lstm_inputs(rng, T, B, H, H, dtype)
-    grads_in = (uniform(rng, (T, B, H), dtype), uniform(rng, (B, H), dtype), uniform(rng, (B, H), dtype))
+    grads_in = output_grads(rng, T, B, H, dtype)
     fast, ref = backends(dtype)
     cache = fast.lstm_forward(fast.embedding_forward(E, x), h0, c0, Wx, Wh, b, True)[3]
     assert (cache.embedded is not None) == (2 * V <= T * B)

@@ -346,16 +346,15 @@ class CpuBackend(Backend):
             input_grad = (S.T, E, dWx.T)
         else:
             input_grad = (dA.T, xs.reshape(T * B, D), dWx.T)  # dWx^T = dA^T X
-        if embedding_grad:
-            first = ws.empty((len(E), D), dt)
-            first_grad = (S, Wx.T, first)                     # dE = S Wx^T: the rows of dxs summed per token
-        else:
-            first = ws.empty((T * B, D), dt)
-            first_grad = (dA, Wx.T, first)                    # dxs = dA Wx^T (split best by rows)
-        self.lanes.matmul(input_grad, first_grad,
+        if embedding_grad:                                    # dE = S Wx^T: the rows of dxs summed per token
+            grad_in = ws.empty((len(E), D), dt)
+            input_side = (S, Wx.T, grad_in)
+        else:                                                 # dxs = dA Wx^T (split best by rows)
+            grad_in = ws.empty((T, B, D), dt)
+            input_side = (dA, Wx.T, grad_in.reshape(T * B, D))
+        self.lanes.matmul(input_grad, input_side,
                           (dA.T, cache.hs[:T].reshape(T * B, H), dWh.T))   # dWh^T = dA^T H_prev
-        first = first if embedding_grad else first.reshape(T, B, D)
-        return first, dWx, dWh, lane_db.sum(axis=0).astype(dt), dh_next, dc
+        return grad_in, dWx, dWh, lane_db.sum(axis=0).astype(dt), dh_next, dc
 
     # ----------------------------------------------------- embedding, output
 
