@@ -9,16 +9,13 @@ examples at ``length + k`` and, for programs, ``nesting + k``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ltexec import vocab
-from ltexec.checkpoint import CheckpointError, load_checkpoint
 from ltexec.evaluation import evaluate
 from ltexec.model import LSTMModel
 from ltexec.sampler import sample
-from ltexec.trainer import CHECKPOINT_NAME, TrainConfig
+from ltexec.trainer import TrainConfig, arrays_under, read_checkpoint
 from ltexec.validation import check_int
 
 
@@ -35,14 +32,10 @@ def beyond_levels(task: str, length: int, nesting: int, offsets) -> list[dict]:
 
 def load_trained_model(run_dir, backend=None) -> tuple[LSTMModel, TrainConfig]:
     """The model and configuration of the checkpoint in ``run_dir`` (``backend``: a name or instance, default the run's)."""
-    arrays, meta = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
-    try:
-        config = TrainConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint in {run_dir} has an unusable configuration ({error})") from None
+    arrays, _, config = read_checkpoint(run_dir)
     model = LSTMModel(vocab.VOCAB_SIZE, hidden=config.hidden, layers=config.layers,
                       backend=config.backend if backend is None else backend, dtype=np.dtype(config.dtype))
-    model.load_params({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
+    model.load_params(arrays_under(arrays, "param"))
     return model, config
 
 

@@ -385,11 +385,7 @@ class Trainer:
     def resume(cls, out_dir, overrides: dict | None = None, log=None) -> "Trainer":
         """Rebuild a trainer from ``out_dir``'s checkpoint. Only the budget (minutes, max_steps) may change."""
         out_dir = Path(out_dir)
-        arrays, meta = load_checkpoint(out_dir / CHECKPOINT_NAME)
-        try:
-            config = TrainConfig.from_dict(meta["config"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"checkpoint in {out_dir} has an unusable configuration ({error})") from None
+        arrays, meta, config = read_checkpoint(out_dir)
         for name, value in (overrides or {}).items():
             if name in ("minutes", "max_steps"):
                 setattr(config, name, value)
@@ -407,8 +403,8 @@ class Trainer:
 
     def _restore(self, arrays: dict, meta: dict) -> None:
         backend = self.model.backend
-        self.model.load_params({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
-        velocity = {k[len("velocity/"):]: v for k, v in arrays.items() if k.startswith("velocity/")}
+        self.model.load_params(arrays_under(arrays, "param"))
+        velocity = arrays_under(arrays, "velocity")
         self.optimizer.load_state_dict({"lr": meta["lr"], "momentum": self.config.momentum,
                                         "clip": self.config.clip, "velocity": velocity or None})
         expected = self.model.zero_state(self.config.batch)
@@ -419,8 +415,7 @@ class Trainer:
                 raise ValueError(f"carried state of layer {layer} has shape {h.shape}, expected {tuple(h0.shape)}")
             state.append((backend.asarray(h), backend.asarray(c)))
         self.state = state
-        self.batcher.load_state_dict({k[len("batcher/"):]: v for k, v in arrays.items()
-                                      if k.startswith("batcher/")})
+        self.batcher.load_state_dict(arrays_under(arrays, "batcher"))
         self.curriculum = Curriculum.from_state_dict(meta["curriculum"])
         self.rng.setstate(_rng_state_from_json(meta["rng"]))
         self.step = int(meta["step"])
@@ -435,6 +430,22 @@ class Trainer:
         kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line)["step"] <= self.step]
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def read_checkpoint(out_dir) -> tuple[dict, dict, TrainConfig]:
+    """The arrays, metadata and validated configuration of the checkpoint in ``out_dir``."""
+    arrays, meta = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint in {out_dir} has an unusable configuration ({error})") from None
+    return arrays, meta, config
+
+
+def arrays_under(arrays: dict, group: str) -> dict:
+    """The checkpoint arrays saved as ``group/NAME``, keyed by NAME."""
+    prefix = f"{group}/"
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def _fresh_counters() -> dict:
