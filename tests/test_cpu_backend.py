@@ -354,10 +354,15 @@ def test_workspace_reuses_only_unreferenced_arrays():
 def test_lanes_split_every_range_into_near_equal_blocks():
     lanes = Lanes(1)
     lanes.count = 3                       # the arithmetic only; no threads are started
-    assert lanes.blocks(100, 32) == [(0, 33), (33, 66), (66, 100)]
+    assert lanes.blocks(100, 32) == [(0, 32), (32, 64), (64, 100)]     # edges on multiples of 8
+    assert lanes.blocks(96, 32) == [(0, 32), (32, 64), (64, 96)]
     assert lanes.blocks(64, 32) == [(0, 32), (32, 64)]
     assert lanes.blocks(5, 32) == [(0, 5)]
     assert lanes.blocks(2) == [(0, 1), (1, 2)]
+    assert lanes.blocks(20) == [(0, 6), (6, 13), (13, 20)]              # too few rows to align
+    lanes.count = 2
+    assert lanes.blocks(100, 32) == [(0, 48), (48, 100)]
+    assert lanes.blocks(70, 34) == [(0, 35), (35, 70)]                  # aligning would leave 32 < 34
 
 
 @pytest.mark.parametrize("lanes", [1, 2, 3])
