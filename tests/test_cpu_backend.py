@@ -11,6 +11,8 @@ paths get their own cases: batches split between lanes, and a first layer
 computed from the embedding table instead of its output.
 """
 
+import time
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -388,6 +390,25 @@ def test_lanes_reraise_a_failing_block():
 
     with pytest.raises(RuntimeError, match="block failed"):
         lanes.run(job, lanes.blocks(10))
+
+
+def test_lanes_wait_for_every_block_when_the_callers_block_fails():
+    """A failure in lane 0 (the caller) is raised only after the other lanes have finished with the buffers."""
+    require_lanes(2)
+    lanes = Lanes(2)
+    finished = []
+
+    def job(lane, lo, hi):
+        if lane == 0:
+            raise KeyboardInterrupt
+        time.sleep(0.05)
+        finished.append(lane)
+
+    with pytest.raises(KeyboardInterrupt):
+        lanes.run(job, lanes.blocks(10))
+    assert finished == [1]
+    lanes.run(lambda lane, lo, hi: finished.append(lane), lanes.blocks(10))   # the lanes still serve
+    assert sorted(finished) == [0, 1, 1]
 
 
 def test_blas_threads_are_restored_after_each_operation():
