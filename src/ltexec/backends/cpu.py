@@ -201,8 +201,10 @@ class Lanes:
         cuts = [total * k // lanes for k in range(lanes + 1)]
 
         def row(cut, a, f, start):                     # the row of a where the share boundary cut falls
-            r = (cut - start) / f
-            return 0 if r <= 0 else a.shape[0] if r >= a.shape[0] else min(round(r / ROW_ALIGN) * ROW_ALIGN, a.shape[0])
+            r, rows = (cut - start) / f, a.shape[0]
+            if r <= 0 or r >= rows:
+                return 0 if r <= 0 else rows
+            return min(round(r / ROW_ALIGN) * ROW_ALIGN, rows)
 
         def share(lane, lo, hi):                       # the rows whose work lies in [lo, hi)
             for (a, b, out), f, start in zip(products, row_flops, starts):
