@@ -20,6 +20,7 @@ import time
 
 from ltexec.evaluation import evaluate
 from ltexec.sampler import sample
+from ltexec.seeds import derive_seed
 from ltexec.trainer import Trainer, TrainConfig
 from ltexec.validation import check_float
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
         return 2
     run = trainer.run()
     test = evaluate(trainer.model, sample("addition", args.length, count=FINAL_TEST_EXAMPLES,
-                                          seed=10_000 + args.seed, split="test"),
+                                          seed=derive_seed(args.seed, "final-test", args.length), split="test"),
                     config.transform, warmup=trainer.warmup)
     summary = {
         "task": "addition", "length": args.length, "backend": run["backend"],

@@ -15,6 +15,7 @@ from ltexec import vocab
 from ltexec.evaluation import evaluate
 from ltexec.model import LSTMModel
 from ltexec.sampler import sample
+from ltexec.seeds import derive_seed
 from ltexec.trainer import TrainConfig, arrays_under, read_checkpoint
 from ltexec.validation import check_int
 
@@ -49,7 +50,7 @@ def evaluate_beyond(run_dir, offsets=(1, 2), examples: int | None = None, backen
     count = config.eval_examples if examples is None else check_int("examples", examples, 1)
     results = []
     for level in beyond_levels(config.task, config.length, config.nesting, offsets):
-        seed = 2_000_003 * (config.seed + 1) + 7_919 * level["length"] + 104_729 * level["nesting"]
+        seed = derive_seed(config.seed, "beyond", level["length"], level["nesting"])
         test = sample(config.task, level["length"], level["nesting"], count=count, seed=seed, split="test")
         result = evaluate(model, test, config.transform, warmup=config.mode == "stream")
         results.append({**level, "teacher_forced_acc": result.char_acc, "exact_match_acc": result.exact_acc})

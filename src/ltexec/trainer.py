@@ -49,6 +49,7 @@ from ltexec.evaluation import EvalResult, evaluate
 from ltexec.model import LSTMModel
 from ltexec.optim import SGD
 from ltexec.sampler import TASKS, sample, sample_example
+from ltexec.seeds import derive_seed
 from ltexec.validation import check_choice, check_float, check_int
 
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -147,10 +148,10 @@ class Trainer:
         cfg = self.config
         self.model = LSTMModel(vocab.VOCAB_SIZE, hidden=cfg.hidden, layers=cfg.layers,
                                backend=cfg.backend, dtype=np.dtype(cfg.dtype),
-                               init_scale=cfg.init_scale, seed=cfg.seed)
+                               init_scale=cfg.init_scale, seed=derive_seed(cfg.seed, "init"))
         self.optimizer = SGD(lr=cfg.lr, momentum=cfg.momentum, clip=cfg.clip)
         self.curriculum = Curriculum(cfg.strategy, cfg.length, cfg.nesting)
-        self.rng = random.Random(cfg.seed)
+        self.rng = random.Random(derive_seed(cfg.seed, "train"))
         self.batcher = StreamBatcher(self._next_training_example, cfg.batch, cfg.window, cfg.transform)
         self.state = self.model.zero_state(cfg.batch)
         self.step = 0
@@ -176,7 +177,7 @@ class Trainer:
         """A fixed set of examples per (split, level), drawn from a seed derived from the run's."""
         key = (split,) + tuple(level)
         if key not in self._eval_sets:
-            seed = 1_000_003 * (self.config.seed + 1) + 7_919 * level[0] + 104_729 * level[1] + len(split)
+            seed = derive_seed(self.config.seed, split, *level)
             self._eval_sets[key] = sample(self.config.task, level[0], level[1],
                                           count=self.config.eval_examples, seed=seed, split=split)
         return self._eval_sets[key]
