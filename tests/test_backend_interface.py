@@ -73,6 +73,38 @@ def test_unknown_name_or_dtype_is_rejected():
             get_backend("numpy", dtype)
 
 
+def test_options_go_to_the_backend_and_unknown_ones_are_named():
+    assert get_backend("numpy", np.float64, threads=2).threads == 2
+    assert get_backend("auto", threads=1).threads == 1          # every backend takes threads
+    assert get_backend("numpy").threads is None
+    with pytest.raises(ValueError, match=r"backend 'numpy' takes no option 'graphs'; its options are: threads$"):
+        get_backend("numpy", graphs=False)
+    for bad in (0, -1, 1.5, True, "many"):
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            get_backend("numpy", threads=bad)
+
+
+def test_options_fall_back_to_the_environment(monkeypatch):
+    from ltexec.backends.base import option_from_environment
+    monkeypatch.setenv("LTEXEC_TEST_OPTION", " cublas ")
+    assert option_from_environment(None, "LTEXEC_TEST_OPTION") == "cublas"
+    assert option_from_environment(False, "LTEXEC_TEST_OPTION") is False      # a given option wins
+    monkeypatch.setenv("LTEXEC_TEST_OPTION", "  ")
+    assert option_from_environment(None, "LTEXEC_TEST_OPTION") is None
+    monkeypatch.delenv("LTEXEC_TEST_OPTION")
+    assert option_from_environment(None, "LTEXEC_TEST_OPTION") is None
+
+
+def test_every_registered_backend_takes_threads():
+    from ltexec.backends import REGISTRY, _backend_class, backend_options
+    for name, _ in REGISTRY:
+        try:
+            cls = _backend_class(name)
+        except ImportError:                     # an optional dependency the module itself needs
+            continue
+        assert "threads" in backend_options(cls), name
+
+
 def test_the_base_class_leaves_only_the_lstm_layer_to_implement():
     backend = Backend(np.float64)
     with pytest.raises(NotImplementedError, match="lstm_forward"):

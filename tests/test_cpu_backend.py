@@ -48,15 +48,13 @@ def poisoned_workspace(monkeypatch):
 
 
 def backends(dtype, lanes=None):
-    return CpuBackend(dtype, lanes), NumpyBackend(dtype)
+    return CpuBackend(dtype, threads=lanes), NumpyBackend(dtype)
 
 
 def require_lanes(count):
     """Skip unless the BLAS can be set to one thread, as more than one lane needs."""
-    try:
-        Lanes(count)
-    except ValueError as exc:
-        pytest.skip(str(exc))
+    if Lanes(count).count != count:
+        pytest.skip("the BLAS cannot be set to one thread (not OpenBLAS), so there is one lane")
 
 
 def assert_close(name, actual, expected, dtype):
@@ -415,7 +413,7 @@ def test_blas_threads_are_restored_after_each_operation():
     """Lanes run the BLAS single-threaded only while a job runs; other NumPy code keeps its threads."""
     require_lanes(2)
     set_threads = _openblas_thread_setter()
-    model = LSTMModel(7, hidden=8, layers=2, backend=CpuBackend(np.float32, lanes=2))
+    model = LSTMModel(7, hidden=8, layers=2, backend=CpuBackend(np.float32, threads=2))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 7, (4, 70))
     previous = set_threads(3)
@@ -424,6 +422,23 @@ def test_blas_threads_are_restored_after_each_operation():
     finally:
         during = set_threads(previous)
     assert during == 3
+
+
+def test_threads_cap_the_lanes():
+    assert CpuBackend(np.float32, threads=1).lanes.count == 1
+    assert get_backend("cpu", np.float32, threads=1).lanes.count == 1
+    default = CpuBackend(np.float32).lanes.count
+    assert CpuBackend(np.float32, threads=default + 5).lanes.count == default + 5 or default == 1
+    with pytest.raises(ValueError, match="threads"):
+        CpuBackend(np.float32, threads=0)
+
+
+def test_lanes_without_a_settable_blas_are_one(monkeypatch):
+    """More lanes than the BLAS allows is a cap, not an error: one lane."""
+    monkeypatch.setattr("ltexec.backends.cpu._openblas_thread_setter", lambda: None)
+    assert Lanes(3).count == 1 and Lanes(None).count == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        Lanes(0)
 
 
 def test_registry_prefers_cpu_over_numpy():

@@ -265,11 +265,19 @@ def test_mask_may_be_boolean_and_state_may_be_host_float64():
     ({"backend": 3}, TypeError, "backend must be a backend name or a Backend instance"),
     ({"backend": get_backend("numpy", np.float64), "dtype": np.float32}, ValueError,
      "dtype float32 disagrees with the backend's float64"),
+    ({"backend": "numpy", "backend_options": {"graphs": False}}, ValueError,
+     "backend 'numpy' takes no option 'graphs'"),
+    ({"backend": get_backend("numpy"), "backend_options": {"threads": 1}}, ValueError,
+     "backend_options go with a backend name"),
 ])
 def test_constructor_rejects_bad_arguments(kwargs, error, message):
     arguments = {"vocab_size": V, **kwargs}
     with pytest.raises(error, match=message):
         LSTMModel(**arguments)
+
+
+def test_backend_options_reach_the_backend():
+    assert LSTMModel(V, hidden=H, backend="numpy", backend_options={"threads": 1}).backend.threads == 1
 
 
 def test_backend_instance_sets_the_dtype():

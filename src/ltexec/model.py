@@ -52,17 +52,18 @@ class LSTMModel:
     ``np.random.default_rng(seed)``, so every backend and dtype starts from
     the same numbers. ``backend`` is a name for :func:`get_backend` or a
     Backend instance; ``dtype`` (float32 unless the instance says otherwise)
-    must agree with an instance's dtype.
+    must agree with an instance's dtype. ``backend_options`` (e.g.
+    ``{"threads": 2}``) go to :func:`get_backend` with a name.
     """
 
     def __init__(self, vocab_size: int, hidden: int = 400, layers: int = 2, backend="auto",
-                 dtype=None, init_scale: float = 0.08, seed: int = 0):
+                 dtype=None, init_scale: float = 0.08, seed: int = 0, backend_options: Mapping | None = None):
         self.vocab_size = check_int("vocab_size", vocab_size, minimum=1)
         self.hidden = check_int("hidden", hidden, minimum=1)
         self.layers = check_int("layers", layers, minimum=1)
         init_scale = check_float("init_scale", init_scale, minimum=0, inclusive_min=False)
         rng = np.random.default_rng(check_int("seed", seed, minimum=0))
-        self.backend = _resolve_backend(backend, dtype)
+        self.backend = _resolve_backend(backend, dtype, backend_options or {})
         self.dtype = self.backend.dtype
         self.params = {name: self.backend.asarray(rng.uniform(-init_scale, init_scale, shape))
                        for name, shape in self.param_shapes().items()}
@@ -276,12 +277,14 @@ class LSTMModel:
         return self._check_ids("prompts", prompts), lengths.astype(np.int64)
 
 
-def _resolve_backend(backend, dtype) -> Backend:
-    """A Backend from a name or an instance, checking that ``dtype`` agrees."""
+def _resolve_backend(backend, dtype, options: Mapping) -> Backend:
+    """A Backend from a name (with its options) or an instance, checking that ``dtype`` agrees."""
     if isinstance(backend, Backend):
         if dtype is not None and check_dtype(dtype) != backend.dtype:
             raise ValueError(f"dtype {np.dtype(dtype).name} disagrees with the backend's {backend.dtype.name}")
+        if options:
+            raise ValueError("backend_options go with a backend name, not with a Backend instance")
         return backend
     if isinstance(backend, str):
-        return get_backend(backend, np.float32 if dtype is None else dtype)
+        return get_backend(backend, np.float32 if dtype is None else dtype, **options)
     raise TypeError(f"backend must be a backend name or a Backend instance, got {type(backend).__name__}")

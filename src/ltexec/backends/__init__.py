@@ -12,12 +12,14 @@ import of this package. Adding a backend is one module with a
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import numpy as np
 
 from ltexec.backends.base import Backend, BackendUnavailable
 
-__all__ = ["Backend", "BackendUnavailable", "BACKENDS", "REGISTRY", "available_backends", "get_backend"]
+__all__ = ["Backend", "BackendUnavailable", "BACKENDS", "REGISTRY", "available_backends", "backend_options",
+           "get_backend"]
 
 REGISTRY = (
     ("cupy", "ltexec.backends.cupy_backend:CupyBackend"),
@@ -48,11 +50,15 @@ def available_backends() -> dict[str, str | None]:
     return {name: _unavailable_reason(name) for name in BACKENDS}
 
 
-def get_backend(name: str = "auto", dtype=np.float32) -> Backend:
+def get_backend(name: str = "auto", dtype=np.float32, **options) -> Backend:
     """A backend instance by name, or with ``"auto"`` the best one that runs here.
 
-    Raises ``ValueError`` for an unknown name or dtype and
-    :class:`BackendUnavailable` (with the reason) for a backend that cannot run here.
+    ``options`` go to the chosen backend's constructor; ``threads`` (the most
+    host threads it runs its work on) is one every backend takes, so it may
+    go with ``"auto"``. Raises ``ValueError`` for an unknown name or dtype or
+    an option the chosen backend does not take (naming the ones it does), and
+    :class:`BackendUnavailable` (with the reason) for a backend that cannot
+    run here.
     """
     if name == "auto":
         usable = (n for n in BACKENDS if _unavailable_reason(n) is None)
@@ -65,4 +71,17 @@ def get_backend(name: str = "auto", dtype=np.float32) -> Backend:
         reason = _unavailable_reason(name)
         if reason is not None:
             raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
-    return _backend_class(name)(dtype)
+    cls = _backend_class(name)
+    accepted = backend_options(cls)
+    unknown = [option for option in options if option not in accepted]
+    if unknown:
+        raise ValueError(f"backend {name!r} takes no option {unknown[0]!r}; "
+                         f"its options are: {', '.join(accepted)}")
+    return cls(dtype, **options)
+
+
+def backend_options(cls: type[Backend]) -> tuple[str, ...]:
+    """The options a backend class's constructor takes by keyword, besides dtype."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in parameters if p.name not in ("self", "dtype")
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))

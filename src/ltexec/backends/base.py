@@ -56,7 +56,20 @@ Operations (what a backend must provide):
 Every returned gradient is a fresh array (never a view of a parameter, an
 input or another gradient), because the optimizer scales gradients in place.
 
-Housekeeping: ``name``, ``xp``, ``dtype``, ``device_name()``,
+Construction: ``Backend(dtype, *, threads=None, **its own options)``.
+``threads`` is the one option every backend takes: the most host threads
+the backend runs its work on at once (None: its own default). Backends that
+start no threads of their own run on the calling thread and only check it.
+:func:`ltexec.backends.get_backend` passes options on to the constructor.
+A backend option may fall back to an environment variable when it is not
+given (:func:`option_from_environment`); these are all of them:
+
+* ``LTEXEC_CUDA_GRAPHS`` for ``CupyBackend(graphs=)``: 0/false/no/off turns
+  the CUDA graphs of the step loop off (default on).
+* ``LTEXEC_NUMBA_CUDA_GEMM`` for ``NumbaCudaBackend(gemm=)``: ``tiled``
+  (default) or ``cublas``.
+
+Housekeeping: ``name``, ``xp``, ``dtype``, ``threads``, ``device_name()``,
 ``asarray(host_array)`` (host to backend; floating data becomes
 ``self.dtype``), ``to_numpy(array)``, ``synchronize()`` (wait for queued
 device work, for timing) and the classmethod ``unavailable_reason()``.
@@ -71,9 +84,12 @@ its optional dependencies are missing.
 
 from __future__ import annotations
 
+import os
 import platform
 
 import numpy as np
+
+from ltexec.validation import check_int
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -93,14 +109,33 @@ def check_dtype(dtype) -> np.dtype:
     return resolved
 
 
+def check_threads(threads) -> int | None:
+    """``threads`` as an int >= 1, or None (the backend's default); else ``ValueError``."""
+    return None if threads is None else check_int("threads", threads, minimum=1)
+
+
+def option_from_environment(value, variable: str):
+    """A constructor option: ``value`` when given (not None), else the environment variable's text.
+
+    The text is stripped; an unset or blank variable gives None (the option's
+    default). Every ``LTEXEC_*`` variable is read this way; the module
+    docstring lists them.
+    """
+    if value is not None:
+        return value
+    text = os.environ.get(variable, "").strip()
+    return text or None
+
+
 class Backend:
     """Array operations for the model; see the module docstring for the contract."""
 
     name = "base"
     xp = np
 
-    def __init__(self, dtype=np.float32):
+    def __init__(self, dtype=np.float32, *, threads: int | None = None):
         self.dtype = check_dtype(dtype)
+        self.threads = check_threads(threads)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

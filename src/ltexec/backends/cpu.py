@@ -130,6 +130,11 @@ class Lanes:
     calling thread is lane 0; the other lanes are threads shared by the
     process, so jobs are not meant to be started from several threads at once
     (nor from inside a job).
+
+    ``count`` is the most lanes (default: one per usable core). It is an
+    upper bound: where the BLAS cannot be set to one thread, any count gives
+    one lane (earlier versions raised ``ValueError`` for more than one there;
+    a cap is what callers such as a sweep's workers mean by it).
     """
 
     _threads: list[_LaneThread] = []
@@ -139,11 +144,10 @@ class Lanes:
         self._set_blas_threads = _openblas_thread_setter()
         if count is None:
             usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            count = (usable or 1) if self._set_blas_threads else 1
-        if count < 1 or (count > 1 and self._set_blas_threads is None):
-            raise ValueError(f"lanes must be 1, or more with OpenBLAS (which can be set to one thread); "
-                             f"got {count}")
-        self.count = count
+            count = usable or 1
+        if count < 1:
+            raise ValueError(f"lanes must be at least 1, got {count}")
+        self.count = count if self._set_blas_threads else 1
 
     def blocks(self, n: int, minimum: int = 1) -> list[tuple[int, int]]:
         """Split range(n) into at most ``count`` near-equal ranges [lo, hi) of at least ``minimum``.
@@ -269,8 +273,9 @@ class LstmCache:
 class CpuBackend(Backend):
     """NumPy arrays, BLAS products in lanes, Numba pointwise kernels.
 
-    ``lanes`` is how many threads share the work (default: one per usable
-    core where the BLAS allows it, see :class:`Lanes`).
+    ``threads``: the most threads that share the work, i.e. the most lanes
+    (default: one per usable core where the BLAS allows it, see
+    :class:`Lanes`); ``lanes`` is the resulting :class:`Lanes`.
 
     A layer whose input is this backend's latest embedding output (the same
     array) computes with ``E Wx`` and ``E^T S`` where that is less work than
@@ -281,12 +286,12 @@ class CpuBackend(Backend):
     name = "cpu"
     xp = np
 
-    def __init__(self, dtype=np.float32, lanes: int | None = None):
-        super().__init__(dtype)
+    def __init__(self, dtype=np.float32, *, threads: int | None = None):
+        super().__init__(dtype, threads=threads)
         from ltexec.backends import cpu_kernels   # compiles (or loads cached) kernels on first use
         self._k = cpu_kernels
         self._ws = Workspace()
-        self.lanes = Lanes(lanes)
+        self.lanes = Lanes(self.threads)
         self._embedded: Embedded | None = None    # the latest embedding_forward
 
     def device_name(self) -> str:

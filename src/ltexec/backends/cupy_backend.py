@@ -40,13 +40,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import sys
 from collections import OrderedDict
 
 import numpy as np
 
-from ltexec.backends.base import Backend
+from ltexec.backends.base import Backend, option_from_environment
 
 KERNELS = {
     "lstm_cell.cu": ("lstm_cell_forward", "lstm_cell_backward"),
@@ -413,6 +412,8 @@ def _probe_once() -> str | None:
 class CupyBackend(Backend):
     """CuPy arrays, cuBLAS products, the fused kernels of ``kernels/*.cu``, CUDA graphs for the step loop.
 
+    ``threads``: checked, nothing more; the backend queues its work from the
+    calling host thread only.
     ``graphs``: capture the per-step loop as CUDA graphs (default: on unless
     the environment variable ``LTEXEC_CUDA_GRAPHS`` is 0/false/no/off).
     ``device``: the device layer; by default :class:`CudaDevice` on the
@@ -425,9 +426,9 @@ class CupyBackend(Backend):
     name = "cupy"
     xp = None   # cupy, bound per instance from the device layer
 
-    def __init__(self, dtype=np.float32, graphs=None, device=None):
-        super().__init__(dtype)
-        requested = graphs_requested(os.environ.get(GRAPHS_ENV) if graphs is None else graphs)
+    def __init__(self, dtype=np.float32, *, threads: int | None = None, graphs=None, device=None):
+        super().__init__(dtype, threads=threads)
+        requested = graphs_requested(option_from_environment(graphs, GRAPHS_ENV))
         self._device = CudaDevice() if device is None else device
         self.xp = self._device.xp
         self._pool = BufferPool(self._device.empty)

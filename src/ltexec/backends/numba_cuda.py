@@ -25,7 +25,7 @@ tiled kernel, so every FLOP of the step is Python-written code that the
 benchmark compares with the cuBLAS-based CuPy backend; ``gemm="cublas"`` hands
 them to CuPy's ``matmul`` on the same arrays, which should be faster for the
 paper's large window products but has not been measured against the tiled
-kernel. ``get_backend`` takes the choice from the environment variable
+kernel. Without ``gemm=`` the choice comes from the environment variable
 ``LTEXEC_NUMBA_CUDA_GEMM`` (``tiled`` or ``cublas``).
 
 The CUDA simulator is not a device: :meth:`unavailable_reason` rejects it, so
@@ -36,11 +36,9 @@ before ``numba.cuda`` is first imported): the same kernels on NumPy arrays.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from ltexec.backends.base import Backend, BackendUnavailable
+from ltexec.backends.base import Backend, BackendUnavailable, option_from_environment
 
 GEMM_ENV = "LTEXEC_NUMBA_CUDA_GEMM"
 INSTALL_HINT = "pip install 'ltexec[cuda12]' or 'ltexec[cuda13]' (numba-cuda and CuPy for your CUDA major version)"
@@ -59,14 +57,20 @@ class LstmCache:
 
 
 class NumbaCudaBackend(Backend):
-    """CuPy arrays, Numba-CUDA kernels: fused LSTM steps, tiled products, fused softmax cross-entropy."""
+    """CuPy arrays, Numba-CUDA kernels: fused LSTM steps, tiled products, fused softmax cross-entropy.
+
+    ``threads``: checked, nothing more; the backend launches its kernels from
+    the calling host thread only. ``gemm``: ``"tiled"`` or ``"cublas"`` (see
+    the module docstring; default from ``LTEXEC_NUMBA_CUDA_GEMM``, else
+    tiled). ``simulator``: run on numba's CUDA simulator (tests only).
+    """
 
     name = "numba_cuda"
 
-    def __init__(self, dtype=np.float32, *, gemm: str | None = None, simulator: bool = False):
-        super().__init__(dtype)
-        if gemm is None:
-            gemm = os.environ.get(GEMM_ENV, "tiled")
+    def __init__(self, dtype=np.float32, *, threads: int | None = None, gemm: str | None = None,
+                 simulator: bool = False):
+        super().__init__(dtype, threads=threads)
+        gemm = option_from_environment(gemm, GEMM_ENV) or "tiled"
         if simulator:
             if not _simulator_active():
                 raise RuntimeError("simulator=True needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported")
