@@ -1,4 +1,8 @@
-"""Packaging for ltexec (src layout). The CUDA C kernels in kernels/ ship inside the package."""
+"""Packaging for ltexec (src layout). The CUDA C kernels in kernels/ ship inside the package.
+
+This is the build script and holds the metadata; pyproject.toml names the build
+system and holds the linter's and pytest's settings.
+"""
 
 from pathlib import Path
 
@@ -17,14 +21,17 @@ setup(
     package_dir={"": "src", "ltexec.kernels": "kernels"},
     packages=find_packages("src") + ["ltexec.kernels"],
     package_data={"ltexec.kernels": ["*.cu", "*.cuh"]},
-    install_requires=["numpy>=1.23", "numba>=0.59"],
+    # threadpoolctl: the benchmarks record which BLAS library and kernel NumPy runs, and with how many
+    # threads; pure Python, no dependencies, so every checkout that runs them has it.
+    install_requires=["numpy>=1.23", "numba>=0.59", "threadpoolctl>=3"],
     extras_require={
         # The tests compile every CUDA kernel (NVRTC through cuda-bindings, NVVM through numba-cuda),
         # read ptxas's register and spill reports (nvcc and ptxas of the same CUDA release as NVVM),
         # run the Numba-CUDA kernels on numba's CUDA simulator and check that an installed CuPy
         # without a driver is reported and passed over: no GPU needed. NVIDIA ships these wheels
-        # for Linux and Windows only; elsewhere the tests that need them skip.
-        "test": ["pytest>=7", "hypothesis>=6", "numba-cuda>=0.30", "matplotlib>=3.5"] + [
+        # for Linux and Windows only; elsewhere the tests that need them skip. ruff (pinned: each
+        # release adds checks) lints the tree before the tests in CI.
+        "test": ["pytest>=7", "hypothesis>=6", "numba-cuda>=0.30", "matplotlib>=3.5", "ruff==0.17.6"] + [
             f"{requirement}; platform_system != 'Darwin'" for requirement in (
                 "cuda-bindings>=13,<14", "nvidia-cuda-nvrtc>=13,<14", "nvidia-nvvm>=13,<14",
                 "nvidia-cuda-nvcc>=13,<14", "cupy-cuda13x>=14")],

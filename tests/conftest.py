@@ -1,4 +1,8 @@
-"""Test options: ``--gradcheck`` turns on the finite-difference gradient checks."""
+"""Test options: ``--gradcheck`` turns on the finite-difference gradient checks.
+
+The markers (``gradcheck``, ``gpu``) are registered in pyproject.toml, where
+``--strict-markers`` makes any other marker an error.
+"""
 
 import pytest
 
@@ -6,10 +10,6 @@ import pytest
 def pytest_addoption(parser):
     parser.addoption("--gradcheck", action="store_true", default=False,
                      help="also run the float64 finite-difference gradient checks (slow)")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gradcheck: finite-difference gradient check, run with --gradcheck")
 
 
 def pytest_collection_modifyitems(config, items):
