@@ -13,13 +13,13 @@ T*B x 4H against D or H::
 
 and the output layer three products of T*B x H x V (logits, dH, dWy).
 At the paper's configuration (T=50, B=100, H=400, 2 layers, V=51) that is
-2 * (6 * 6.4e9) + 3 * 0.204e9 = 77.4e9: the paper-config step is ~77.3 GFLOP.
+2 * (6 * 6.4e9) + 3 * 0.204e9 = 77.412e9: a paper-configuration step is 77.4 GFLOP.
 """
 
 from __future__ import annotations
 
-PAPER_STEP_GFLOP = 77.3
-"""The published size of a paper-configuration step, which :func:`step_flops` must reproduce."""
+PAPER_STEP_GFLOP = 77.4
+"""A paper-configuration step's count (above), rounded to 0.1 GFLOP; :func:`step_flops` must reproduce it."""
 
 
 def step_flops(batch: int, seq_len: int, hidden: int, layers: int, vocab: int) -> int:
@@ -33,7 +33,7 @@ def step_flops(batch: int, seq_len: int, hidden: int, layers: int, vocab: int) -
 
 
 def check_paper_count(vocab: int) -> int:
-    """The paper configuration's count, after checking that it is the published ~77.3 GFLOP (within 1%)."""
+    """The paper configuration's count, after checking that it is PAPER_STEP_GFLOP (within 1%)."""
     flops = step_flops(batch=100, seq_len=50, hidden=400, layers=2, vocab=vocab)
     if abs(flops / (PAPER_STEP_GFLOP * 1e9) - 1) > 0.01:
         raise AssertionError(f"FLOP count of a paper step is {flops / 1e9:.2f}e9, expected ~{PAPER_STEP_GFLOP}e9")
