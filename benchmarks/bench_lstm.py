@@ -17,7 +17,10 @@ hits every runner alike; how much CPU time other processes took meanwhile
 is recorded with the results. FLOP/s are the step's nominal matrix-product
 FLOPs (``flops.py``) over its time, the same count for every runner (a
 backend that finds a shorter way shows more than it executes). Backends that
-cannot run here are listed as skipped with their reason.
+cannot run here are listed as skipped with their reason. Every record says
+what it was measured on (``machine.py``: CPU, library versions, the BLAS and
+its kernel, thread settings, git commit) and, for the ``cpu`` backend, its
+lane count.
 
     python benchmarks/bench_lstm.py [--config {paper,small,all}] [--quick] [--repeats N] [--json FILE]
 """
@@ -25,8 +28,6 @@ cannot run here are listed as skipped with their reason.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import statistics
@@ -37,7 +38,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from flops import check_paper_count, step_flops
-from machine import machine
+from machine import machine, write_records
 from ltexec.backends import available_backends, get_backend
 from ltexec.model import LSTMModel
 from ltexec.optim import SGD
@@ -90,6 +91,7 @@ class LtexecRunner:
         self.name = backend_name
         self.backend = get_backend(backend_name, cfg.dtype)
         self.device = self.backend.device_name()
+        self.lanes = self.backend.lanes.count if backend_name == "cpu" else None
         self.model = LSTMModel(cfg.vocab, cfg.hidden, cfg.layers, backend=self.backend)
         self.optimizer = SGD(lr=LEARNING_RATE, clip=CLIP)
         self.x, self.y, self.mask = random_window(cfg)
@@ -106,6 +108,7 @@ class TorchRunner:
     """The same step with torch.nn.LSTM and PyTorch's optimizer (defaults: threads, oneDNN)."""
 
     name = "torch"
+    lanes = None
 
     def __init__(self, cfg: Config):
         import torch
@@ -184,7 +187,6 @@ def time_interleaved(runners: list, block_s: float, warmup: int, repeats: int) -
     return times, steps
 
 
-
 def load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -253,11 +255,11 @@ def bench_config(cfg: Config, quick: bool, repeats: int) -> list[dict]:
     common = {"config": cfg.name, **shape, "flops_per_step": flops,
               "gemm_peak_gflops": round(peak / 1e9, 1), "repeats": repeats, "quick": quick,
               "load_average_before": load_before, "load_average_after": load_after,
-              "other_processes_cpu_share": other_load.share(), "machine": machine(numpy=np.__version__)}
+              "other_processes_cpu_share": other_load.share(), "machine": machine()}
     records = []
     for runner in runners:
         s = statistics.median(times[runner.name])
-        records.append({"backend": runner.name, "device": runner.device, **common,
+        records.append({"backend": runner.name, "device": runner.device, "lanes": runner.lanes, **common,
                         "status": "ok", "reason": None,
                         "ms_per_step": round(s * 1e3, 2),
                         "ms_per_step_min_max": [round(min(times[runner.name]) * 1e3, 2),
@@ -268,7 +270,8 @@ def bench_config(cfg: Config, quick: bool, repeats: int) -> list[dict]:
                         "fraction_of_gemm_peak": round(flops / s / peak, 3),
                         "speedup_vs_torch": round(torch_s / s, 3) if torch_s else None})
     for name, reason in skipped.items():
-        records.append({"backend": name, "device": None, **common, "status": "skipped", "reason": reason,
+        records.append({"backend": name, "device": None, "lanes": None, **common,
+                        "status": "skipped", "reason": reason,
                         "ms_per_step": None, "chars_per_s": None, "gflops": None,
                         "fraction_of_gemm_peak": None, "speedup_vs_torch": None})
     return records
@@ -315,12 +318,7 @@ def main(argv=None) -> int:
         records += config_records
     print_table(records)
     if args.json:
-        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        for r in records:
-            r["date"] = stamp
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(records, out, indent=1)
-            out.write("\n")
+        write_records(args.json, records)
     return 0
 
 

@@ -12,14 +12,14 @@ Each number is the median over repetitions that follow a warm-up.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import random
 import statistics
 import sys
 import time
 
 from ltexec.sampler import TASKS, generate, sample_example
-from machine import machine
+from machine import machine, write_records
 
 LENGTH = 4
 PROGRAM_NESTING = 3
@@ -38,20 +38,20 @@ def examples_per_second(draw, count: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
-
 def measure(count: int, repeats: int) -> list[dict]:
     """One record per task: examples/s of ``sample_example`` (split ``train``) and of ``generate``."""
     records = []
     for task in TASKS:
         nesting = PROGRAM_NESTING if task == "programs" else 1
         rng = random.Random(0)
-        in_split = examples_per_second(lambda: sample_example(task, LENGTH, nesting, "train", rng),
+        in_split = examples_per_second(functools.partial(sample_example, task, LENGTH, nesting, "train", rng),
                                        count, repeats)
-        drawn = examples_per_second(lambda: generate(task, LENGTH, nesting, rng), count, repeats)
+        drawn = examples_per_second(functools.partial(generate, task, LENGTH, nesting, rng), count, repeats)
         records.append({"task": task, "length": LENGTH, "nesting": nesting, "split": "train",
                         "examples_per_s": round(in_split), "generate_per_s": round(drawn),
-                        "count": count, "repeats": repeats, "machine": machine()})
-    return records
+                        "count": count, "repeats": repeats})
+    about = machine()
+    return [{**record, "machine": about} for record in records]
 
 
 def main(argv=None) -> int:
@@ -72,9 +72,7 @@ def main(argv=None) -> int:
         print(f"{record['task']:<10} {record['length']:>6} {record['nesting']:>7} "
               f"{record['examples_per_s']:>17,} {record['generate_per_s']:>11,}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(records, file, indent=2)
-            file.write("\n")
+        write_records(args.json, records)
     return 0
 
 

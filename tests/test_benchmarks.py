@@ -1,23 +1,54 @@
-"""The benchmark scripts run and write the records SPEC section 5 promises (tiny sizes; no timing is asserted)."""
+"""The benchmark scripts run and write complete records (tiny sizes; no timing is asserted)."""
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
+import numba
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_lstm  # noqa: E402
 import bench_sampler  # noqa: E402
-from flops import check_paper_count, step_flops  # noqa: E402
+import machine  # noqa: E402
+from flops import PAPER_STEP_GFLOP, check_paper_count, step_flops  # noqa: E402
+
 from ltexec.backends import BACKENDS, available_backends  # noqa: E402
 
-RECORD_KEYS = {"backend", "device", "batch", "hidden", "layers", "seq_len", "dtype", "ms_per_step", "chars_per_s"}
+RECORD_KEYS = {"backend", "device", "lanes", "batch", "hidden", "layers", "seq_len", "dtype", "ms_per_step",
+               "chars_per_s", "machine"}
+MACHINE_KEYS = {"processor", "cpu_count", "machine", "vector_flags", "python", "implementation", "numpy", "numba",
+                "torch", "threadpools", "thread_settings", "git"}
+THREADPOOL_KEYS = {"user_api", "internal_api", "version", "architecture", "num_threads", "library"}
+
+
+def check_machine(about: dict) -> None:
+    """A record's description of the machine: hardware, versions, BLAS, thread settings, git commit."""
+    assert MACHINE_KEYS <= set(about)
+    assert about["cpu_count"] >= 1
+    assert about["numpy"] == np.__version__ and about["numba"] == numba.__version__
+    assert about["torch"] is None or isinstance(about["torch"], str)
+    if os.path.exists("/proc/cpuinfo"):
+        assert set(about["vector_flags"]) <= set(machine.VECTOR_FLAGS)
+    blas = [pool for pool in about["threadpools"] if pool["user_api"] == "blas"]
+    assert blas, about["threadpools"]                      # NumPy's BLAS, with the kernel it selected
+    for pool in about["threadpools"]:
+        assert THREADPOOL_KEYS <= set(pool) and pool["num_threads"] >= 1 and "/" not in pool["library"]
+    assert about["thread_settings"] == {name: os.environ.get(name) for name in machine.THREAD_VARIABLES}
+    assert {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "MKL_NUM_THREADS"} <= set(about["thread_settings"])
+    git = about["git"]
+    if (machine.REPOSITORY / ".git").exists():
+        assert re.fullmatch("[0-9a-f]{40}", git["commit"]) and isinstance(git["dirty"], bool)
 
 
 def test_step_flops_match_the_paper_count_and_scale_with_the_shape():
     assert abs(check_paper_count(51) / 77.4e9 - 1) < 0.001
+    assert PAPER_STEP_GFLOP == round(step_flops(batch=100, seq_len=50, hidden=400, layers=2, vocab=51) / 1e9, 1)
     rows, H, V = 2 * 3, 4, 5                               # six (rows, H, 4H) products per layer
     assert step_flops(batch=2, seq_len=3, hidden=H, layers=2, vocab=V) == \
         2 * (6 * 2 * rows * H * 4 * H) + 3 * 2 * rows * H * V
@@ -37,6 +68,11 @@ def test_bench_lstm_times_every_runner_and_lists_the_others_as_skipped(capsys):
             assert record["chars_per_s"] == pytest.approx(12 / (record["ms_per_step"] / 1e3), rel=1e-2)
         else:
             assert record["status"] == "skipped" and record["reason"] == reason
+        if name == "cpu" and reason is None:
+            assert record["lanes"] >= 1 and f"{record['lanes']} lane" in record["device"]
+        else:
+            assert record["lanes"] is None
+    check_machine(records[0]["machine"])
     json.dumps(records)                                    # the --json output is plain JSON
     bench_lstm.print_table(records)
     lines = capsys.readouterr().out.splitlines()
@@ -50,3 +86,22 @@ def test_bench_sampler_measures_every_task():
     assert [r["task"] for r in records] == ["addition", "copy", "programs"]
     assert all(r["examples_per_s"] > 0 and r["generate_per_s"] > 0 for r in records)
     assert records[0]["machine"]["cpu_count"] >= 1
+    check_machine(records[0]["machine"])
+
+
+def test_bench_sampler_writes_dated_records(tmp_path, capsys):
+    path = tmp_path / "sampler.json"
+    assert bench_sampler.main(["--count", "20", "--repeats", "1", "--json", str(path)]) == 0
+    records = json.loads(path.read_text(encoding="utf-8"))
+    assert [r["task"] for r in records] == ["addition", "copy", "programs"]
+    assert len({r["date"] for r in records}) == 1 and re.match(r"\d{4}-\d\d-\d\dT", records[0]["date"])
+    assert "sample_example/s" in capsys.readouterr().out
+
+
+def test_machine_reads_vector_flags_and_leaves_unknowns_empty(tmp_path):
+    assert machine.vector_flags({"flags": "fpu sse4_2 avx avx2 fma avx512f"}) == \
+        ["sse4_2", "avx", "avx2", "fma", "avx512f"]
+    assert machine.vector_flags({"Features": "fp asimd sve"}) == ["asimd", "sve"]
+    assert machine.vector_flags({}) is None
+    assert machine.processor_name({"model name": "AMD EPYC"}) == "AMD EPYC"
+    assert machine.git_revision(tmp_path) == {"commit": None, "dirty": None}
