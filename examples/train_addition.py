@@ -18,10 +18,11 @@ import json
 import sys
 import time
 
+from ltexec.config import TrainConfig
 from ltexec.evaluation import evaluate
 from ltexec.sampler import sample
 from ltexec.seeds import derive_seed
-from ltexec.trainer import Trainer, TrainConfig
+from ltexec.trainer import open_run
 from ltexec.validation import check_float
 
 # What 10 minutes on a 2-core CPU can afford, and what makes it reliable (see README).
@@ -60,15 +61,15 @@ def main(argv=None) -> int:
     try:
         budget_s = 60.0 * check_float("minutes", args.minutes, 0.0, inclusive_min=False) - FINAL_EVAL_RESERVE_S
         config = TrainConfig(task="addition", length=args.length, backend=args.backend, seed=args.seed,
-                             minutes=max(budget_s, 1.0) / 60.0, **preset).validate()
-        trainer = Trainer(config, out_dir=args.out)
+                             minutes=max(budget_s, 1.0) / 60.0, **preset)
+        trainer = open_run(config, args.out)
     except (ValueError, RuntimeError) as error:
         print(f"train_addition: error: {error}", file=sys.stderr)
         return 2
     run = trainer.run()
     test = evaluate(trainer.model, sample("addition", args.length, count=FINAL_TEST_EXAMPLES,
                                           seed=derive_seed(args.seed, "final-test", args.length), split="test"),
-                    config.transform, warmup=trainer.warmup)
+                    config.transform, warmup=config.warmup)
     summary = {
         "task": "addition", "length": args.length, "backend": run["backend"],
         "minutes": round((time.perf_counter() - started) / 60.0, 2), "steps": run["steps"],

@@ -9,20 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from tiny_run import TINY, metrics, quiet
 
-from ltexec.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ltexec.trainer import CHECKPOINT_NAME, METRICS_NAME, Trainer, TrainConfig, TrainingDiverged, train
-
-TINY = dict(task="addition", length=2, hidden=16, layers=1, batch=4, window=12, backend="numpy",
-            eval_every=5, eval_examples=8, seed=3)
-
-
-def quiet(_line):
-    pass
-
-
-def metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / METRICS_NAME).read_text().splitlines()]
+from ltexec.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ltexec.config import TrainConfig
+from ltexec.trainer import Trainer, TrainingDiverged, open_run, train
 
 
 @pytest.mark.parametrize("mode, momentum", [("stream", 0.0), ("stream", 0.9), ("examples", 0.5)])
@@ -46,17 +37,13 @@ def test_resume_continues_exactly(tmp_path, mode, momentum):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-def test_checkpoint_holds_everything_and_no_pickle(tmp_path):
-    train(TrainConfig(**TINY, momentum=0.9, max_steps=5), out_dir=tmp_path, log=quiet)
-    arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert {"param/embed", "param/Wx0", "param/Wh0", "param/b0", "param/Wy", "param/by"} <= arrays.keys()
-    assert any(k.startswith("velocity/") for k in arrays)
-    assert any(k.startswith("batcher/") for k in arrays)
-    assert {"state/h0", "state/c0"} <= arrays.keys()
-    assert meta["step"] == 5 and meta["config"]["hidden"] == 16
-    assert all(a.dtype != object for a in arrays.values())
-    with np.load(tmp_path / CHECKPOINT_NAME, allow_pickle=False) as data:   # loads without pickle
-        assert len(data.files) == len(arrays) + 1
+def test_open_run_starts_a_new_run_from_the_options_given(tmp_path):
+    trainer = open_run({"task": "copy", "length": 3, "hidden": 8, "backend": "numpy"}, tmp_path / "run", log=quiet)
+    assert (trainer.step, trainer.history, trainer.out_dir) == (0, [], tmp_path / "run")
+    assert (trainer.config.task, trainer.config.hidden, trainer.config.layers) == ("copy", 8, TrainConfig().layers)
+    assert not (tmp_path / "run").exists()                      # nothing is written before the first evaluation
+    with pytest.raises(ValueError, match="unknown training option\\(s\\): hiddn"):
+        open_run({"hiddn": 8})
 
 
 def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path):
@@ -65,33 +52,24 @@ def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path):
         train(TrainConfig(**TINY, max_steps=5), out_dir=tmp_path, log=quiet)
 
 
-def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
+def test_open_run_resumes_with_the_same_configuration_and_a_new_budget(tmp_path):
     train(TrainConfig(**TINY, max_steps=5), out_dir=tmp_path, log=quiet)
-    path = tmp_path / CHECKPOINT_NAME
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt"):
-        Trainer.resume(tmp_path, log=quiet)
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not an .npz"):
-        Trainer.resume(tmp_path, log=quiet)
+    lines = []
+    trainer = open_run(TrainConfig(**TINY, max_steps=9), tmp_path, resume=True, log=lines.append)
+    assert (trainer.step, trainer.config.max_steps, len(trainer.history)) == (5, 9, 1)
+    assert lines == [f"resumed from {tmp_path / CHECKPOINT_NAME} at step 5"]
+    from_options = open_run({"minutes": 2.0}, tmp_path, resume=True, log=quiet)    # the rest from the checkpoint
+    assert (from_options.config.hidden, from_options.config.minutes, from_options.config.max_steps) == (16, 2.0, 5)
 
 
-def test_mismatched_checkpoint_gets_a_clear_error(tmp_path):
+def test_resume_refuses_a_changed_option(tmp_path):
     train(TrainConfig(**TINY, max_steps=5), out_dir=tmp_path, log=quiet)
     with pytest.raises(ValueError, match="hidden=32 does not match .* hidden=16"):
-        Trainer.resume(tmp_path, overrides={"hidden": 32}, log=quiet)
-    arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    arrays["param/Wh0"] = np.zeros((3, 3), dtype=np.float32)
-    save_checkpoint(tmp_path / CHECKPOINT_NAME, arrays, {k: v for k, v in meta.items()
-                                                         if k not in ("format", "version")})
-    with pytest.raises(CheckpointError, match="Wh0"):
-        Trainer.resume(tmp_path, log=quiet)
-
-
-def test_missing_checkpoint(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        Trainer.resume(tmp_path, log=quiet)
+        open_run({"hidden": 32}, tmp_path, resume=True, log=quiet)
+    with pytest.raises(ValueError, match="lr=0.25 does not match .* lr=0.5; leave it out to resume"):
+        open_run(TrainConfig(**TINY, lr=0.25), tmp_path, resume=True, log=quiet)
+    with pytest.raises(ValueError, match="resume needs the run's output directory"):
+        open_run(TrainConfig(**TINY), resume=True)
 
 
 def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -124,27 +102,6 @@ def test_lr_decays_at_target_and_training_stops_below_min_lr(tmp_path):
     assert trainer.optimizer.lr == pytest.approx(0.5 * 0.8 ** 3)      # 0.4, 0.32 go on; 0.256 < 0.3 stops
     assert "learning rate fell below" in summary["stopped"]
     assert trainer.step == 15
-
-
-@pytest.mark.parametrize("field, value, message", [
-    ("task", "multiply", "task must be one of"),
-    ("length", 0, "length must be"),
-    ("hidden", -1, "hidden must be"),
-    ("lr", 0.0, "lr must be"),
-    ("mode", "batch", "mode must be one of"),
-    ("backend", "tpu", "backend must be one of"),
-    ("minutes", float("nan"), "minutes must be"),
-])
-def test_bad_config_is_rejected(field, value, message):
-    with pytest.raises(ValueError, match=message):
-        TrainConfig(**{**TINY, field: value}).validate()
-
-
-def test_nesting_only_for_programs():
-    assert TrainConfig(task="addition").nesting == 1
-    assert TrainConfig(task="programs").nesting == 3
-    with pytest.raises(ValueError, match="nesting applies only to task programs"):
-        TrainConfig(task="copy", nesting=2).validate()
 
 
 def test_training_learns_the_copy_task():

@@ -4,10 +4,25 @@ Written atomically (a temporary file in the same folder, flushed to disk, then
 renamed over the old checkpoint), so a crash or Ctrl-C at any moment leaves
 either the previous checkpoint or the new one, never a torn file. Loaded with
 ``allow_pickle=False``: a checkpoint is data, never code.
+
+A training run's directory holds ``metrics.jsonl`` (one line per evaluation)
+and ``checkpoint.npz``, written by :func:`save_run` after every evaluation and
+read back by :func:`read_checkpoint` and :func:`restore_run`. The checkpoint
+holds everything the run depends on, so a resumed run continues exactly where
+an uninterrupted one would be:
+
+- arrays ``param/NAME`` (the model's parameters), ``velocity/NAME`` (the
+  optimizer's momentum, if any), ``state/h{k}`` and ``state/c{k}`` (the LSTM
+  state carried into the next window, per layer) and ``batcher/NAME`` (the
+  batch streams' unread examples);
+- metadata ``config`` (the :class:`~ltexec.config.TrainConfig`), ``step``,
+  ``elapsed`` (seconds), ``lr``, ``curriculum`` (its state), ``rng`` (the
+  training stream's generator state) and ``history`` (every metrics record).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -16,9 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ltexec.config import TrainConfig
+from ltexec.curriculum import Curriculum
+
 FORMAT = "ltexec-checkpoint"
 VERSION = 1
 _META_KEY = "__meta__"
+CHECKPOINT_NAME = "checkpoint.npz"
+METRICS_NAME = "metrics.jsonl"
 
 
 class CheckpointError(ValueError):
@@ -78,3 +98,100 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
         raise CheckpointError(
             f"checkpoint {path} has format version {meta.get('version')!r}; this ltexec reads version {VERSION}")
     return arrays, meta
+
+
+# ------------------------------------------------------------- a training run's checkpoint
+def checkpoint_path(out_dir) -> Path:
+    """Where the run in ``out_dir`` keeps its checkpoint."""
+    return Path(out_dir) / CHECKPOINT_NAME
+
+
+def save_run(trainer, record: dict) -> None:
+    """Append ``record`` to the ``metrics.jsonl`` of ``trainer``'s run, then write its checkpoint."""
+    out_dir = trainer.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / METRICS_NAME, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    backend = trainer.model.backend
+    arrays = {f"param/{k}": backend.to_numpy(v) for k, v in trainer.model.params.items()}
+    velocity = trainer.optimizer.state_dict()["velocity"] or {}
+    arrays.update({f"velocity/{k}": v for k, v in velocity.items()})
+    for layer, (h, c) in enumerate(trainer.state):
+        arrays[f"state/h{layer}"] = backend.to_numpy(h)
+        arrays[f"state/c{layer}"] = backend.to_numpy(c)
+    arrays.update({f"batcher/{k}": np.asarray(v) for k, v in trainer.batcher.state_dict().items()})
+    meta = {
+        "config": dataclasses.asdict(trainer.config),
+        "step": trainer.step,
+        "elapsed": trainer.elapsed,
+        "lr": trainer.optimizer.lr,
+        "curriculum": trainer.curriculum.state_dict(),
+        "rng": _rng_state_to_json(trainer.rng.getstate()),
+        "history": trainer.history,
+    }
+    save_checkpoint(checkpoint_path(out_dir), arrays, meta)
+
+
+def read_checkpoint(out_dir) -> tuple[dict, dict, TrainConfig]:
+    """The arrays, metadata and validated configuration of the checkpoint in ``out_dir``."""
+    arrays, meta = load_checkpoint(checkpoint_path(out_dir))
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint in {out_dir} has an unusable configuration ({error})") from None
+    return arrays, meta, config
+
+
+def restore_run(trainer, arrays: dict, meta: dict) -> None:
+    """Put a checkpoint written by :func:`save_run` back into ``trainer``, built from its configuration.
+
+    Metric lines written after the checkpoint (a crash between the two writes) are dropped.
+    """
+    try:
+        _restore(trainer, arrays, meta)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint in {trainer.out_dir} does not match its configuration "
+                              f"({error})") from None
+    path = trainer.out_dir / METRICS_NAME
+    if path.exists():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= trainer.step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _restore(trainer, arrays: dict, meta: dict) -> None:
+    config, backend = trainer.config, trainer.model.backend
+    trainer.model.load_params(arrays_under(arrays, "param"))
+    velocity = arrays_under(arrays, "velocity")
+    trainer.optimizer.load_state_dict({"lr": meta["lr"], "momentum": config.momentum,
+                                       "clip": config.clip, "velocity": velocity or None})
+    state = []
+    for layer, (h0, c0) in enumerate(trainer.model.zero_state(config.batch)):
+        h, c = arrays[f"state/h{layer}"], arrays[f"state/c{layer}"]
+        if h.shape != tuple(h0.shape) or c.shape != tuple(c0.shape):
+            raise ValueError(f"carried state of layer {layer} has shape {h.shape}, expected {tuple(h0.shape)}")
+        state.append((backend.asarray(h), backend.asarray(c)))
+    trainer.state = state
+    trainer.batcher.load_state_dict(arrays_under(arrays, "batcher"))
+    trainer.curriculum = Curriculum.from_state_dict(meta["curriculum"])
+    trainer.rng.setstate(_rng_state_from_json(meta["rng"]))
+    trainer.step = int(meta["step"])
+    trainer.elapsed = float(meta["elapsed"])
+    trainer.history = list(meta["history"])
+
+
+def arrays_under(arrays: dict, group: str) -> dict:
+    """The checkpoint arrays saved as ``group/NAME``, keyed by NAME."""
+    prefix = f"{group}/"
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _rng_state_to_json(state) -> list:
+    """A ``random.Random`` state as JSON (its internal tuple as a list)."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_state_from_json(state) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

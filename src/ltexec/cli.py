@@ -84,9 +84,9 @@ def float_arg(name: str, minimum: float | None = None, maximum: float | None = N
 
 def _add_train(subparsers) -> None:
     from ltexec.backends import BACKENDS
+    from ltexec.config import DTYPES, LOSS_SCALES, MODES, TrainConfig
     from ltexec.curriculum import STRATEGIES
     from ltexec.sampler import TASKS
-    from ltexec.trainer import DTYPES, LOSS_SCALES, MODES, TrainConfig
     from ltexec.vocab import TRANSFORMS
 
     d = TrainConfig()
@@ -130,19 +130,14 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> None:
-    from ltexec.trainer import TrainConfig, train
+    from ltexec.config import TrainConfig
+    from ltexec.trainer import open_run
 
-    names = [name for name in vars(TrainConfig()) if getattr(args, name, None) is not None]
-    given = {name: getattr(args, name) for name in names}
-    if args.resume:
-        if not args.out:
-            raise ValueError("--resume needs --out, the directory of the run to continue")
-        from ltexec.trainer import Trainer
-        budget = {k: given.pop(k) for k in ("minutes", "max_steps") if k in given}
-        summary = Trainer.resume(args.out, overrides={**given, **budget}).run()
-    else:
-        summary = train(TrainConfig(**given), out_dir=args.out)
-    print(json.dumps(summary))
+    # Only the options given: a resumed run takes the others from its checkpoint.
+    given = {name: getattr(args, name) for name in vars(TrainConfig()) if getattr(args, name, None) is not None}
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out, the directory of the run to continue")
+    print(json.dumps(open_run(given, args.out, resume=args.resume).run()))
 
 
 def list_arg(name: str, check_item, ranges: bool = False):

@@ -9,14 +9,12 @@ examples at ``length + k`` and, for programs, ``nesting + k``.
 
 from __future__ import annotations
 
-import numpy as np
-
-from ltexec import vocab
+from ltexec.checkpoint import arrays_under, read_checkpoint
+from ltexec.config import TrainConfig, build_model
 from ltexec.evaluation import evaluate
 from ltexec.model import LSTMModel
 from ltexec.sampler import sample
 from ltexec.seeds import derive_seed
-from ltexec.trainer import TrainConfig, arrays_under, read_checkpoint
 from ltexec.validation import check_int
 
 
@@ -32,10 +30,12 @@ def beyond_levels(task: str, length: int, nesting: int, offsets) -> list[dict]:
 
 
 def load_trained_model(run_dir, backend=None) -> tuple[LSTMModel, TrainConfig]:
-    """The model and configuration of the checkpoint in ``run_dir`` (``backend``: a name or instance, default the run's)."""
+    """The model and configuration of the checkpoint in ``run_dir``.
+
+    ``backend``: a name or Backend instance to load it on (default: the run's backend).
+    """
     arrays, _, config = read_checkpoint(run_dir)
-    model = LSTMModel(vocab.VOCAB_SIZE, hidden=config.hidden, layers=config.layers,
-                      backend=config.backend if backend is None else backend, dtype=np.dtype(config.dtype))
+    model = build_model(config, backend)
     model.load_params(arrays_under(arrays, "param"))
     return model, config
 
@@ -52,6 +52,6 @@ def evaluate_beyond(run_dir, offsets=(1, 2), examples: int | None = None, backen
     for level in beyond_levels(config.task, config.length, config.nesting, offsets):
         seed = derive_seed(config.seed, "beyond", level["length"], level["nesting"])
         test = sample(config.task, level["length"], level["nesting"], count=count, seed=seed, split="test")
-        result = evaluate(model, test, config.transform, warmup=config.mode == "stream")
+        result = evaluate(model, test, config.transform, warmup=config.warmup)
         results.append({**level, "teacher_forced_acc": result.char_acc, "exact_match_acc": result.exact_acc})
     return results

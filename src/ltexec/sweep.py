@@ -1,6 +1,6 @@
 """Curriculum sweeps: the paper's grids of training runs, resumable and parallel.
 
-A sweep trains one ordinary run (:class:`~ltexec.trainer.Trainer`) per cell of
+A sweep trains one ordinary run (:func:`~ltexec.trainer.open_run`) per cell of
 a grid: strategies x target length x nesting for ``programs`` and ``addition``
 (the paper's Figures 4 and 5), strategies x input transform x length for
 ``copy`` (Figure 7). Its directory holds
@@ -35,11 +35,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from ltexec.checkpoint import atomic_write
+from ltexec.checkpoint import atomic_write, checkpoint_path
+from ltexec.config import TrainConfig
 from ltexec.curriculum import STRATEGIES
 from ltexec.generalization import evaluate_beyond
 from ltexec.sampler import TASKS
-from ltexec.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
+from ltexec.trainer import open_run
 from ltexec.validation import check_choice, check_float, check_int
 from ltexec.vocab import TRANSFORMS
 
@@ -258,34 +259,21 @@ def run_cell(job: dict) -> dict:
     """
     out = Path(job["dir"])
     out.mkdir(parents=True, exist_ok=True)
-    config = TrainConfig.from_dict(job["config"])
     with open(out / CELL_LOG_NAME, "a", encoding="utf-8") as log_file, \
             contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
         def log(line: str) -> None:
             print(line, file=log_file, flush=True)
 
-        if (out / CHECKPOINT_NAME).exists():
-            trainer = Trainer.resume(out, overrides={"minutes": config.minutes, "max_steps": config.max_steps},
-                                     log=log)
-        else:
-            trainer = Trainer(config, out, log)
-        limit_lanes(trainer.model.backend, job["threads"])
+        trainer = open_run(job["config"], out, resume=checkpoint_path(out).exists(), log=log,
+                           threads=job["threads"])
         summary = trainer.run()
         if summary["stopped"] == "interrupted":
             return {"status": "interrupted", "cell": job["cell"]}
         beyond = evaluate_beyond(out, job["beyond"], backend=trainer.model.backend)
     result = {"status": "done", "cell": job["cell"], **summary, "beyond": beyond,
-              "config": dataclasses.asdict(config), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "config": dataclasses.asdict(trainer.config), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(out / CELL_RESULT_NAME, result)
     return result
-
-
-def limit_lanes(backend, threads: int) -> None:
-    """Give the ``cpu`` backend ``threads`` lanes (its default is one per core, too many beside other workers)."""
-    from ltexec.backends.cpu import CpuBackend, Lanes    # backend modules load only when used (see the registry)
-
-    if isinstance(backend, CpuBackend) and backend.lanes.count > threads:
-        backend.lanes = Lanes(threads)
 
 
 # ------------------------------------------------------------------------ executors

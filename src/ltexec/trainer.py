@@ -11,127 +11,39 @@ column is an endless stream of examples packed back to back, cut into windows
 of ``window`` steps, with the LSTM state carried from one window to the next
 (no gradient flows across windows). The ``examples`` mode instead trains on
 batches of independent examples, one per column from a zero state, so that
-backpropagation always reaches from an answer to the start of its program. Every ``eval_every`` steps the trainer
-measures validation (at the curriculum's current level) and test (at the
-target level) accuracy, lets the curriculum advance, decays the learning rate
-by 0.8 on each trigger at the target level, appends a line to
-``metrics.jsonl``, prints progress and sample predictions, and writes a
-checkpoint atomically. Training stops when the learning rate falls below
-``min_lr``, or at the step or time budget.
+backpropagation always reaches from an answer to the start of its program.
 
-A checkpoint holds everything a run depends on (parameters, optimizer
-velocity, carried LSTM state, the batch streams, curriculum and random number
-generator states, metrics so far), so a resumed run continues exactly where an
-uninterrupted one would be. Ctrl-C finishes the current step, saves, and exits.
+Every ``eval_every`` steps the trainer measures validation (at the
+curriculum's current level) and test (at the target level) accuracy, lets the
+curriculum advance, decays the learning rate by 0.8 on each trigger at the
+target level, appends a line to ``metrics.jsonl``, prints progress and sample
+predictions, and writes a checkpoint atomically (:mod:`ltexec.checkpoint` says
+what it holds, so that a resumed run continues exactly where an uninterrupted
+one would be). Training stops when the learning rate falls below ``min_lr``,
+or at the step or time budget; Ctrl-C finishes the current step, saves, and
+stops. :func:`open_run` starts a run or resumes one; :mod:`ltexec.progress`
+prints what it does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import signal
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from ltexec import vocab
-from ltexec.backends import BACKENDS
 from ltexec.batching import StreamBatcher, pack_examples
-from ltexec.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ltexec.curriculum import STRATEGIES, Curriculum
-from ltexec.evaluation import EvalResult, evaluate
-from ltexec.model import LSTMModel
+from ltexec.checkpoint import checkpoint_path, read_checkpoint, restore_run, save_run
+from ltexec.config import BUDGET, TrainConfig, build_model
+from ltexec.curriculum import Curriculum
+from ltexec.evaluation import evaluate
 from ltexec.optim import SGD
-from ltexec.sampler import TASKS, sample, sample_example
+from ltexec.progress import Reporter, TrainingFigures
+from ltexec.sampler import sample, sample_example
 from ltexec.seeds import derive_seed
-from ltexec.validation import check_choice, check_float, check_int
-
-CHECKPOINT_NAME = "checkpoint.npz"
-METRICS_NAME = "metrics.jsonl"
-DTYPES = ("float32", "float64")
-MODES = ("stream", "examples")
-LOSS_SCALES = ("batch", "chars")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run. The defaults are the paper's values."""
-
-    task: str = "programs"
-    length: int = 4
-    nesting: int | None = None          # None: 3 for programs (the paper's), 1 for the other tasks
-    strategy: str = "combined"
-    transform: str = "none"
-    hidden: int = 400
-    layers: int = 2
-    batch: int = 100
-    window: int = 50
-    mode: str = "stream"
-    loss_scale: str = "batch"
-    lr: float = 0.5
-    momentum: float = 0.0
-    clip: float = 5.0
-    lr_decay: float = 0.8
-    min_lr: float = 1e-3
-    init_scale: float = 0.08
-    backend: str = "auto"
-    dtype: str = "float32"
-    seed: int = 0
-    eval_every: int = 500
-    eval_examples: int = 500
-    minutes: float | None = None
-    max_steps: int | None = None
-
-    def __post_init__(self):
-        if self.nesting is None:
-            self.nesting = 3 if self.task == "programs" else 1
-
-    def validate(self) -> "TrainConfig":
-        """Check every field; raise ValueError naming the first bad one."""
-        check_choice("task", self.task, TASKS)
-        check_int("length", self.length, 1)
-        check_int("nesting", self.nesting, 1)
-        if self.task != "programs" and self.nesting != 1:
-            raise ValueError(f"nesting applies only to task programs; got nesting={self.nesting} "
-                             f"for task {self.task}")
-        check_choice("strategy", self.strategy, STRATEGIES)
-        check_choice("transform", self.transform, vocab.TRANSFORMS)
-        check_int("hidden", self.hidden, 1)
-        check_int("layers", self.layers, 1)
-        check_int("batch", self.batch, 1)
-        check_int("window", self.window, 1)
-        check_choice("mode", self.mode, MODES)
-        check_choice("loss_scale", self.loss_scale, LOSS_SCALES)
-        check_float("lr", self.lr, 0.0, inclusive_min=False)
-        check_float("momentum", self.momentum, 0.0, 0.999)
-        check_float("clip", self.clip, 0.0, inclusive_min=False)
-        check_float("lr_decay", self.lr_decay, 0.0, 1.0, inclusive_min=False)
-        check_float("min_lr", self.min_lr, 0.0)
-        check_float("init_scale", self.init_scale, 0.0, inclusive_min=False)
-        check_choice("backend", self.backend, ("auto",) + tuple(BACKENDS))
-        check_choice("dtype", self.dtype, DTYPES)
-        check_int("seed", self.seed, 0)
-        check_int("eval_every", self.eval_every, 1)
-        check_int("eval_examples", self.eval_examples, 1)
-        if self.minutes is not None:
-            check_float("minutes", self.minutes, 0.0, inclusive_min=False)
-        if self.max_steps is not None:
-            check_int("max_steps", self.max_steps, 0)
-        return self
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**values).validate()
 
 
 class TrainingDiverged(RuntimeError):
@@ -139,16 +51,19 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer:
-    """Runs (or resumes) one training run; see the module docstring."""
+    """Runs one training run, from its start or (through :func:`open_run`) from a checkpoint.
 
-    def __init__(self, config: TrainConfig, out_dir=None, log: Callable[[str], None] | None = None):
+    ``log`` takes the lines the run prints (see :class:`~ltexec.progress.Reporter`);
+    ``backend_options`` (e.g. ``threads``) go to the backend.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir=None, log: Callable[[str], None] | None = None,
+                 **backend_options):
         self.config = config.validate()
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.log = log or (lambda line: print(line, flush=True))
+        self.report = Reporter(log)
         cfg = self.config
-        self.model = LSTMModel(vocab.VOCAB_SIZE, hidden=cfg.hidden, layers=cfg.layers,
-                               backend=cfg.backend, dtype=np.dtype(cfg.dtype),
-                               init_scale=cfg.init_scale, seed=derive_seed(cfg.seed, "init"))
+        self.model = build_model(cfg, **backend_options)
         self.optimizer = SGD(lr=cfg.lr, momentum=cfg.momentum, clip=cfg.clip)
         self.curriculum = Curriculum(cfg.strategy, cfg.length, cfg.nesting)
         self.rng = random.Random(derive_seed(cfg.seed, "train"))
@@ -157,16 +72,9 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0          # seconds of training and evaluation, across resumes
         self.history: list[dict] = []
-        self._since_eval = _fresh_counters()
+        self._since_eval = TrainingFigures()
         self._eval_sets: dict[tuple[str, int, int], list] = {}
         self._stop_requested = False
-        self._tty = sys.stderr.isatty()
-        self._last_live = 0.0
-
-    @property
-    def warmup(self) -> bool:
-        """Whether evaluation precedes each example by another, as the training stream does."""
-        return self.config.mode == "stream"
 
     # ----------------------------------------------------------------- data
     def _next_training_example(self):
@@ -206,20 +114,17 @@ class Trainer:
                                    f"the parameters were not updated")
         self.state = result.state
         self.step += 1
-        acc = self._since_eval
-        acc["loss"] += result.loss
-        acc["correct"] += result.correct
-        acc["count"] += result.count
-        acc["steps"] += 1
-        acc["chars"] += window.x.size
+        figures = self._since_eval
+        figures.loss += result.loss
+        figures.correct += result.correct
+        figures.count += result.count
+        figures.steps += 1
+        figures.chars += window.x.size
 
     def run(self) -> dict:
         """Train until the learning rate, step or time budget runs out; return the final summary."""
         cfg = self.config
-        self.log(f"ltexec train: {cfg.task} length {cfg.length} nesting {cfg.nesting}, "
-                 f"{cfg.strategy} curriculum, {cfg.layers}x{cfg.hidden} LSTM, batch {cfg.batch}, "
-                 f"window {cfg.window}, lr {self.optimizer.lr:g}, backend {self.model.backend.name} "
-                 f"({self.model.backend.device_name()})")
+        self.report.started(cfg, self.optimizer.lr, self.model.backend)
         previous_handler = signal.getsignal(signal.SIGINT)
         if previous_handler is signal.default_int_handler:
             signal.signal(signal.SIGINT, self._request_stop)
@@ -232,45 +137,31 @@ class Trainer:
                 started = time.perf_counter()
                 self.train_step()
                 spent = time.perf_counter() - started
-                self._since_eval["seconds"] += spent
+                self._since_eval.seconds += spent
                 self.elapsed += spent
-                self._live_progress()
+                self.report.live(self.step, self._since_eval, cfg.eval_every)
                 if self.step % cfg.eval_every == 0:
                     self._evaluate_and_checkpoint()
                     if self.optimizer.lr < cfg.min_lr:
                         reason = f"learning rate fell below {cfg.min_lr:g}"
                         break
         except TrainingDiverged as error:
-            kept = self._checkpoint_path()
+            kept = checkpoint_path(self.out_dir) if self.out_dir is not None else None
             where = f"; the last good checkpoint is {kept}" if kept and kept.exists() else ""
             raise TrainingDiverged(f"{error}{where}") from None
         finally:
             if previous_handler is signal.default_int_handler:
                 signal.signal(signal.SIGINT, previous_handler)
-        if self._since_eval["steps"]:
+        if self._since_eval.steps:
             self._evaluate_and_checkpoint()
-        self.log(f"stopped after step {self.step}: {reason}")
+        self.report.stopped(self.step, reason)
         return self.summary(reason)
-
-    def _live_progress(self) -> None:
-        """A one-line status on a terminal between evaluations, rewritten in place every second."""
-        now = time.perf_counter()
-        if not self._tty or now - self._last_live < 1.0:
-            return
-        self._last_live = now
-        acc = self._since_eval
-        sys.stderr.write(f"\rstep {self.step:>7} | {acc['chars'] / max(acc['seconds'], 1e-9):>9,.0f} chars/s"
-                         f" | loss {acc['loss'] / max(acc['steps'], 1):.4f}"
-                         f" | train {100 * acc['correct'] / max(acc['count'], 1):5.1f}%"
-                         f" | next evaluation at step {self.step - self.step % self.config.eval_every + self.config.eval_every} ")
-        sys.stderr.flush()
 
     def _request_stop(self, signum, frame):
         if self._stop_requested:          # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self._stop_requested = True
-        self.log("interrupt: finishing this step, saving a checkpoint, then stopping "
-                 "(press Ctrl-C again to stop at once)")
+        self.report.interrupting()
 
     def _budget_exhausted(self) -> str | None:
         cfg = self.config
@@ -286,18 +177,18 @@ class Trainer:
     def _evaluate_and_checkpoint(self) -> None:
         cfg = self.config
         started = time.perf_counter()
-        acc = self._since_eval
-        train_acc = acc["correct"] / max(acc["count"], 1)
+        figures = self._since_eval
+        train_acc = figures.char_acc
         level = self.curriculum.level
         val = evaluate(self.model, self._eval_set("val", self.curriculum.validation_level()), cfg.transform,
-                       warmup=self.warmup)
+                       warmup=cfg.warmup)
         test_examples = self._eval_set("test", self.curriculum.test_level())
-        test = evaluate(self.model, test_examples, cfg.transform, warmup=self.warmup)
+        test = evaluate(self.model, test_examples, cfg.transform, warmup=cfg.warmup)
         record = {
             "step": self.step,
             "elapsed_s": round(self.elapsed, 3),
-            "chars_per_s": round(acc["chars"] / max(acc["seconds"], 1e-9), 1),
-            "loss": acc["loss"] / max(acc["steps"], 1),
+            "chars_per_s": round(figures.chars_per_s, 1),
+            "loss": figures.mean_loss,
             "lr": self.optimizer.lr,
             "level": list(level),
             "train_char_acc": train_acc,
@@ -311,34 +202,13 @@ class Trainer:
             self.optimizer.lr *= cfg.lr_decay
         record["event"] = event
         self.history.append(record)
-        self._since_eval = _fresh_counters()
-        if self._tty:
-            sys.stderr.write("\r\033[K")
-        self.log(self._progress_line(record))
-        self._show_predictions(test_examples, test)
+        self._since_eval = TrainingFigures()
+        self.report.evaluation(record, self.curriculum.target, self.curriculum.level, self.optimizer.lr)
+        self.report.predictions(test_examples, test, len(self.history))
         self.elapsed += time.perf_counter() - started
         record["elapsed_s"] = round(self.elapsed, 3)
-        self._save(record)
-
-    def _progress_line(self, r: dict) -> str:
-        target = (self.config.length, self.config.nesting)
-        event = {"advance": f" -> level {self.curriculum.level}",
-                 "decay": f" -> lr {self.optimizer.lr:g}"}.get(r["event"], "")
-        return (f"step {r['step']:>7} | {r['elapsed_s'] / 60:6.1f} min | {r['chars_per_s']:>9,.0f} chars/s"
-                f" | level {tuple(r['level'])} of {target} | lr {r['lr']:.3g} | loss {r['loss']:.4f}"
-                f" | train {100 * r['train_char_acc']:5.1f}%"
-                f" | val {100 * r['val_char_acc']:5.1f}% char {100 * r['val_exact_acc']:5.1f}% exact"
-                f" | test {100 * r['test_char_acc']:5.1f}% char {100 * r['test_exact_acc']:5.1f}% exact"
-                f"{event}")
-
-    def _show_predictions(self, examples, result: EvalResult, count: int = 2) -> None:
-        """A few test examples with the model's free-running answer, different ones each time."""
-        first = (len(self.history) * count) % len(examples)
-        for k in range(first, first + min(count, len(examples))):
-            example, prediction = examples[k % len(examples)], result.predictions[k % len(examples)]
-            program = example.input.replace("\n", "\n        ")
-            mark = "ok" if prediction == example.target + vocab.TERMINATOR else "wrong"
-            self.log(f"  input:  {program}\n  target: {example.target}.\n  model:  {prediction} ({mark})")
+        if self.out_dir is not None:
+            save_run(self, record)
 
     def summary(self, reason: str = "finished") -> dict:
         """The last evaluation's figures plus the run's identity."""
@@ -353,131 +223,40 @@ class Trainer:
             "stopped": reason,
         }
 
-    # ---------------------------------------------------------- checkpoints
-    def _checkpoint_path(self) -> Path | None:
-        return self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
 
-    def _save(self, record: dict) -> None:
-        if self.out_dir is None:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / METRICS_NAME, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        backend = self.model.backend
-        arrays = {f"param/{k}": backend.to_numpy(v) for k, v in self.model.params.items()}
-        velocity = self.optimizer.state_dict()["velocity"] or {}
-        arrays.update({f"velocity/{k}": v for k, v in velocity.items()})
-        for layer, (h, c) in enumerate(self.state):
-            arrays[f"state/h{layer}"] = backend.to_numpy(h)
-            arrays[f"state/c{layer}"] = backend.to_numpy(c)
-        arrays.update({f"batcher/{k}": np.asarray(v) for k, v in self.batcher.state_dict().items()})
-        meta = {
-            "config": dataclasses.asdict(self.config),
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "lr": self.optimizer.lr,
-            "curriculum": self.curriculum.state_dict(),
-            "rng": _rng_state_to_json(self.rng.getstate()),
-            "history": self.history,
-        }
-        save_checkpoint(self.out_dir / CHECKPOINT_NAME, arrays, meta)
+def open_run(config: TrainConfig | dict, out_dir=None, resume: bool = False,
+             log: Callable[[str], None] | None = None, **backend_options) -> Trainer:
+    """A trainer for a new run in ``out_dir``, or with ``resume`` for the run whose checkpoint is there.
 
-    @classmethod
-    def resume(cls, out_dir, overrides: dict | None = None, log=None) -> "Trainer":
-        """Rebuild a trainer from ``out_dir``'s checkpoint. Only the budget (minutes, max_steps) may change."""
+    ``config`` is a :class:`TrainConfig` or a dict of some of its fields. A new
+    run takes the defaults for the fields not given, and refuses an
+    ``out_dir`` that already holds a checkpoint (it would overwrite it). A
+    resumed run takes its configuration from the checkpoint: the budget
+    (minutes, max_steps) given replaces the checkpoint's, and every other
+    field given must equal it. ``log`` and ``backend_options`` go to :class:`Trainer`.
+    """
+    given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
+    if out_dir is not None:
         out_dir = Path(out_dir)
-        arrays, meta, config = read_checkpoint(out_dir)
-        for name, value in (overrides or {}).items():
-            if name in ("minutes", "max_steps"):
-                setattr(config, name, value)
-            elif getattr(config, name) != value:
-                raise ValueError(f"{name}={value!r} does not match the checkpoint in {out_dir}, which was "
-                                 f"trained with {name}={getattr(config, name)!r}; leave it out to resume")
-        trainer = cls(config, out_dir, log)
-        try:
-            trainer._restore(arrays, meta)
-        except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"checkpoint in {out_dir} does not match its configuration ({error})") from None
-        trainer._truncate_metrics()
-        trainer.log(f"resumed from {out_dir / CHECKPOINT_NAME} at step {trainer.step}")
-        return trainer
-
-    def _restore(self, arrays: dict, meta: dict) -> None:
-        backend = self.model.backend
-        self.model.load_params(arrays_under(arrays, "param"))
-        velocity = arrays_under(arrays, "velocity")
-        self.optimizer.load_state_dict({"lr": meta["lr"], "momentum": self.config.momentum,
-                                        "clip": self.config.clip, "velocity": velocity or None})
-        expected = self.model.zero_state(self.config.batch)
-        state = []
-        for layer, (h0, c0) in enumerate(expected):
-            h, c = arrays[f"state/h{layer}"], arrays[f"state/c{layer}"]
-            if h.shape != tuple(h0.shape) or c.shape != tuple(c0.shape):
-                raise ValueError(f"carried state of layer {layer} has shape {h.shape}, expected {tuple(h0.shape)}")
-            state.append((backend.asarray(h), backend.asarray(c)))
-        self.state = state
-        self.batcher.load_state_dict(arrays_under(arrays, "batcher"))
-        self.curriculum = Curriculum.from_state_dict(meta["curriculum"])
-        self.rng.setstate(_rng_state_from_json(meta["rng"]))
-        self.step = int(meta["step"])
-        self.elapsed = float(meta["elapsed"])
-        self.history = list(meta["history"])
-
-    def _truncate_metrics(self) -> None:
-        """Drop metric lines written after the checkpoint (a crash between the two writes)."""
-        path = self.out_dir / METRICS_NAME
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def read_checkpoint(out_dir) -> tuple[dict, dict, TrainConfig]:
-    """The arrays, metadata and validated configuration of the checkpoint in ``out_dir``."""
-    arrays, meta = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME)
-    try:
-        config = TrainConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint in {out_dir} has an unusable configuration ({error})") from None
-    return arrays, meta, config
-
-
-def arrays_under(arrays: dict, group: str) -> dict:
-    """The checkpoint arrays saved as ``group/NAME``, keyed by NAME."""
-    prefix = f"{group}/"
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
-def _fresh_counters() -> dict:
-    """Training figures accumulated between two evaluations."""
-    return {"loss": 0.0, "correct": 0, "count": 0, "steps": 0, "chars": 0, "seconds": 0.0}
-
-
-def _rng_state_to_json(state) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _rng_state_from_json(state) -> tuple:
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
-
-
-def train(config: TrainConfig, out_dir=None, resume: bool = False, log=None) -> dict:
-    """Train (or resume, with ``resume=True``) and return the final summary."""
-    if resume:
-        if out_dir is None:
-            raise ValueError("resume needs the run's output directory (out_dir)")
-        trainer = Trainer.resume(out_dir, overrides={"minutes": config.minutes, "max_steps": config.max_steps},
-                                 log=log)
-    else:
-        if out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).exists():
+    if not resume:
+        if out_dir is not None and checkpoint_path(out_dir).exists():
             raise ValueError(f"{out_dir} already holds a checkpoint: pass resume to continue it, "
                              f"or choose another output directory")
-        trainer = Trainer(config, out_dir, log)
-    return trainer.run()
+        return Trainer(TrainConfig.from_dict(given), out_dir, log, **backend_options)
+    if out_dir is None:
+        raise ValueError("resume needs the run's output directory (out_dir)")
+    arrays, meta, saved = read_checkpoint(out_dir)
+    wanted = TrainConfig.from_dict({**dataclasses.asdict(saved), **given})
+    for name in given:
+        if name not in BUDGET and getattr(wanted, name) != getattr(saved, name):
+            raise ValueError(f"{name}={given[name]!r} does not match the checkpoint in {out_dir}, which was "
+                             f"trained with {name}={getattr(saved, name)!r}; leave it out to resume")
+    trainer = Trainer(wanted, out_dir, log, **backend_options)
+    restore_run(trainer, arrays, meta)
+    trainer.report.resumed(checkpoint_path(out_dir), trainer.step)
+    return trainer
 
 
-def default_log(line: str) -> None:
-    print(line, file=sys.stdout, flush=True)
+def train(config: TrainConfig | dict, out_dir=None, resume: bool = False, log=None, **backend_options) -> dict:
+    """Train (or resume, with ``resume=True``; see :func:`open_run`) and return the final summary."""
+    return open_run(config, out_dir, resume, log, **backend_options).run()
