@@ -23,7 +23,7 @@ from ltexec.evaluation import evaluate
 from ltexec.sampler import sample
 from ltexec.seeds import derive_seed
 from ltexec.trainer import open_run
-from ltexec.validation import check_float
+from ltexec.validation import check_float, check_output_dir
 
 # What 10 minutes on a 2-core CPU can afford, and what makes it reliable (see README).
 FAST = dict(hidden=128, layers=1, batch=64, window=50, mode="examples", loss_scale="chars",
@@ -62,6 +62,8 @@ def main(argv=None) -> int:
         budget_s = 60.0 * check_float("minutes", args.minutes, 0.0, inclusive_min=False) - FINAL_EVAL_RESERVE_S
         config = TrainConfig(task="addition", length=args.length, backend=args.backend, seed=args.seed,
                              minutes=max(budget_s, 1.0) / 60.0, **preset)
+        if args.out is not None:
+            check_output_dir("--out", args.out)
         trainer = open_run(config, args.out)
     except (ValueError, RuntimeError) as error:
         print(f"train_addition: error: {error}", file=sys.stderr)

@@ -79,6 +79,10 @@ def test_plot_command_and_its_errors(tmp_path, capsys):
                                                     for ext in ("png", "svg")]
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "is not a sweep directory (no sweep.json)" in capsys.readouterr().err
+    in_the_way = tmp_path / "s" / "figures"
+    in_the_way.write_text("in the way")
+    assert main(["plot", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err == f"ltexec plot: error: figures_dir {in_the_way} is a file, not a directory\n"
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch):

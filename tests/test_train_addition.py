@@ -34,6 +34,7 @@ def test_a_short_run_ends_with_one_json_summary_line(tmp_path):
     (("--length", "0"), "length must be an integer >= 1, got 0"),
     (("--minutes", "-1"), "minutes must be a finite number > 0.0, got -1"),
     (("--backend", "gpu"), "backend must be one of"),
+    (("--out", __file__), f"--out {__file__} is a file, not a directory"),
 ])
 def test_bad_arguments_end_with_exit_2_and_one_line(args, message):
     result = run(*args, timeout=60)

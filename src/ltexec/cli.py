@@ -11,7 +11,7 @@ import json
 import sys
 
 from ltexec import __version__
-from ltexec.validation import check_float, check_int
+from ltexec.validation import check_float, check_int, check_output_dir
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -135,7 +135,9 @@ def _run_train(args) -> None:
 
     # Only the options given: a resumed run takes the others from its checkpoint.
     given = {name: getattr(args, name) for name in vars(TrainConfig()) if getattr(args, name, None) is not None}
-    if args.resume and args.out is None:
+    if args.out is not None:
+        check_output_dir("--out", args.out)
+    elif args.resume:
         raise ValueError("--resume needs --out, the directory of the run to continue")
     print(json.dumps(open_run(given, args.out, resume=args.resume).run()))
 
@@ -219,6 +221,7 @@ SWEEP_TRAIN_OPTIONS = ("hidden", "layers", "batch", "seed", "backend", "eval_eve
 def _run_sweep(args) -> None:
     from ltexec import sweep
 
+    check_output_dir("--out", args.out)
     grid = {k: getattr(args, k) for k in SWEEP_GRID_OPTIONS if getattr(args, k) is not None}
     train = {k: getattr(args, k) for k in SWEEP_TRAIN_OPTIONS if getattr(args, k) is not None}
     if args.preset:
@@ -249,6 +252,8 @@ def _add_plot(subparsers) -> None:
 def _run_plot(args) -> None:
     from ltexec.plot import plot_sweep
 
+    if args.figures is not None:
+        check_output_dir("--figures", args.figures)
     for path in plot_sweep(args.sweep_dir, args.figures):
         print(path)
 

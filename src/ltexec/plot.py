@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ltexec.generalization import beyond_levels
 from ltexec.sweep import Cell, MissingExtra, SweepSpec, load_results
+from ltexec.validation import check_output_dir
 
 METRICS = {
     "teacher_forced": ("teacher_forced_acc", "teacher-forced character accuracy"),
@@ -44,9 +45,9 @@ def import_pyplot():
 
 def plot_sweep(sweep_dir, figures_dir=None) -> list[Path]:
     """Draw every figure of the sweep in ``sweep_dir`` into ``figures_dir`` (default SWEEP_DIR/figures)."""
-    plt = import_pyplot()
     spec, results = load_results(sweep_dir)
-    out = Path(figures_dir) if figures_dir is not None else Path(sweep_dir) / FIGURES_DIR
+    out = check_output_dir("figures_dir", Path(sweep_dir) / FIGURES_DIR if figures_dir is None else figures_dir)
+    plt = import_pyplot()
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for metric, (key, title) in METRICS.items():

@@ -44,6 +44,7 @@ from ltexec.optim import SGD
 from ltexec.progress import Reporter, TrainingFigures
 from ltexec.sampler import sample, sample_example
 from ltexec.seeds import derive_seed
+from ltexec.validation import check_output_dir
 
 
 class TrainingDiverged(RuntimeError):
@@ -237,7 +238,7 @@ def open_run(config: TrainConfig | dict, out_dir=None, resume: bool = False,
     """
     given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
     if out_dir is not None:
-        out_dir = Path(out_dir)
+        out_dir = check_output_dir("out_dir", out_dir)
     if not resume:
         if out_dir is not None and checkpoint_path(out_dir).exists():
             raise ValueError(f"{out_dir} already holds a checkpoint: pass resume to continue it, "

@@ -8,6 +8,8 @@ value gives the same one-line message whether it came from Python (as a
 from __future__ import annotations
 
 import numbers
+import os
+from pathlib import Path
 
 
 def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -50,6 +52,33 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+def check_output_dir(name: str, path) -> Path:
+    """``path`` as a Path if it is a writable directory or one that can be created, else ``ValueError``.
+
+    Checked before a command starts its work, so that a bad output path is
+    refused at once rather than when the first file is written.
+    """
+    path = Path(path)
+    if os.path.lexists(path):
+        if not path.is_dir():
+            raise ValueError(f"{name} {path} {_not_a_directory(path)}")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{name} {path} is not writable")
+        return path
+    ancestor = path.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{name} {path} cannot be created: {ancestor} {_not_a_directory(ancestor)}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path} cannot be created: {ancestor} is not writable")
+    return path
+
+
+def _not_a_directory(path: Path) -> str:
+    return "is a file, not a directory" if path.is_file() else "is not a directory"
 
 
 def _range_text(minimum: int | None, maximum: int | None) -> str:
