@@ -1,7 +1,10 @@
-"""The ``ltexec`` command line: ``ltexec sample`` (and the training commands).
+"""The ``ltexec`` command line: ``sample``, ``train``, ``sweep`` and ``plot``.
 
-Every bad argument ends the command with exit status 2 and one line naming the
-argument and the allowed values; no traceback.
+``ltexec sample`` prints a task's examples, ``ltexec train`` trains (or
+resumes) one run, ``ltexec sweep`` trains a grid of runs and ``ltexec plot``
+draws a sweep's heatmaps. Every bad argument, a bad path included, ends the
+command with exit status 2 and one line naming the argument and what is
+wrong; no traceback.
 """
 
 from __future__ import annotations
