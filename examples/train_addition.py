@@ -29,7 +29,7 @@ from ltexec.validation import check_float, check_output_dir
 FAST = dict(hidden=128, layers=1, batch=64, window=50, mode="examples", loss_scale="chars",
             strategy="baseline", transform="reverse", lr=0.5, momentum=0.9, clip=1.0,
             eval_every=1000, eval_examples=300)
-# The paper's configuration (SPEC section 3): 2x400, batch 100, plain SGD at 0.5, clip 5.
+# The paper's configuration (its section 5): 2x400, batch 100, plain SGD at 0.5, clip 5.
 PAPER = dict(hidden=400, layers=2, batch=100, window=50, mode="stream", strategy="combined", transform="none",
              lr=0.5, momentum=0.0, clip=5.0, eval_every=200, eval_examples=500)
 FINAL_TEST_EXAMPLES = 2000
