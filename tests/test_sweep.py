@@ -79,16 +79,19 @@ def test_copy_grid_is_strategies_by_transform_by_length():
 def test_cell_config_takes_grid_budget_and_training_options():
     spec = tiny_spec(strategies=["naive"], steps_per_cell=7)
     config = spec.cell_config(Cell("naive", 2))
-    assert (config.task, config.length, config.strategy, config.max_steps, config.minutes) == ("addition", 2, "naive", 7, None)
+    assert (config.task, config.length, config.strategy, config.max_steps, config.minutes) == \
+        ("addition", 2, "naive", 7, None)
     assert (config.hidden, config.batch, config.backend) == (8, 4, "numpy")
 
 
 def test_presets_and_overrides():
     paper = sweep.preset("paper")
-    assert (paper.task, paper.lengths, paper.nestings, len(paper.strategies)) == ("programs", (1, 2, 3, 4, 5, 6), (1, 2, 3), 4)
+    assert (paper.task, paper.lengths, paper.nestings, len(paper.strategies)) == \
+        ("programs", (1, 2, 3, 4, 5, 6), (1, 2, 3), 4)
     assert paper.cell_config(paper.cells()[0]).hidden == 400
     cpu = sweep.preset("cpu", lengths=(1,), train={"seed": 3})
-    assert cpu.lengths == (1,) and cpu.train["seed"] == 3 and cpu.train["hidden"] == sweep.PRESETS["cpu"]["train"]["hidden"]
+    assert cpu.lengths == (1,) and cpu.train["seed"] == 3
+    assert cpu.train["hidden"] == sweep.PRESETS["cpu"]["train"]["hidden"]
     timed = sweep.preset("cpu", minutes_per_cell=2.0)
     assert (timed.minutes_per_cell, timed.steps_per_cell) == (2.0, None)
 
@@ -115,7 +118,8 @@ def test_bad_spec_is_refused_naming_the_field(fields, message):
 
 @pytest.mark.parametrize("argv, message", [
     (["--lengths", "0..2"], "argument --lengths: lengths must be an integer >= 1, got 0"),
-    (["--strategies", "baseline,best"], "argument --strategies: strategies must be one of baseline, naive, mix, combined; got 'best'"),
+    (["--strategies", "baseline,best"],
+     "argument --strategies: strategies must be one of baseline, naive, mix, combined; got 'best'"),
     (["--workers", "0"], "argument --workers: workers must be an integer >= 1, got 0"),
     (["--preset", "gpu"], "argument --preset: invalid choice: 'gpu'"),
     (["--task", "copy", "--lengths", "5", "--nestings", "2"], "nestings apply only to task programs"),
@@ -205,7 +209,8 @@ def test_cell_with_a_checkpoint_resumes_from_it(tmp_path):
 
 
 def test_a_failed_cell_is_reported_and_the_others_finish(tmp_path):
-    with pytest.raises(sweep.SweepError, match="1 cell\\(s\\) failed: baseline-L2-N1-none: RuntimeError: this cell fails"):
+    failed = "1 cell\\(s\\) failed: baseline-L2-N1-none: RuntimeError: this cell fails"
+    with pytest.raises(sweep.SweepError, match=failed):
         sweep.run_sweep(tiny_spec(), tmp_path, executor_factory=inline_executor("baseline-L2-N1-none"),
                         log=lambda line: None)
     _, results = sweep.load_results(tmp_path)
@@ -266,7 +271,8 @@ def test_missing_ray_names_the_extra(monkeypatch, tmp_path, capsys):
 
 # ----------------------------------------------------------------- generalization
 def test_beyond_levels():
-    assert [(d["length"], d["nesting"]) for d in beyond_levels("programs", 2, 3, (1, 2))] == [(3, 3), (4, 3), (2, 4), (2, 5)]
+    levels = beyond_levels("programs", 2, 3, (1, 2))
+    assert [(d["length"], d["nesting"]) for d in levels] == [(3, 3), (4, 3), (2, 4), (2, 5)]
     assert [d["offset"] for d in beyond_levels("copy", 5, 1, (1,))] == ["length+1"]
     with pytest.raises(ValueError, match="beyond offsets must be an integer >= 1, got 0"):
         beyond_levels("addition", 2, 1, (0,))

@@ -103,7 +103,8 @@ def _add_train(subparsers) -> None:
     # Defaults are None so that --resume can tell which options were given explicitly.
     add("--task", choices=TASKS, help=f"task to learn (default {d.task})")
     add("--length", type=int_arg("length", 1), help=f"target length (default {d.length})")
-    add("--nesting", type=int_arg("nesting", 1), help="target nesting, programs only (default 3 for programs, 1 otherwise)")
+    add("--nesting", type=int_arg("nesting", 1),
+        help="target nesting, programs only (default 3 for programs, 1 otherwise)")
     add("--strategy", choices=STRATEGIES, help=f"curriculum strategy (default {d.strategy})")
     add("--transform", choices=TRANSFORMS, help=f"input modification (default {d.transform})")
     add("--hidden", type=int_arg("hidden", 1), help=f"LSTM units per layer (default {d.hidden})")
@@ -205,7 +206,8 @@ def _add_sweep(subparsers) -> None:
     add("--batch", type=int_arg("batch", 1), help="batch size (default: the preset's, else 100)")
     add("--seed", type=int_arg("seed", 0), help="random seed of every cell (default 0)")
     add("--backend", choices=("auto",) + tuple(BACKENDS), help="compute backend of every cell (default auto)")
-    add("--eval-every", type=int_arg("eval-every", 1), help="steps between evaluations (default: the preset's, else 500)")
+    add("--eval-every", type=int_arg("eval-every", 1),
+        help="steps between evaluations (default: the preset's, else 500)")
     add("--eval-examples", type=int_arg("eval-examples", 1),
         help="examples per evaluation and per generalization level (default: the preset's, else 500)")
     add("--workers", type=int_arg("workers", 1), default=1, help="cells trained at once (default 1)")

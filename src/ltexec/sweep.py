@@ -95,7 +95,7 @@ class SweepSpec:
     beyond: tuple = (1, 2)
     train: dict = dataclasses.field(default_factory=dict)
 
-    def validate(self) -> "SweepSpec":
+    def validate(self) -> SweepSpec:
         """Check every field; raise ValueError naming the first bad one."""
         check_choice("task", self.task, TASKS)
         self.strategies = check_list("strategies", self.strategies, lambda s: check_choice("strategies", s, STRATEGIES))
@@ -143,7 +143,7 @@ class SweepSpec:
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "SweepSpec":
+    def from_dict(cls, values: dict) -> SweepSpec:
         values = {k: v for k, v in values.items() if k not in ("format", "version")}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
@@ -389,7 +389,8 @@ class Progress:
     def _line(self, event: str) -> None:
         running = len(self.started)
         left = self.total - self.done - running
-        self.log(f"[sweep {self.done}/{self.total} done, {running} running, {left} left, ETA {self._eta(left)}] {event}")
+        self.log(f"[sweep {self.done}/{self.total} done, {running} running, {left} left, "
+                 f"ETA {self._eta(left)}] {event}")
 
     def _eta(self, left: int) -> str:
         if not self.durations:
