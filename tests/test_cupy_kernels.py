@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cuda_emulation as emulation
+from closeness import relative_error as rel_error
 from cuda_toolkit import toolkit_program
 from ltexec.backends import cupy_backend
 from ltexec.backends.base import Backend
@@ -43,11 +44,6 @@ CANARY = 12345     # their value
 
 needs_gxx = pytest.mark.skipif(emulation.gxx_missing_reason() is not None,
                                reason=emulation.gxx_missing_reason() or "")
-
-
-def rel_error(actual, expected) -> float:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), np.finfo(np.float64).tiny))
 
 
 class Guarded:
