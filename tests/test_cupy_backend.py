@@ -1,22 +1,25 @@
-"""The CuPy backend's Python logic, without a GPU where possible and on one where not.
+"""What only the CuPy backend has: launch geometry, the probe, CUDA graphs; without a GPU where possible.
 
-* Pure logic: launch geometry, argument checks, the graph policy
-  (:class:`StepGraphs` with fake capture), the buffer pool, and the
-  availability probe with fake CuPy modules (not installed, no driver, no
-  device, ROCm, no cuBLAS, kernels that do not compile).
+Every operation against the NumPy reference (on the emulated device and on a
+real one) is in tests/backends/test_conformance.py. Here:
+
+* Pure logic: launch geometry, the device check, the graph policy
+  (:class:`StepGraphs` with fake capture), and the availability probe with
+  fake CuPy modules (not installed, no driver, no device, ROCm, no cuBLAS,
+  kernels that do not compile).
 * Registry: here ``cupy`` is listed as unavailable with its reason, asking
   for it raises BackendUnavailable, ``auto`` passes it over.
-* The backend itself on the CPU: ``CupyBackend`` with the emulated device
-  layer of tests/cuda_emulation runs its real window logic (buffers, step
-  loops, graph keys, products) with the real kernels compiled by g++, and is
-  compared with the NumPy reference; the emulated capture replays recorded
-  raw addresses, so a graph replayed on the wrong buffers gives wrong numbers.
-  Pool buffers are poisoned with NaN whenever they are handed out.
-  Error measure ``max|x - ref| / max|ref|``: below 2e-5 in float32 (a window
-  of several steps; one step is held to 1e-5 in test_cupy_kernels.py) and
-  below 1e-12 in float64.
-* On a CUDA device (skipped elsewhere, with the reason): the real backend
-  against the reference, with graphs on and off.
+* Graphs on the CPU: ``CupyBackend`` with the emulated device layer of
+  tests/cuda_emulation runs its real window logic (buffers, step loops,
+  graph keys, products) with the real kernels compiled by g++, compared with
+  the NumPy reference while graphs are run plainly, captured and replayed;
+  the emulated capture replays recorded raw addresses, so a graph replayed
+  on the wrong buffers gives wrong numbers. Pool buffers are poisoned with
+  NaN whenever they are handed out. Error measure ``max|x - ref| /
+  max|ref|``: below 2e-5 in float32 (a window of several steps; one step is
+  held to 1e-5 in test_cupy_kernels.py) and below 1e-12 in float64.
+* On a CUDA device (skipped elsewhere, with the reason): whole training
+  windows with graphs on and off.
 """
 
 import subprocess
@@ -27,11 +30,13 @@ import numpy as np
 import pytest
 
 import cuda_emulation as emulation
+from closeness import relative_error as rel_error
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
 from ltexec.backends import cupy_backend
-from ltexec.backends.cupy_backend import (BufferPool, CupyBackend, StepGraphs, check_array, check_on_device,
-                                          graph_key, graph_unavailable_reason, graphs_requested, launch_geometry,
-                                          probe, softmax_block)
+from ltexec.backends.common import BufferPool
+from ltexec.backends.cupy_backend import (CupyBackend, StepGraphs, check_on_device, graph_key,
+                                          graph_unavailable_reason, graphs_requested, launch_geometry, probe,
+                                          softmax_block)
 from ltexec.backends.numpy_backend import NumpyBackend
 from ltexec.model import LSTMModel
 
@@ -42,11 +47,6 @@ DEVICE_REASON = cupy_backend.probe()
 needs_gxx = pytest.mark.skipif(emulation.gxx_missing_reason() is not None,
                                reason=emulation.gxx_missing_reason() or "")
 needs_device = pytest.mark.skipif(DEVICE_REASON is not None, reason=f"no CUDA device: {DEVICE_REASON}")
-
-
-def rel_error(actual, expected) -> float:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), np.finfo(np.float64).tiny))
 
 
 @pytest.fixture(autouse=True)
@@ -101,22 +101,6 @@ def test_name_expressions_cover_every_kernel_and_dtype():
 
 
 # ------------------------------------------------------------------ checks
-
-def test_check_array_accepts_a_matching_array():
-    check_array("x", np.zeros((2, 3), np.float32), (2, 3), np.float32, np.ndarray)
-
-
-@pytest.mark.parametrize("array, error, message", [
-    ([[0.0] * 3] * 2, TypeError, "must be a numpy.ndarray"),
-    (np.zeros((2, 3), np.float64), TypeError, "dtype float32"),
-    (np.zeros((3, 2), np.float32), ValueError, r"shape \(3, 2\), expected \(2, 3\)"),
-    (np.zeros((3, 2), np.float32).T, ValueError, "C-contiguous"),
-    (np.zeros((2, 6), np.float32)[:, ::2], ValueError, "C-contiguous"),
-])
-def test_check_array_rejects(array, error, message):
-    with pytest.raises(error, match=message):
-        check_array("x", array, (2, 3), np.float32, np.ndarray)
-
 
 def test_check_on_device():
     on = types.SimpleNamespace(device=types.SimpleNamespace(id=1))
@@ -223,45 +207,6 @@ def test_step_graphs_forget_the_least_recently_used():
     # a, b captured; a replayed; c captured evicts b (least recent); a replayed; b starts over
     assert fake.log == ["run", "capture", "graph2", "run", "capture", "graph5", "graph2",
                         "run", "capture", "graph9", "graph2", "run"]
-
-
-# ------------------------------------------------------------------ buffers
-
-def test_buffer_pool_hands_out_only_unheld_buffers():
-    pool = BufferPool(np.empty)
-    first = pool.take((3, 4), np.float32)
-    first_address = first.ctypes.data
-    second = pool.take((3, 4), np.float32)
-    assert second.ctypes.data != first_address                      # first is still held
-    view = first[1:]
-    del first
-    assert pool.take((3, 4), np.float32).ctypes.data != first_address   # held through a view
-    del view
-    assert pool.take((3, 4), np.float32).ctypes.data == first_address   # free again
-    assert pool.take((3, 4), np.float64).dtype == np.float64
-    assert pool.take((4, 3), np.float32).shape == (4, 3)
-
-
-def test_buffer_pool_sees_cupy_views():
-    """CuPy views hold their base as NumPy's do (checked on unowned memory: no device needed)."""
-    cupy = pytest.importorskip("cupy")
-    memory = cupy.cuda.memory
-
-    def allocate(shape, dtype):
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        allocate.address += nbytes
-        chunk = memory.UnownedMemory(allocate.address, nbytes, None, device_id=0)
-        return cupy.ndarray(shape, dtype, memptr=memory.MemoryPointer(chunk, 0))
-
-    allocate.address = 1 << 32
-    pool = BufferPool(allocate)
-    first = pool.take((3, 4), np.float32)
-    address = first.data.ptr
-    view = first[1:].reshape(-1)
-    del first
-    assert pool.take((3, 4), np.float32).data.ptr != address
-    del view
-    assert pool.take((3, 4), np.float32).data.ptr == address
 
 
 # ------------------------------------------------------------ availability
@@ -411,7 +356,7 @@ class LayerCheck:
 @needs_gxx
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T, B, D, H", [(1, 1, 1, 1), (5, 3, 4, 6), (6, 3, 11, 90), (4, 2, 51, 7)])
-def test_lstm_layer_matches_reference(dtype, T, B, D, H):
+def test_step_loops_run_plain_then_captured_then_replayed_and_match_reference(dtype, T, B, D, H):
     backend = emulated(dtype)
     check = LayerCheck(backend, T, B, D, H, dtype, seed=T * 1000 + B * 100 + D * 10 + H)
     for _ in range(3):   # forward and backward: run plainly, captured, replayed (for T >= GRAPH_MIN_STEPS)
@@ -481,27 +426,33 @@ def test_graph_keys_cover_every_array_a_graph_touches(monkeypatch):
                 f"the {key[0]} graph touches memory outside its key"
 
 
-@needs_gxx
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_training_steps_match_reference_model(dtype):
-    """Whole training windows (2 layers, carried state) through the public model API, graphs in steady state."""
-    rng = np.random.default_rng(5)
-    backend = emulated(dtype)
-    model = LSTMModel(51, hidden=9, layers=2, backend=backend, seed=3)
-    reference = LSTMModel(51, hidden=9, layers=2, backend=NumpyBackend(np.float64), seed=3)
+def assert_training_windows_match_reference(backend, hidden, windows, T, B, tolerance, seed):
+    """Whole training windows (2 layers, carried state) through the public model API against the reference."""
+    rng = np.random.default_rng(seed)
+    model = LSTMModel(51, hidden=hidden, layers=2, backend=backend, seed=seed)
+    reference = LSTMModel(51, hidden=hidden, layers=2, backend=NumpyBackend(np.float64), seed=seed)
+    host = backend.to_numpy
     state = state_ref = None
-    for _ in range(5):
-        x, y = rng.integers(0, 51, (6, 4)), rng.integers(0, 51, (6, 4))
-        mask = rng.random((6, 4)) < 0.5
+    for _ in range(windows):
+        x, y = rng.integers(0, 51, (T, B)), rng.integers(0, 51, (T, B))
+        mask = rng.random((T, B)) < 0.4
         result = model.loss_and_grads(x, y, mask, state)
         expected = reference.loss_and_grads(x, y, mask, state_ref)
         state, state_ref = result.state, expected.state
-        assert abs(result.loss - expected.loss) < TOLERANCE[dtype] * abs(expected.loss)
+        assert abs(result.loss - expected.loss) < tolerance * abs(expected.loss)
         assert result.correct == expected.correct and result.count == expected.count
         for name in expected.grads:
-            assert rel_error(result.grads[name], expected.grads[name]) < TOLERANCE[dtype], name
+            assert rel_error(host(result.grads[name]), expected.grads[name]) < tolerance, name
         for (h, c), (h_ref, c_ref) in zip(result.dstate, expected.dstate):
-            assert rel_error(h, h_ref) < TOLERANCE[dtype] and rel_error(c, c_ref) < TOLERANCE[dtype]
+            assert rel_error(host(h), h_ref) < tolerance and rel_error(host(c), c_ref) < tolerance
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_training_windows_reach_graph_steady_state_and_match_reference(dtype):
+    backend = emulated(dtype)
+    assert_training_windows_match_reference(backend, hidden=9, windows=5, T=6, B=4, tolerance=TOLERANCE[dtype],
+                                            seed=3)
     assert backend.launch_mode == "graph" and backend.step_graphs.stats["replayed"] >= 4
 
 
@@ -530,91 +481,6 @@ def test_graphs_can_be_turned_off(monkeypatch, graphs, env, mode):
     assert (backend.graph_fallback_reason is None) == (mode == "graph")
 
 
-@needs_gxx
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_and_linear_backward_match_reference(dtype):
-    rng = np.random.default_rng(8)
-    T, B, H, V = 4, 3, 6, 51
-    backend, ref = emulated(dtype), NumpyBackend(np.float64)
-    logits = (rng.standard_normal((T, B, V)) * 3).astype(dtype)
-    y = rng.integers(0, V, (T, B))
-    mask = (rng.random((T, B)) < 0.5).astype(dtype)
-    loss, dlogits, correct = backend.softmax_xent(logits, y, mask)
-    loss_ref, dlogits_ref, correct_ref = ref.softmax_xent(logits.astype(np.float64), y, mask.astype(np.float64))
-    assert abs(loss - loss_ref) <= TOLERANCE[dtype] * abs(loss_ref) and correct == correct_ref
-    assert rel_error(dlogits, dlogits_ref) < TOLERANCE[dtype]
-    hs, W = rng.standard_normal((T, B, H)).astype(dtype), rng.standard_normal((H, V)).astype(dtype)
-    for got, want in zip(backend.linear_backward(dlogits, hs, W),
-                         ref.linear_backward(dlogits.astype(np.float64), hs.astype(np.float64),
-                                             W.astype(np.float64))):
-        assert rel_error(got, want) < TOLERANCE[dtype]
-
-
-@needs_gxx
-def test_softmax_xent_rejects_ids_outside_the_vocabulary():
-    backend = emulated(np.float32)
-    logits = np.random.default_rng(1).standard_normal((2, 3, 5)).astype(np.float32)
-    y = np.full((2, 3), 5)
-    with pytest.raises(ValueError, match=r"y holds 6 ids outside \[0, 5\)"):
-        backend.softmax_xent(logits, y, np.ones((2, 3), np.float32))
-
-
-# --------------------------------------------------- argument validation
-
-def layer_arguments(dtype=np.float32, T=3, B=2, D=4, H=5):
-    return random_layer(np.random.default_rng(0), T, B, D, H, dtype)
-
-
-@pytest.mark.parametrize("index, bad, error, message", [
-    (0, lambda a: a.astype(np.float64), TypeError, "xs must have dtype float32"),
-    (0, lambda a: a.tolist(), TypeError, "xs must be a numpy.ndarray"),
-    (0, lambda a: np.asfortranarray(a), ValueError, "xs must be C-contiguous"),
-    (0, lambda a: a[:0], ValueError, "non-empty"),
-    (1, lambda a: a[:1], ValueError, r"h0 has shape \(1, 5\), expected \(2, 5\)"),
-    (2, lambda a: a.T.copy(), ValueError, "c0 has shape"),
-    (3, lambda a: a[:, :4].copy(), ValueError, "Wx has shape"),
-    (5, lambda a: a[:-1].copy(), ValueError, r"b has shape \(19,\), expected \(20,\)"),
-])
-def test_lstm_forward_rejects_bad_arguments(index, bad, error, message):
-    backend = CupyBackend(np.float32, device=emulation.EmulatedDevice())
-    arguments = layer_arguments()
-    arguments[index] = bad(arguments[index])
-    with pytest.raises(error, match=message):
-        backend.lstm_forward(*arguments, training=True)
-
-
-@needs_gxx
-def test_lstm_backward_rejects_bad_arguments_and_spent_caches():
-    backend = emulated(np.float32)
-    _, _, _, cache = backend.lstm_forward(*layer_arguments(), training=True)
-    zeros = np.zeros((2, 5), np.float32)
-    with pytest.raises(TypeError, match="cache must come from CupyBackend.lstm_forward"):
-        backend.lstm_backward(np.zeros((3, 2, 5), np.float32), zeros, zeros, None)
-    with pytest.raises(ValueError, match=r"dhs has shape \(3, 2, 4\)"):
-        backend.lstm_backward(np.zeros((3, 2, 4), np.float32), zeros, zeros, cache)
-    with pytest.raises(TypeError, match="dcT must have dtype float32"):
-        backend.lstm_backward(np.zeros((3, 2, 5), np.float32), zeros, zeros.astype(np.float64), cache)
-    backend.lstm_backward(np.zeros((3, 2, 5), np.float32), zeros, zeros, cache)
-    with pytest.raises(ValueError, match="already used"):
-        backend.lstm_backward(np.zeros((3, 2, 5), np.float32), zeros, zeros, cache)
-
-
-def test_every_launch_is_checked_first():
-    """The per-step launches check their own arguments, whatever the caller did."""
-    backend = CupyBackend(np.float32, device=emulation.EmulatedDevice())
-    B, H = 2, 3
-    arrays = dict(gates=np.zeros((B, 4 * H), np.float32), rec=np.zeros((B, 4 * H), np.float32),
-                  b=np.zeros(4 * H, np.float32), c_prev=np.zeros((B, H), np.float32),
-                  c=np.zeros((B, H), np.float32), h=np.zeros((B, H), np.float32))
-    with pytest.raises(ValueError, match=r"rec has shape \(2, 11\)"):
-        backend._cell_forward(**{**arrays, "rec": np.zeros((B, 4 * H - 1), np.float32)})
-    with pytest.raises(ValueError, match="h must be C-contiguous"):
-        backend._cell_forward(**{**arrays, "h": np.zeros((H, B), np.float32).T})
-    with pytest.raises(TypeError, match="dh_out must have dtype float32"):
-        backend._cell_backward(arrays["gates"], arrays["c_prev"], arrays["c"],
-                               np.zeros((B, H)), arrays["c"].copy(), arrays["h"])
-
-
 # ------------------------------------------------------ on a CUDA device
 
 @needs_device
@@ -622,19 +488,7 @@ def test_every_launch_is_checked_first():
 @pytest.mark.parametrize("graphs", [True, False])
 def test_device_training_steps_match_reference(dtype, graphs):
     backend = CupyBackend(dtype, graphs=graphs)
-    rng = np.random.default_rng(0)
-    model = LSTMModel(51, hidden=64, layers=2, backend=backend, seed=1)
-    reference = LSTMModel(51, hidden=64, layers=2, backend=NumpyBackend(np.float64), seed=1)
-    state = state_ref = None
-    for _ in range(4):
-        x, y = rng.integers(0, 51, (20, 16)), rng.integers(0, 51, (20, 16))
-        mask = rng.random((20, 16)) < 0.3
-        result = model.loss_and_grads(x, y, mask, state)
-        expected = reference.loss_and_grads(x, y, mask, state_ref)
-        state, state_ref = result.state, expected.state
-        assert abs(result.loss - expected.loss) < 1e-4 * abs(expected.loss)
-        for name in expected.grads:
-            assert rel_error(backend.to_numpy(result.grads[name]), expected.grads[name]) < 1e-4, name
+    assert_training_windows_match_reference(backend, hidden=64, windows=4, T=20, B=16, tolerance=1e-4, seed=1)
     assert backend.launch_mode == ("graph" if graphs else "plain"), backend.graph_fallback_reason
     if graphs:
         assert backend.step_graphs.stats["replayed"] > 0

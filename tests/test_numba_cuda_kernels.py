@@ -1,10 +1,11 @@
 """The numba_cuda backend without a GPU: simulator runs, real compiles, selection and launch geometry.
 
-* The kernel and whole-training-step tests in ``tests/numba_cuda/`` run here
-  in a subprocess on numba's CUDA simulator: ``NUMBA_ENABLE_CUDASIM=1`` has to
-  be set before ``numba.cuda`` is first imported, and this process must keep
-  the real ``numba.cuda`` so that backend selection never sees a simulated
-  device.
+* The kernel tests in ``tests/numba_cuda/`` and the conformance suite
+  (tests/backends/test_conformance.py, which then runs only this backend)
+  run here in a subprocess on numba's CUDA simulator: ``NUMBA_ENABLE_CUDASIM=1``
+  has to be set before ``numba.cuda`` is first imported, and this process
+  must keep the real ``numba.cuda`` so that backend selection never sees a
+  simulated device.
 * Every kernel is compiled for real to PTX for sm_80 and sm_90 (NVVM, no
   driver needed), in both dtypes: float32 kernels must not contain float64
   instructions, static shared memory must fit the 48 KiB a block gets without
@@ -54,10 +55,11 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 
 # ----------------------------------------------------------------- simulator
 
-def test_kernels_and_training_step_match_the_reference_on_the_simulator():
-    """Runs tests/numba_cuda on the CUDA simulator; every test there must pass, none be skipped."""
+def test_kernels_and_backend_match_the_reference_on_the_simulator():
+    """Runs tests/numba_cuda and the conformance suite on the CUDA simulator; all must pass, none be skipped."""
     numba_cuda()
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/numba_cuda"],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/numba_cuda",
+                             "tests/backends/test_conformance.py"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""

@@ -173,10 +173,13 @@ class LSTMModel:
     def _run(self, x, state, training: bool):
         """Forward through every layer on the backend: ``(logits, top hs, new state, caches)``."""
         bk, P = self.backend, self.params
-        hs = bk.embedding_forward(P["embed"], x)
         new_state, caches = [], []
         for k, (h0, c0) in enumerate(state):
-            hs, hT, cT, cache = bk.lstm_forward(hs, h0, c0, P[f"Wx{k}"], P[f"Wh{k}"], P[f"b{k}"], training)
+            weights = P[f"Wx{k}"], P[f"Wh{k}"], P[f"b{k}"]
+            if k == 0:                          # the first layer reads the embedding of x
+                hs, hT, cT, cache = bk.embedding_lstm_forward(P["embed"], x, h0, c0, *weights, training)
+            else:
+                hs, hT, cT, cache = bk.lstm_forward(hs, h0, c0, *weights, training)
             new_state.append((hT, cT))
             caches.append(cache)
         return bk.linear_forward(hs, P["Wy"], P["by"]), hs, new_state, caches

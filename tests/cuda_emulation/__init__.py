@@ -180,7 +180,6 @@ class EmulatedDevice:
     """
 
     xp = np
-    array_type = np.ndarray
 
     def __init__(self, capture_error: Exception | None = None):
         self._capture_error = capture_error

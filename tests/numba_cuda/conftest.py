@@ -1,6 +1,7 @@
 """The numba_cuda kernel tests run on the CUDA simulator or on a GPU, never on anything else.
 
-``tests/test_numba_cuda_kernels.py`` runs this folder in a subprocess with
+``tests/test_numba_cuda_kernels.py`` runs this folder (and the conformance
+suite, tests/backends, for this backend) in a subprocess with
 ``NUMBA_ENABLE_CUDASIM=1``: the simulator has to be chosen before
 ``numba.cuda`` is first imported, and the rest of the suite must not see a
 simulated device (``auto`` would then have to tell it apart). On a machine
@@ -8,6 +9,8 @@ with a GPU, numba-cuda and CuPy, the main suite collects this folder too and
 the same tests run on the device with CuPy arrays. Anywhere else nothing
 here is collected. Run by hand: ``NUMBA_ENABLE_CUDASIM=1 pytest tests/numba_cuda``.
 """
+
+from __future__ import annotations
 
 import pytest
 

@@ -1,8 +1,10 @@
-"""The numba_cuda kernels and backend against the NumPy reference (on the CUDA simulator, or a GPU).
+"""The numba_cuda kernels against the NumPy reference (on the CUDA simulator, or a GPU).
 
-Every kernel is launched through the backend's ``Launcher`` on fresh random
-inputs (never zeros) with its outputs poisoned with NaN first, so an element
-a kernel forgets to write shows up. Shapes are tiny, because the simulator
+The backend's operations and a whole model are checked against the reference
+by the conformance suite (tests/backends), for this backend as for every
+other. Here every kernel is launched through a checking ``Launcher`` on
+fresh random inputs (never zeros) with its outputs poisoned with NaN first,
+so an element a kernel forgets to write shows up. Shapes are tiny, because the simulator
 runs every CUDA thread as a Python thread, but they include sizes that are
 not multiples of the tiles and sizes that need several blocks along a grid
 dimension and several k-chunks. The reference runs in float64 on the same
@@ -20,9 +22,8 @@ from closeness import assert_relative_error_below
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
 from ltexec.backends import numba_cuda_kernels as nk
 from ltexec.backends.numba_cuda import NumbaCudaBackend, _simulator_active
-from ltexec.backends.numpy_backend import NumpyBackend, cell_backward, cell_forward
+from ltexec.backends.numpy_backend import cell_backward, cell_forward
 from ltexec.model import LSTMModel
-from ltexec.optim import SGD
 
 DTYPES = [np.float32, np.float64]
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
@@ -35,24 +36,12 @@ def assert_close(name, actual, expected, dtype):
     assert_relative_error_below(name, actual, expected, TOLERANCE[dtype])
 
 
-class PoisonedEmpty:
-    """The backend's array module, except that ``empty`` hands out arrays full of NaN."""
-
-    def __init__(self, xp):
-        self.xp = xp
-
-    def __getattr__(self, name):
-        return getattr(self.xp, name)
-
-    def empty(self, shape, dtype):
-        return self.xp.full(shape, np.nan, dtype)
-
-
 class Arrays:
     """Random host inputs of one dtype, moved to the backend, and NaN-poisoned outputs."""
 
     def __init__(self, backend, seed):
         self.backend, self.rng = backend, np.random.default_rng(seed)
+        self.launcher = nk.Launcher(backend.dtype, backend.xp)   # one that checks every call, as a unit
 
     def uniform(self, shape, scale=1.0):
         """(host, device) copies of the same uniform numbers in [-scale, scale]; never the same array."""
@@ -83,7 +72,7 @@ def test_gemm_matches_matmul(make_backend, dtype, M, N, K, trans_a, trans_b, bia
     B, B_dev = arrays.uniform((N, K) if trans_b else (K, N))
     b, b_dev = arrays.uniform((N,))
     C = arrays.poisoned((M, N))
-    arrays.backend.launcher.gemm(A_dev, B_dev, C, trans_a, trans_b, b_dev if bias else None)
+    arrays.launcher.gemm(A_dev, B_dev, C, trans_a, trans_b, b_dev if bias else None)
     expected = (A.T if trans_a else A).astype(np.float64) @ (B.T if trans_b else B) + (b if bias else 0)
     assert_close("C", arrays.host(C), expected, dtype)
 
@@ -94,7 +83,7 @@ def test_column_sums(make_backend, dtype, M, N):
     arrays = Arrays(make_backend(dtype), seed=M + N)
     A, A_dev = arrays.uniform((M, N))
     out = arrays.poisoned((N,))
-    arrays.backend.launcher.column_sums(A_dev, out)
+    arrays.launcher.column_sums(A_dev, out)
     assert_close("sums", arrays.host(out), A.astype(np.float64).sum(axis=0), dtype)
 
 
@@ -107,7 +96,7 @@ def test_lstm_steps_match_reference_cells(make_backend, dtype, T, B, H):
     several k-chunks (H = 33 forward, 4H = 132 backward).
     """
     arrays = Arrays(make_backend(dtype), seed=T * B * H)
-    k = arrays.backend.launcher
+    k = arrays.launcher
     xproj, gates = arrays.uniform((T, B, 4 * H))            # x_t Wx
     h0, _ = arrays.uniform((B, H))
     c0, _ = arrays.uniform((B, H))
@@ -152,7 +141,7 @@ def test_softmax_xent_rows(make_backend, dtype, R, V, ties, seed):
     mask = (rng.random(R) < 0.6).astype(dtype)
     dlogits, row_stats = arrays.poisoned((R, V)), arrays.poisoned((R, 2))
     to = arrays.backend.asarray
-    arrays.backend.launcher.softmax_xent(to(logits), to(y), to(mask), dlogits, row_stats)
+    arrays.launcher.softmax_xent(to(logits), to(y), to(mask), dlogits, row_stats)
 
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -168,7 +157,7 @@ def test_softmax_xent_target_outside_vocabulary_is_nan(make_backend):
     logits, logits_dev = arrays.uniform((2, 3))
     to = arrays.backend.asarray
     row_stats = arrays.poisoned((2, 2))
-    arrays.backend.launcher.softmax_xent(logits_dev, to(np.array([1, 3])), to(np.ones(2)),
+    arrays.launcher.softmax_xent(logits_dev, to(np.array([1, 3])), to(np.ones(2)),
                                          arrays.poisoned((2, 3)), row_stats)
     stats = arrays.host(row_stats)
     assert np.isfinite(stats[0]).all() and np.isnan(stats[1, 0]) and stats[1, 1] == 0
@@ -182,7 +171,7 @@ def test_embedding_gather_and_scatter(make_backend, dtype, R, V, D, seed):
     E, E_dev = arrays.uniform((V, D))
     dxs, dxs_dev = arrays.uniform((R, D))
     ids = arrays.rng.integers(0, V, R)                      # ids repeat: R can exceed V
-    k, ids_dev = arrays.backend.launcher, arrays.backend.asarray(ids)
+    k, ids_dev = arrays.launcher, arrays.backend.asarray(ids)
     xs, dE = arrays.poisoned((R, D)), arrays.poisoned((V, D))
     k.embedding_forward(E_dev, ids_dev, xs)
     k.embedding_backward(dxs_dev, ids_dev, dE)
@@ -196,7 +185,7 @@ def test_embedding_id_outside_vocabulary_gives_nan_row(make_backend):
     arrays = Arrays(make_backend(np.float64), seed=2)
     _, E_dev = arrays.uniform((3, 2))
     xs = arrays.poisoned((2, 2))
-    arrays.backend.launcher.embedding_forward(E_dev, arrays.backend.asarray(np.array([2, 3])), xs)
+    arrays.launcher.embedding_forward(E_dev, arrays.backend.asarray(np.array([2, 3])), xs)
     rows = arrays.host(xs)
     assert np.isfinite(rows[0]).all() and np.isnan(rows[1]).all()
 
@@ -204,8 +193,9 @@ def test_embedding_id_outside_vocabulary_gives_nan_row(make_backend):
 # ------------------------------------------------------------------ validation
 
 def test_bad_arrays_are_refused_before_launch(make_backend):
+    """A launcher called directly checks every array of the call (the backend's checks on entry instead)."""
     backend = make_backend(np.float32)
-    k, xp, to = backend.launcher, backend.xp, backend.asarray
+    k, xp, to = Arrays(backend, seed=0).launcher, backend.xp, backend.asarray
     A, C = to(np.ones((4, 3))), to(np.ones((4, 5)))
     with pytest.raises(TypeError, match="B must have dtype float32, got float64"):
         k.gemm(A, xp.ones((3, 5)), C)
@@ -213,7 +203,7 @@ def test_bad_arrays_are_refused_before_launch(make_backend):
         k.gemm(A, to(np.ones((4, 5))), C)
     with pytest.raises(ValueError, match="must be C-contiguous"):
         k.gemm(A, to(np.ones((5, 3))).T, C)
-    with pytest.raises(TypeError, match="A must be one of the"):
+    with pytest.raises(TypeError, match="A must be a .*ndarray, got builtins.list"):
         k.gemm(A.tolist(), to(np.ones((3, 5))), C)
     with pytest.raises(ValueError, match="A must not be empty"):
         k.column_sums(to(np.ones((2, 0))), to(np.ones(0)))
@@ -222,9 +212,7 @@ def test_bad_arrays_are_refused_before_launch(make_backend):
     with pytest.raises(ValueError, match=r"hs has shape \(2, 1, 2\), expected \(3, 1, 2\)"):
         k.lstm_forward(to(np.ones((2, 1, 8))), to(np.ones((2, 1, 2))), to(np.ones((3, 1, 2))),
                        to(np.ones((2, 8))), to(np.ones(8)))
-    with pytest.raises(ValueError, match=r"h0 has shape \(2, 3\), expected \(1, 3\)"):
-        backend.lstm_forward(to(np.ones((2, 1, 4))), to(np.ones((2, 3))), to(np.ones((1, 3))),
-                             to(np.ones((4, 12))), to(np.ones((3, 12))), to(np.ones(12)), training=False)
+    assert not backend.launcher.check_arrays    # the backend's own launcher leaves it to the operations
 
 
 def test_gemm_choice_is_validated(make_backend):
@@ -252,14 +240,9 @@ def gemm_choices():
 
 @pytest.mark.parametrize("gemm", gemm_choices())
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_training_steps_match_numpy(make_backend, monkeypatch, dtype, gemm):
-    """Two loss_and_grads + SGD steps through LSTMModel (state carried) give the reference's numbers.
-
-    Hidden 5 and vocabulary 7 are not multiples of any tile. Buffers the backend allocates
-    start as NaN, so one element left unwritten would reach the results. Every kernel launch is
-    recorded: each kernel runs, with exactly the argument types ``signatures()`` lists
-    (what the compile tests compile).
-    """
+def test_training_step_launches_every_kernel_with_its_signature(make_backend, monkeypatch, dtype, gemm):
+    """A loss_and_grads step of a 2-layer model launches each kernel, with exactly the argument types
+    ``signatures()`` lists (what the compile tests compile). Its numbers: tests/backends."""
     launched = {}
     configured = nk.Launcher._configured
 
@@ -272,76 +255,13 @@ def test_training_steps_match_numpy(make_backend, monkeypatch, dtype, gemm):
         return launch
 
     monkeypatch.setattr(nk.Launcher, "_configured", recording)
-    backend = make_backend(dtype, gemm)
-    backend.xp = PoisonedEmpty(backend.xp)       # every buffer the backend allocates starts as NaN
-    V, H, layers, T, B = 7, 5, 2, 3, 2
+    V, T, B = 7, 3, 2
+    model = LSTMModel(V, hidden=5, layers=2, backend=make_backend(dtype, gemm), init_scale=0.5, seed=3)
     rng = np.random.default_rng(5)
-    models = {"numba_cuda": LSTMModel(V, H, layers, backend=backend, init_scale=0.5, seed=3),
-              "numpy": LSTMModel(V, H, layers, backend=NumpyBackend(np.float64), init_scale=0.5, seed=3)}
-    models["numpy"].load_params(models["numba_cuda"].state_dict())     # the same (rounded) numbers
-    optimizers = {name: SGD(lr=0.5, momentum=0.9, clip=1.0) for name in models}
-    states = {name: None for name in models}
-    for step in range(2):
-        x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
-        mask = (rng.random((T, B)) < 0.6).astype(dtype)
-        mask[0, 0] = 1.0
-        results = {}
-        for name, model in models.items():
-            results[name] = model.loss_and_grads(x, y, mask, states[name])
-            optimizers[name].step(model.backend, model.params, results[name].grads)
-            states[name] = results[name].state
-        fast, ref = results["numba_cuda"], results["numpy"]
-        host = models["numba_cuda"].backend.to_numpy
-        assert fast.correct == ref.correct and fast.count == ref.count
-        assert_close(f"step {step} loss", fast.loss, ref.loss, dtype)
-        for name in ref.grads:
-            assert_close(f"step {step} grads[{name}]", host(fast.grads[name]), ref.grads[name], dtype)
-        for k in range(layers):
-            for part in range(2):
-                assert_close(f"step {step} state[{k}][{part}]", host(fast.state[k][part]),
-                             ref.state[k][part], dtype)
-                assert_close(f"step {step} dstate[{k}][{part}]", host(fast.dstate[k][part]),
-                             ref.dstate[k][part], dtype)
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    result = model.loss_and_grads(x, y, np.ones((T, B)), None)
+    assert np.isfinite(result.loss)
     signatures = nk.signatures(dtype)
     assert launched.keys() == signatures.keys() - ({"gemm"} if gemm == "cublas" else set())
     for name, types in launched.items():
         assert types == {signatures[name]}, f"{name} was launched with {types}"
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_inference_and_greedy_decoding_match_numpy(make_backend, dtype):
-    V, H = 6, 4
-    fast = LSTMModel(V, H, layers=2, backend=make_backend(dtype), init_scale=0.5, seed=4)
-    ref = LSTMModel(V, H, layers=2, backend=NumpyBackend(np.float64), init_scale=0.5, seed=4)
-    ref.load_params(fast.state_dict())
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, V, (3, 2))
-    (logits, state), (logits_ref, state_ref) = fast.forward(x, None), ref.forward(x, None)
-    assert_close("logits", logits, logits_ref, dtype)
-    assert_close("h", fast.backend.to_numpy(state[1][0]), state_ref[1][0], dtype)
-    prompts, lengths = rng.integers(0, V, (3, 2)), np.array([3, 2])
-    answers = fast.greedy_decode(prompts, lengths, max_answer_len=2, stop_id=0)
-    expected = ref.greedy_decode(prompts, lengths, max_answer_len=2, stop_id=0)
-    for a, e in zip(answers, expected):
-        np.testing.assert_array_equal(a, e)
-
-
-def test_backward_leaves_forward_arrays_alone_and_consumes_its_cache(make_backend):
-    backend = make_backend(np.float64)
-    arrays = Arrays(backend, seed=6)
-    T, B, D, H = 2, 2, 3, 4
-    inputs = [arrays.uniform(shape)[1] for shape in ((T, B, D), (B, H), (B, H), (D, 4 * H), (H, 4 * H), (4 * H,))]
-    kept = [arrays.host(a) for a in inputs]
-    hs, hT, cT, cache = backend.lstm_forward(*inputs, training=True)
-    outputs = [arrays.host(a) for a in (hs, hT, cT)]
-    grads = [arrays.uniform(shape)[1] for shape in ((T, B, H), (B, H), (B, H))]
-    dhT, dcT = arrays.host(grads[1]), arrays.host(grads[2])
-    backend.lstm_backward(*grads, cache)
-    for a, before in zip(list(inputs) + [hs, hT, cT], kept + outputs):
-        np.testing.assert_array_equal(arrays.host(a), before)
-    np.testing.assert_array_equal(arrays.host(grads[1]), dhT)
-    np.testing.assert_array_equal(arrays.host(grads[2]), dcT)
-    with pytest.raises(ValueError, match="through lstm_backward already"):
-        backend.lstm_backward(*grads, cache)
-    with pytest.raises(TypeError, match="cache must come from NumbaCudaBackend.lstm_forward"):
-        backend.lstm_backward(*grads, None)

@@ -35,12 +35,16 @@ Operations (what a backend must provide):
     below's output and hT, cT are carried into the next window.
 ``embedding_forward(E, x) -> xs`` and ``embedding_backward(dxs, x, V) -> dE``
     E (V,D), x (T,B) ids, xs (T,B,D).
+``embedding_lstm_forward(E, x, h0, c0, Wx, Wh, b, training) -> (hs, hT, cT, cache)``
+    The first layer, fed by the embedding: ``lstm_forward`` on
+    ``embedding_forward(E, x)`` (this class does exactly that). A backend may
+    instead compute ``x_t Wx`` as ``(E Wx)[x_t]`` when V is small.
 ``embedding_lstm_backward(dhs, dhT, dcT, cache, x, V) -> (dE, dWx, dWh, db, dh0, dc0)``
-    The first layer's backward and the embedding's together, for a layer
-    whose input was ``embedding_forward(E, x)``: ``lstm_backward`` then
-    ``embedding_backward`` (this class does exactly that). dxs only feeds dE,
-    so a backend that knows the layer's input rows came from E may get dE
-    without forming dxs (dE = S Wx^T, S the rows of dA summed per id).
+    Its backward, the layer's and the embedding's together: ``lstm_backward``
+    then ``embedding_backward`` (this class does exactly that). ``cache`` is
+    ``embedding_lstm_forward``'s; dxs only feeds dE, so a backend whose cache
+    knows the rows came from E may get dE without forming dxs (dE = S Wx^T,
+    S the rows of dA summed per id).
 ``linear_forward(hs, W, b) -> logits`` and ``linear_backward(dlogits, hs, W) -> (dhs, dW, db)``
     hs (T,B,H), W (H,V), b (V,), logits (T,B,V).
 ``softmax_xent(logits, y, mask) -> (loss_sum, dlogits, correct)``
@@ -55,6 +59,13 @@ Operations (what a backend must provide):
 
 Every returned gradient is a fresh array (never a view of a parameter, an
 input or another gradient), because the optimizer scales gradients in place.
+
+Every operation checks its arguments once, on entry, with the helpers of
+this class (``_check``, ``_check_ids`` and one per operation): an array of
+the wrong type or dtype is a ``TypeError``; a wrong shape, an empty or
+non-contiguous array is a ``ValueError`` naming the argument; so is an id
+outside [0, V) in x or y, and the message names that id. Past the entry
+checks, a backend's kernels may assume valid arguments.
 
 Construction: ``Backend(dtype, *, threads=None, **its own options)``.
 ``threads`` is the one option every backend takes: the most host threads
@@ -89,6 +100,7 @@ import platform
 
 import numpy as np
 
+from ltexec.backends.common import check_array, check_ids
 from ltexec.validation import check_int
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -175,6 +187,10 @@ class Backend:
         """Backpropagation through time for one layer: ``(dxs, dWx, dWh, db, dh0, dc0)``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement lstm_backward")
 
+    def embedding_lstm_forward(self, E, x, h0, c0, Wx, Wh, b, training: bool):
+        """The first layer on the embedding of x: ``(hs, hT, cT, cache)``."""
+        return self.lstm_forward(self.embedding_forward(E, x), h0, c0, Wx, Wh, b, training)
+
     def embedding_lstm_backward(self, dhs, dhT, dcT, cache, x, V: int):
         """The first layer's backward and the embedding's: ``(dE, dWx, dWh, db, dh0, dc0)``."""
         dxs, dWx, dWh, db, dh0, dc0 = self.lstm_backward(dhs, dhT, dcT, cache)
@@ -184,23 +200,24 @@ class Backend:
 
     def embedding_forward(self, E, x):
         """Rows of E for every id: (T,B) ids -> (T,B,D)."""
+        self._check_embedding_forward(E, x)
         return E[x]
 
     def embedding_backward(self, dxs, x, V: int):
         """Gradient of E: the rows of dxs summed per id, as a one-hot product (V is small)."""
-        T, B, D = dxs.shape
+        T, B, D = self._check_embedding_backward(dxs, x, V)
         one_hot = self._one_hot(x.reshape(T * B), V)           # (T*B, V)
         return one_hot.T @ dxs.reshape(T * B, D)                # (V, D)
 
     def linear_forward(self, hs, W, b):
         """Affine output layer: (T,B,H) -> (T,B,V)."""
-        T, B, H = hs.shape
-        return (hs.reshape(T * B, H) @ W + b).reshape(T, B, W.shape[1])
+        T, B, H, V = self._check_linear(hs, W, b=b)
+        return (hs.reshape(T * B, H) @ W + b).reshape(T, B, V)
 
     def linear_backward(self, dlogits, hs, W):
         """Gradients of the output layer: ``(dhs, dW, db)``."""
-        T, B, H = hs.shape
-        dlogits2 = dlogits.reshape(T * B, W.shape[1])
+        T, B, H, V = self._check_linear(hs, W, dlogits=dlogits)
+        dlogits2 = dlogits.reshape(T * B, V)
         dhs = (dlogits2 @ W.T).reshape(T, B, H)
         dW = hs.reshape(T * B, H).T @ dlogits2
         db = dlogits2.sum(axis=0)
@@ -208,6 +225,7 @@ class Backend:
 
     def softmax_xent(self, logits, y, mask):
         """Masked summed cross-entropy, its gradient and the count of correct argmaxes."""
+        self._check_softmax_xent(logits, y, mask)
         xp = self.xp
         shifted = logits - logits.max(axis=-1, keepdims=True)   # largest logit is 0: exp cannot overflow
         log_z = xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
@@ -227,16 +245,19 @@ class Backend:
 
     def global_norm(self, grads: dict) -> float:
         """Euclidean norm of all gradient arrays taken together."""
+        self._check_arrays("grads", grads)
         total = sum((g * g).sum() for g in grads.values())
         return float(self.xp.sqrt(total))
 
     def scale_(self, grads: dict, factor: float) -> None:
         """Multiply every gradient by ``factor`` in place."""
+        self._check_arrays("grads", grads)
         for g in grads.values():
             g *= factor
 
     def sgd_update_(self, params: dict, grads: dict, velocity, lr: float, momentum: float) -> None:
         """In-place SGD with PyTorch's momentum convention: v = momentum*v + g; p -= lr*v."""
+        self._check_sgd_update(params, grads, velocity, momentum)
         for name, p in params.items():
             step = grads[name]
             if momentum:
@@ -245,3 +266,90 @@ class Backend:
                 v += step
                 step = v
             p -= lr * step
+
+    # ------------------------------------------------------------ validation
+    # Every operation calls one of these first, so each checks its arguments once per call.
+
+    def _check(self, name: str, a, shape: tuple | None, dtype=None) -> tuple:
+        """a's shape, once a is a non-empty C-contiguous array of this backend with that shape and dtype.
+
+        ``shape`` may hold None for any extent; ``dtype`` defaults to ``self.dtype``.
+        """
+        found = check_array(name, a, shape, self.dtype if dtype is None else dtype, self.xp.ndarray)
+        self._check_device(name, a)
+        return found
+
+    def _check_device(self, name: str, a) -> None:
+        """Raise ValueError unless ``a`` lives where this backend computes (a hook for multi-device backends)."""
+
+    def _check_ids(self, name: str, ids, V: int, shape: tuple | None) -> tuple:
+        """ids' shape, once ids is an int64 array of this backend, that shape, every id in [0, V)."""
+        found = check_ids(name, ids, V, shape, self.xp.ndarray)
+        self._check_device(name, ids)
+        return found
+
+    def _check_lstm_forward(self, xs, h0, c0, Wx, Wh, b) -> tuple[int, int, int, int]:
+        """(T, B, D, H) of ``lstm_forward``'s arguments, once they fit together."""
+        T, B, D = self._check("xs", xs, (None, None, None))
+        H = self._check("Wh", Wh, (None, None))[0]
+        return (T, B) + self._check_lstm_state_and_weights(h0, c0, Wx, Wh, b, B, D, H)
+
+    def _check_embedding_lstm_forward(self, E, x, h0, c0, Wx, Wh, b) -> tuple[int, int, int, int, int]:
+        """(T, B, V, D, H) of ``embedding_lstm_forward``'s arguments, once they fit together."""
+        T, B, V, D = self._check_embedding_forward(E, x)
+        H = self._check("Wh", Wh, (None, None))[0]
+        return (T, B, V) + self._check_lstm_state_and_weights(h0, c0, Wx, Wh, b, B, D, H)
+
+    def _check_lstm_state_and_weights(self, h0, c0, Wx, Wh, b, B: int, D: int, H: int) -> tuple[int, int]:
+        self._check("h0", h0, (B, H))
+        self._check("c0", c0, (B, H))
+        self._check("Wx", Wx, (D, 4 * H))
+        self._check("Wh", Wh, (H, 4 * H))
+        self._check("b", b, (4 * H,))
+        return D, H
+
+    def _check_lstm_backward(self, dhs, dhT, dcT, T: int, B: int, H: int) -> None:
+        """The gradients ``lstm_backward`` gets, for a layer of that (T, B, H)."""
+        self._check("dhs", dhs, (T, B, H))
+        self._check("dhT", dhT, (B, H))
+        self._check("dcT", dcT, (B, H))
+
+    def _check_embedding_forward(self, E, x) -> tuple[int, int, int, int]:
+        """(T, B, V, D) of ``embedding_forward(E, x)``."""
+        V, D = self._check("E", E, (None, None))
+        T, B = self._check_ids("x", x, V, (None, None))
+        return T, B, V, D
+
+    def _check_embedding_backward(self, dxs, x, V: int) -> tuple[int, int, int]:
+        """(T, B, D) of ``embedding_backward(dxs, x, V)``."""
+        T, B, D = self._check("dxs", dxs, (None, None, None))
+        self._check_ids("x", x, check_int("V", V, minimum=1), (T, B))
+        return T, B, D
+
+    def _check_linear(self, hs, W, b=None, dlogits=None) -> tuple[int, int, int, int]:
+        """(T, B, H, V) of ``linear_forward(hs, W, b)`` or ``linear_backward(dlogits, hs, W)``."""
+        T, B, H = self._check("hs", hs, (None, None, None))
+        V = self._check("W", W, (H, None))[1]
+        if b is not None:
+            self._check("b", b, (V,))
+        if dlogits is not None:
+            self._check("dlogits", dlogits, (T, B, V))
+        return T, B, H, V
+
+    def _check_softmax_xent(self, logits, y, mask) -> tuple[int, int, int]:
+        """(T, B, V) of ``softmax_xent(logits, y, mask)``."""
+        T, B, V = self._check("logits", logits, (None, None, None))
+        self._check_ids("y", y, V, (T, B))
+        self._check("mask", mask, (T, B))
+        return T, B, V
+
+    def _check_arrays(self, name: str, arrays: dict, like: dict | None = None) -> None:
+        """Every ``arrays[key]``: an array of this backend (with the shape of ``like[key]``, if given)."""
+        for key, a in arrays.items():
+            self._check(f"{name}[{key!r}]", a, None if like is None else tuple(like[key].shape))
+
+    def _check_sgd_update(self, params: dict, grads: dict, velocity, momentum: float) -> None:
+        self._check_arrays("params", params)
+        self._check_arrays("grads", {name: grads[name] for name in params}, like=params)
+        if momentum:
+            self._check_arrays("velocity", {name: velocity[name] for name in params}, like=params)

@@ -9,10 +9,11 @@ and keeps everything else out of their way:
   The weight gradients and ``dxs`` are one product each over the whole window
   (``dA^T X``, ``dA^T H_prev``, ``dA Wx^T``): the forward pass stores h_{t-1}
   for every t in one (T+1,B,H) buffer, so H_prev is a contiguous slice.
-* A layer fed by the embedding gets its input rows from E: ``X Wx`` is
-  ``(E Wx)[x]``, ``X^T dA`` is ``E^T S`` with S the rows of dA summed per
-  token, and the embedding's gradient (the rows of ``dA Wx^T`` summed per
-  token) is ``S Wx^T``: three (T*B, D, 4H) products replaced by (V, D, 4H) ones.
+* The layer fed by the embedding (``embedding_lstm_forward``) gets its input
+  rows from E: ``X Wx`` is ``(E Wx)[x]``, ``X^T dA`` is ``E^T S`` with S the
+  rows of dA summed per token, and the embedding's gradient (the rows of
+  ``dA Wx^T`` summed per token) is ``S Wx^T``: three (T*B, D, 4H) products
+  replaced by (V, D, 4H) ones, where that is less work (``2 V <= T B``).
 * The gate math of a step is one Numba pass (:mod:`.cpu_kernels`) that reads
   the two products and writes the activations over the projection in place;
   backwards, one pass turns them into ``da`` in place and accumulates ``db``.
@@ -21,13 +22,14 @@ and keeps everything else out of their way:
   columns (independent sequences, so lanes never wait for each other inside
   a window) and large products by rows, each lane with a single-threaded BLAS.
 * Products write into preallocated buffers (``np.matmul(..., out=...)``),
-  reused from a pool keyed by shape and dtype (:class:`Workspace`), so a
-  step allocates (and the OS zero-fills) no new memory after the first one.
+  reused from a pool keyed by shape and dtype (:class:`~.common.BufferPool`),
+  so a step allocates (and the OS zero-fills) no new memory after the first one.
 
 float32 uses a rational tanh (a few ulp from libm's) so the gate loops
 vectorize; float64 uses libm and matches the reference to rounding.
-Every public entry point validates its arrays in Python first, so bad input
-raises ValueError/TypeError instead of reaching a kernel that does not check.
+Every public entry point validates its arrays once, with the base class's
+checks, so bad input raises ValueError/TypeError instead of reaching a kernel
+that does not check.
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ import ctypes
 import functools
 import os
 import queue
-import sys
 import threading
 
 import numpy as np
 
 from ltexec.backends.base import Backend
+from ltexec.backends.common import BufferPool, LstmCache
 
 MIN_LANE_ROWS = 32
 """Fewest batch columns per lane in the recurrence: thinner per-step products lose too much speed."""
@@ -52,38 +54,6 @@ MIN_SPLIT_FLOPS = 2e7
 ROW_ALIGN = 8
 """Lanes split rows at multiples of this where they can: OpenBLAS's float32 kernels work in blocks
 of 16 rows, and on one AVX2 core a (50,128)x(128,512) product takes 90 us, a (48,128)x(128,512) one 81 us."""
-
-
-class Workspace:
-    """Arrays reused across calls: a pool per (shape, dtype) that hands out only unreferenced arrays.
-
-    An array is free when nothing but the pool refers to it, directly or
-    through a view (a view holds its base), so results and caches the caller
-    still holds are never overwritten, while a training loop that drops last
-    step's arrays gets the same memory back every step.
-    """
-
-    def __init__(self):
-        self._pools: dict[tuple, list[np.ndarray]] = {}
-
-    def empty(self, shape: tuple, dtype) -> np.ndarray:
-        """An uninitialised C-contiguous array that no one else holds."""
-        pool = self._pools.setdefault((shape, np.dtype(dtype)), [])
-        for k, count in enumerate(_refcounts(pool)):
-            if count == _FREE:
-                pool[k].flags.writeable = True     # a previous user may have returned it read-only
-                return pool[k]
-        array = np.empty(shape, dtype)
-        pool.append(array)
-        return array
-
-
-def _refcounts(arrays: list) -> list[int]:
-    return [sys.getrefcount(a) for a in arrays]
-
-
-_FREE = _refcounts([np.empty(0)])[0]
-"""What :func:`_refcounts` reports for an array held only by its list (interpreter-dependent)."""
 
 
 @functools.cache
@@ -248,26 +218,15 @@ _NO_IDS = np.zeros((0, 0), np.int64)
 """The kernel's ids for a layer whose ``x_t Wx`` is already in the gates buffer."""
 
 
-class Embedded:
-    """An embedding lookup ``xs = E[x]`` as it was made: xs (read-only) and copies of E and x."""
+class CpuLstmCache(LstmCache):
+    """:class:`~.common.LstmCache` plus tanh(c_t), and E and the ids for a layer run on ``E Wx``."""
 
-    __slots__ = ("xs", "E", "x")
+    __slots__ = ("tanh_c", "E", "x")
 
-    def __init__(self, xs, E, x):
-        self.xs, self.E, self.x = xs, E, x
-
-
-class LstmCache:
-    """What the backward pass needs from the forward pass of one layer."""
-
-    __slots__ = ("xs", "Wx", "Wh", "gates", "hs", "cs", "tanh_c", "embedded")
-
-    def __init__(self, xs, Wx, Wh, gates, hs, cs, tanh_c, embedded):
-        self.xs, self.Wx, self.Wh = xs, Wx, Wh    # the layer's input (T,B,D) and weights
-        self.gates = gates                        # (T,B,4H) activations i, f, g, o
-        self.hs, self.cs = hs, cs                 # (T+1,B,H): h_{t-1}, c_{t-1} at index t
-        self.tanh_c = tanh_c                      # (T,B,H) tanh(c_t)
-        self.embedded = embedded                  # the Embedded that xs is, or None
+    def __init__(self, xs, Wx, Wh, gates, hs, cs, tanh_c, E=None, x=None):
+        super().__init__(xs, Wx, Wh, gates, hs, cs)   # xs is None for a layer run on E Wx
+        self.tanh_c = tanh_c                          # (T,B,H) tanh(c_t)
+        self.E, self.x = E, x                         # copies of E (V,D) and the ids (T,B), or None
 
 
 class CpuBackend(Backend):
@@ -277,10 +236,9 @@ class CpuBackend(Backend):
     (default: one per usable core where the BLAS allows it, see
     :class:`Lanes`); ``lanes`` is the resulting :class:`Lanes`.
 
-    A layer whose input is this backend's latest embedding output (the same
-    array) computes with ``E Wx`` and ``E^T S`` where that is less work than
-    with X; that output is returned read-only and the lookup keeps copies of
-    E and x, so the layer still computes with exactly the ``E[x]`` it got.
+    ``embedding_lstm_forward`` computes with ``E Wx`` and ``E^T S`` where that
+    is less work than with X; its cache keeps copies of E and x, so the
+    backward pass computes with exactly the ``E[x]`` the forward pass saw.
     """
 
     name = "cpu"
@@ -290,9 +248,8 @@ class CpuBackend(Backend):
         super().__init__(dtype, threads=threads)
         from ltexec.backends import cpu_kernels   # compiles (or loads cached) kernels on first use
         self._k = cpu_kernels
-        self._ws = Workspace()
+        self._pool = BufferPool()
         self.lanes = Lanes(self.threads)
-        self._embedded: Embedded | None = None    # the latest embedding_forward
 
     def device_name(self) -> str:
         return f"{super().device_name()}, {self.lanes.count} lane{'s' if self.lanes.count > 1 else ''}"
@@ -308,27 +265,39 @@ class CpuBackend(Backend):
     # ------------------------------------------------------------ LSTM layer
 
     def lstm_forward(self, xs, h0, c0, Wx, Wh, b, training: bool):
-        T, B, D = self._check("xs", xs, 3)
-        H = self._check("Wh", Wh, 2)[0]
-        self._check("h0", h0, shape=(B, H))
-        self._check("c0", c0, shape=(B, H))
-        self._check("Wx", Wx, shape=(D, 4 * H))
-        self._check("Wh", Wh, shape=(H, 4 * H))
-        self._check("b", b, shape=(4 * H,))
-        ws, dt, cell_forward = self._ws, self.dtype, self._k.cell_forward
-        gates = ws.empty((T, B, 4 * H), dt)                  # x_t Wx, then activations i, f, g, o
-        embedded = self._embedded if self._embedded is not None and self._embedded.xs is xs else None
-        if embedded is not None and 2 * len(embedded.E) <= T * B:
-            table = ws.empty((len(embedded.E), 4 * H), dt)
-            self.lanes.matmul((embedded.E, Wx, table))
-            ids = embedded.x                                  # x_t Wx = (E Wx)[x_t], read by the kernel
-        else:
-            embedded, table, ids = None, Wx, _NO_IDS
-            self.lanes.matmul((xs.reshape(T * B, D), Wx, gates.reshape(T * B, 4 * H)))
-        hs = ws.empty((T + 1, B, H), dt)                      # hs[t] = h_{t-1}
-        cs = ws.empty((T + 1, B, H), dt)                      # cs[t] = c_{t-1}
-        tanh_c = ws.empty((T, B, H), dt)                      # tanh(c_t)
-        rec = ws.empty((B, 4 * H), dt)                        # h_{t-1} Wh
+        T, B, D, H = self._check_lstm_forward(xs, h0, c0, Wx, Wh, b)
+        return self._lstm_forward(xs, h0, c0, Wx, Wh, b, training, T, B, D, H)
+
+    def embedding_lstm_forward(self, E, x, h0, c0, Wx, Wh, b, training: bool):
+        """On ``E Wx`` where that is less work than a lookup and ``X Wx`` (2V <= T*B), else the same as those."""
+        T, B, V, D, H = self._check_embedding_lstm_forward(E, x, h0, c0, Wx, Wh, b)
+        if 2 * V > T * B:
+            xs = self._gather(E, x, D)
+            return self._lstm_forward(xs, h0, c0, Wx, Wh, b, training, T, B, D, H)
+        E, x = E.copy(), x.copy()                            # what the backward pass must see, whatever E becomes
+        table = self._pool.take((V, 4 * H), self.dtype)
+        self.lanes.matmul((E, Wx, table))                    # x_t Wx = (E Wx)[x_t], read by the kernel
+        gates = self._pool.take((T, B, 4 * H), self.dtype)
+        return self._recurrence(gates, h0, c0, Wx, Wh, b, training, table=table, E=E, x=x)
+
+    def _lstm_forward(self, xs, h0, c0, Wx, Wh, b, training: bool, T: int, B: int, D: int, H: int):
+        gates = self._pool.take((T, B, 4 * H), self.dtype)   # x_t Wx, then activations i, f, g, o
+        self.lanes.matmul((xs.reshape(T * B, D), Wx, gates.reshape(T * B, 4 * H)))
+        return self._recurrence(gates, h0, c0, Wx, Wh, b, training, xs=xs)
+
+    def _recurrence(self, gates, h0, c0, Wx, Wh, b, training: bool, xs=None, table=None, E=None, x=None):
+        """The layer's steps: ``(hs, hT, cT, cache)``.
+
+        gates (T,B,4H) holds x_t Wx on entry, or, given the ids x, the kernel
+        reads x_t Wx as ``table[x_t]`` (table = E Wx).
+        """
+        T, B, H = gates.shape[0], gates.shape[1], Wh.shape[0]
+        table, ids = (Wx, _NO_IDS) if x is None else (table, x)
+        take, dt, cell_forward = self._pool.take, self.dtype, self._k.cell_forward
+        hs = take((T + 1, B, H), dt)                          # hs[t] = h_{t-1}
+        cs = take((T + 1, B, H), dt)                          # cs[t] = c_{t-1}
+        tanh_c = take((T, B, H), dt)                          # tanh(c_t)
+        rec = take((B, 4 * H), dt)                            # h_{t-1} Wh
         hs[0], cs[0] = h0, c0
 
         def recurrence(lane, r0, r1):                         # columns r0..r1-1 over the window
@@ -337,40 +306,33 @@ class CpuBackend(Backend):
                 cell_forward(gates, rec, b, cs, tanh_c, hs, t, r0, r1, table, ids)
 
         self.lanes.run(recurrence, self.lanes.blocks(B, MIN_LANE_ROWS))
-        cache = LstmCache(xs, Wx, Wh, gates, hs, cs, tanh_c, embedded) if training else None
+        cache = CpuLstmCache(xs, Wx, Wh, gates, hs, cs, tanh_c, E, x) if training else None
         return hs[1:], hs[T].copy(), cs[T].copy(), cache
 
     def lstm_backward(self, dhs, dhT, dcT, cache):
-        self._check_cache(cache)
+        T, B, _, H = CpuLstmCache.check(cache, type(self).__name__)
+        self._check_lstm_backward(dhs, dhT, dcT, T, B, H)
         return self._backward(dhs, dhT, dcT, cache, embedding_grad=False)
 
     def embedding_lstm_backward(self, dhs, dhT, dcT, cache, x, V: int):
-        """dE = S Wx^T without dxs when the layer ran on this embedding of x (else the two-step default)."""
-        self._check_cache(cache)
-        self._check_ids("x", x, V, ndim=2)
-        embedded = cache.embedded
-        if embedded is None or len(embedded.E) != V or not np.array_equal(embedded.x, x):
-            return super().embedding_lstm_backward(dhs, dhT, dcT, cache, x, V)
+        """dE = S Wx^T without dxs when the layer ran on E Wx with these ids (else the two-step default)."""
+        on_table = isinstance(cache, CpuLstmCache) and cache.E is not None and len(cache.E) == V
+        if not (on_table and isinstance(x, np.ndarray) and x.dtype == np.int64 and np.array_equal(cache.x, x)):
+            return super().embedding_lstm_backward(dhs, dhT, dcT, cache, x, V)   # checks x itself
+        T, B, _, H = CpuLstmCache.check(cache, type(self).__name__)            # x equals the checked ids
+        self._check_lstm_backward(dhs, dhT, dcT, T, B, H)
         return self._backward(dhs, dhT, dcT, cache, embedding_grad=True)
 
-    def _check_cache(self, cache) -> None:
-        if not isinstance(cache, LstmCache):
-            raise TypeError(f"cache must come from {type(self).__name__}.lstm_forward(training=True), "
-                            f"got {type(cache).__name__}")
-
     def _backward(self, dhs, dhT, dcT, cache, embedding_grad: bool):
-        """BPTT of one layer; returns dE (embedding_grad, cache.embedded set) or dxs first."""
-        xs, Wx, Wh, gates, cs, tanh_c = cache.xs, cache.Wx, cache.Wh, cache.gates, cache.cs, cache.tanh_c
-        T, B, D = xs.shape
-        H = Wh.shape[0]
-        self._check("dhs", dhs, shape=(T, B, H))
-        self._check("dhT", dhT, shape=(B, H))
-        self._check("dcT", dcT, shape=(B, H))
-        ws, dt, cell_backward = self._ws, self.dtype, self._k.cell_backward
-        WhT = ws.empty((4 * H, H), dt)                        # contiguous: the per-step product runs faster
+        """BPTT of one layer; returns dE (embedding_grad, a cache with E) or dxs first."""
+        T, B, D, H = cache.shape
+        Wx, Wh, gates, cs, tanh_c = cache.Wx, cache.Wh, cache.gates, cache.cs, cache.tanh_c
+        cache.used = True                                     # gates become da below
+        take, dt, cell_backward = self._pool.take, self.dtype, self._k.cell_backward
+        WhT = take((4 * H, H), dt)                            # contiguous: the per-step product runs faster
         np.copyto(WhT, Wh.T)
-        dh_next = ws.empty((B, H), dt)                        # h_t's gradient from step t+1
-        dc = ws.empty((B, H), dt)                             # c_t's gradient from step t+1
+        dh_next = take((B, H), dt)                            # h_t's gradient from step t+1
+        dc = take((B, H), dt)                                 # c_t's gradient from step t+1
         dh_next[...], dc[...] = dhT, dcT
         blocks = self.lanes.blocks(B, MIN_LANE_ROWS)
         lane_db = np.zeros((len(blocks), 4 * H), np.float64)  # each lane's sum of da
@@ -382,18 +344,18 @@ class CpuBackend(Backend):
 
         self.lanes.run(recurrence, blocks)
         dA = gates.reshape(T * B, 4 * H)                       # every step's da
-        dWx, dWh = ws.empty((D, 4 * H), dt), ws.empty((H, 4 * H), dt)
-        if cache.embedded is not None:                        # dWx^T = S^T E, S: rows of dA summed per token
-            E = cache.embedded.E
-            S = self._sum_rows_by_id(dA, cache.embedded.x.reshape(-1), len(E))   # (V,4H)
+        dWx, dWh = take((D, 4 * H), dt), take((H, 4 * H), dt)
+        if cache.E is not None:                               # dWx^T = S^T E, S: rows of dA summed per token
+            E = cache.E
+            S = self._sum_rows_by_id(dA, cache.x.reshape(-1), len(E))   # (V,4H)
             input_grad = (S.T, E, dWx.T)
         else:
-            input_grad = (dA.T, xs.reshape(T * B, D), dWx.T)  # dWx^T = dA^T X
+            input_grad = (dA.T, cache.xs.reshape(T * B, D), dWx.T)     # dWx^T = dA^T X
         if embedding_grad:                                    # dE = S Wx^T: the rows of dxs summed per token
-            grad_in = ws.empty((len(E), D), dt)
+            grad_in = take((len(E), D), dt)
             input_side = (S, Wx.T, grad_in)
         else:                                                 # dxs = dA Wx^T (split best by rows)
-            grad_in = ws.empty((T, B, D), dt)
+            grad_in = take((T, B, D), dt)
             input_side = (dA, Wx.T, grad_in.reshape(T * B, D))
         self.lanes.matmul(input_grad, input_side,
                           (dA.T, cache.hs[:T].reshape(T * B, H), dWh.T))   # dWh^T = dA^T H_prev
@@ -402,52 +364,45 @@ class CpuBackend(Backend):
     # ----------------------------------------------------- embedding, output
 
     def embedding_forward(self, E, x):
-        V, D = self._check("E", E, 2)
-        self._check_ids("x", x, V, ndim=2)
-        xs = np.take(E, x, axis=0, out=self._ws.empty(x.shape + (D,), self.dtype), mode="clip")
-        xs.flags.writeable = False
-        self._embedded = Embedded(xs, E.copy(), x.copy())
-        return xs
+        D = self._check_embedding_forward(E, x)[3]
+        return self._gather(E, x, D)
+
+    def _gather(self, E, x, D: int):
+        """E[x] in a pool buffer (ids already checked)."""
+        return np.take(E, x, axis=0, out=self._pool.take(x.shape + (D,), self.dtype), mode="clip")
 
     def embedding_backward(self, dxs, x, V: int):
-        T, B, D = self._check("dxs", dxs, 3)
-        self._check_ids("x", x, V, shape=(T, B))
+        T, B, D = self._check_embedding_backward(dxs, x, V)
         return self._sum_rows_by_id(dxs.reshape(T * B, D), x.reshape(T * B), V)
 
     def _sum_rows_by_id(self, src, ids, V: int):
         """(V,K): the rows of src (N,K) summed per id, the columns shared out between lanes."""
-        out = self._ws.empty((V, src.shape[1]), self.dtype)
+        out = self._pool.take((V, src.shape[1]), self.dtype)
         kernel = self._k.sum_rows_by_id
         self.lanes.run(lambda lane, c0, c1: kernel(src, ids, out, c0, c1), self.lanes.blocks(src.shape[1], 64))
         return out
 
     def linear_forward(self, hs, W, b):
-        T, B, H = self._check("hs", hs, 3)
-        V = self._check("W", W, shape=(H, None))[1]
-        self._check("b", b, shape=(V,))
-        logits = self._ws.empty((T * B, V), self.dtype)
+        T, B, H, V = self._check_linear(hs, W, b=b)
+        logits = self._pool.take((T * B, V), self.dtype)
         self.lanes.matmul((hs.reshape(T * B, H), W, logits))
         logits += b
         return logits.reshape(T, B, V)
 
     def linear_backward(self, dlogits, hs, W):
-        T, B, H = self._check("hs", hs, 3)
-        V = self._check("W", W, shape=(H, None))[1]
-        self._check("dlogits", dlogits, shape=(T, B, V))
-        ws, dt = self._ws, self.dtype
+        T, B, H, V = self._check_linear(hs, W, dlogits=dlogits)
+        take, dt = self._pool.take, self.dtype
         dlogits2 = dlogits.reshape(T * B, V)
-        dhs, dW = ws.empty((T * B, H), dt), ws.empty((H, V), dt)
+        dhs, dW = take((T * B, H), dt), take((H, V), dt)
         self.lanes.matmul((hs.reshape(T * B, H).T, dlogits2, dW), (dlogits2, W.T, dhs))
         dhs = dhs.reshape(T, B, H)
-        db = ws.empty((V,), dt)
+        db = take((V,), dt)
         self._k.column_sums(dlogits2, db)
         return dhs, dW, db
 
     def softmax_xent(self, logits, y, mask):
-        T, B, V = self._check("logits", logits, 3)
-        self._check_ids("y", y, V, shape=(T, B))
-        self._check("mask", mask, shape=(T, B))
-        dlogits = self._ws.empty((T, B, V), self.dtype)
+        T, B, V = self._check_softmax_xent(logits, y, mask)
+        dlogits = self._pool.take((T, B, V), self.dtype)
         blocks = self.lanes.blocks(T * B, 256)
         sums = [None] * len(blocks)                           # each lane's (loss, correct)
         kernel, args = self._k.softmax_xent, (logits.reshape(T * B, V), y.reshape(T * B),
@@ -462,64 +417,14 @@ class CpuBackend(Backend):
     # ------------------------------------------------------------- optimizer
 
     def global_norm(self, grads: dict) -> float:
-        total = 0.0
-        for name, g in grads.items():
-            self._check(f"grads[{name!r}]", g)
-            total += self._k.sum_of_squares(g.reshape(-1))
-        return float(np.sqrt(total))
-
-    def scale_(self, grads: dict, factor: float) -> None:
-        for name, g in grads.items():
-            self._check(f"grads[{name!r}]", g)
-            g *= factor
+        self._check_arrays("grads", grads)
+        return float(np.sqrt(sum(self._k.sum_of_squares(g.reshape(-1)) for g in grads.values())))
 
     def sgd_update_(self, params: dict, grads: dict, velocity, lr: float, momentum: float) -> None:
+        self._check_sgd_update(params, grads, velocity, momentum)
         for name, p in params.items():
-            self._check(f"params[{name!r}]", p)
-            g = self._check_like(f"grads[{name!r}]", grads[name], p)
             if momentum:
-                v = self._check_like(f"velocity[{name!r}]", velocity[name], p)
-                self._k.sgd_momentum_update(p.reshape(-1), g.reshape(-1), v.reshape(-1), lr, momentum)
+                self._k.sgd_momentum_update(p.reshape(-1), grads[name].reshape(-1), velocity[name].reshape(-1),
+                                            lr, momentum)
             else:
-                self._k.sgd_update(p.reshape(-1), g.reshape(-1), lr)
-
-    # ------------------------------------------------------------ validation
-
-    def _check(self, name: str, a, ndim: int | None = None, shape: tuple | None = None) -> tuple:
-        """a's shape, once a is a C-contiguous ndarray of self.dtype with that ndim/shape (None = any)."""
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
-        if a.dtype != self.dtype:
-            raise TypeError(f"{name} must have dtype {self.dtype.name}, got {a.dtype}")
-        if shape is not None:
-            if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
-                wanted = tuple("any" if s is None else s for s in shape)
-                raise ValueError(f"{name} has shape {a.shape}, expected {wanted}")
-        elif ndim is not None and a.ndim != ndim:
-            raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
-        if 0 in a.shape:
-            raise ValueError(f"{name} must not be empty, got shape {a.shape}")
-        return a.shape
-
-    def _check_like(self, name: str, a, like: np.ndarray) -> np.ndarray:
-        self._check(name, a, shape=like.shape)
-        return a
-
-    @staticmethod
-    def _check_ids(name: str, ids, V: int, ndim: int | None = None, shape: tuple | None = None) -> None:
-        """ids must be a C-contiguous int64 array of values in [0, V) with that ndim/shape."""
-        if not isinstance(ids, np.ndarray):
-            raise TypeError(f"{name} must be a NumPy array of token ids, got {type(ids).__name__}")
-        if ids.dtype != np.int64:
-            raise TypeError(f"{name} must have dtype int64, got {ids.dtype}")
-        if (shape is not None and ids.shape != shape) or (ndim is not None and ids.ndim != ndim):
-            raise ValueError(f"{name} has shape {ids.shape}, expected {shape or f'{ndim} dimensions'}")
-        if not ids.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
-        if ids.size == 0:
-            raise ValueError(f"{name} must not be empty")
-        low, high = ids.min(), ids.max()
-        if low < 0 or high >= V:
-            raise ValueError(f"{name} holds ids outside [0, {V}): {low if low < 0 else high}")
+                self._k.sgd_update(p.reshape(-1), grads[name].reshape(-1), lr)

@@ -15,19 +15,21 @@ ones, so the layer is arranged like the fast CPU backend, on the GPU:
   paper's size) is launch-bound, so it is recorded once as a CUDA graph
   (stream capture) and replayed with one launch (:class:`StepGraphs`). A graph
   replays fixed addresses, so it is keyed by the address and shape of every
-  array it touches and reused only when exactly those arrays come back;
-  :class:`BufferPool` makes that the normal case by handing the same
-  buffers to every window once the previous window's results are dropped.
+  array it touches and reused only when exactly those arrays come back; the
+  buffer pool (:class:`~.common.BufferPool`) makes that the normal case by
+  handing the same buffers to every window once the previous window's
+  results are dropped.
   When capture is unavailable or fails, the loop runs as plain launches and
   ``launch_mode`` / ``graph_fallback_reason`` say so.
 
-Every kernel launch is preceded by a check of its arrays (type, dtype,
-shape, C-contiguity, device), so a bad call raises ValueError/TypeError
-instead of reaching a kernel that does not check. Launch geometry, the
-checks, the graph policy and the availability probe are plain functions or
-classes that take shapes and injected callables, so they are tested on
-machines without a GPU; the kernels themselves are tested there through a
-C++ emulation of the CUDA subset they use.
+Every operation checks its arrays once on entry (type, dtype, shape,
+C-contiguity, device; the base class's checks), so a bad call raises
+ValueError/TypeError instead of reaching a kernel that does not check; the
+launches of the step loop then run unchecked. Launch geometry, the graph
+policy and the availability probe are plain functions or classes that take
+shapes and injected callables, so they are tested on machines without a
+GPU; the kernels themselves are tested there through a C++ emulation of the
+CUDA subset they use.
 
 Everything that touches CuPy goes through a device layer (:class:`CudaDevice`):
 CuPy arrays, cuBLAS through ``cupy.cublas.gemm``, the kernels compiled by
@@ -40,12 +42,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-import sys
 from collections import OrderedDict
 
 import numpy as np
 
 from ltexec.backends.base import Backend, option_from_environment
+from ltexec.backends.common import BufferPool, LstmCache
 
 KERNELS = {
     "lstm_cell.cu": ("lstm_cell_forward", "lstm_cell_backward"),
@@ -145,19 +147,6 @@ def check_index_range(name: str, count: int) -> None:
 
 # --------------------------------------------------------------- validation
 
-def check_array(name: str, array, shape: tuple, dtype, array_type) -> None:
-    """Raise TypeError/ValueError unless ``array`` is a C-contiguous ``array_type`` of that shape and dtype."""
-    if not isinstance(array, array_type):
-        raise TypeError(f"{name} must be a {array_type.__module__}.{array_type.__name__}, "
-                        f"got {type(array).__module__}.{type(array).__name__}")
-    if array.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {array.dtype}")
-    if tuple(array.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(array.shape)}, expected {tuple(shape)}")
-    if not array.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
-
-
 def check_on_device(name: str, array, device_id: int) -> None:
     """Raise ValueError unless a CuPy array lives on device ``device_id``."""
     if array.device.id != device_id:
@@ -255,57 +244,20 @@ class StepGraphs:
             table.popitem(last=False)
 
 
-# ---------------------------------------------------------------- buffers
-
-def _unheld_refcount() -> int:
-    """What ``sys.getrefcount`` reports, inside :meth:`BufferPool.take`'s loop, for an array nothing else holds."""
-    for array in [object()]:
-        return sys.getrefcount(array)
-
-
-_UNHELD = _unheld_refcount()
-
-
-class BufferPool:
-    """Buffers reused across windows: per (shape, dtype), the first one no one else holds.
-
-    A buffer is free when only the pool refers to it, directly or through a
-    view (a view holds its base, in CuPy as in NumPy), so arrays the caller
-    still holds (results, caches) are never handed out again, while a
-    training loop that drops each window's arrays gets the same buffers, and
-    so the same graph keys, every window.
-    """
-
-    def __init__(self, allocate):
-        self._allocate = allocate
-        self._pools: dict[tuple, list] = {}
-
-    def take(self, shape: tuple, dtype):
-        """An uninitialised C-contiguous buffer that no one else holds."""
-        pool = self._pools.setdefault((tuple(shape), np.dtype(dtype)), [])
-        for array in pool:
-            if sys.getrefcount(array) == _UNHELD:
-                return array
-        array = self._allocate(tuple(shape), np.dtype(dtype))
-        pool.append(array)
-        return array
-
-
 # ------------------------------------------------------------ device layer
 
 class CudaDevice:
     """CuPy's side of the backend: arrays, cuBLAS products, the compiled kernels, stream capture.
 
-    The backend uses only this interface (``xp``, ``array_type``, ``name``,
-    ``empty``, ``address``, ``check_device``, ``gemm``, ``launch``,
-    ``capture``, ``launch_graph``, ``stream_capture_support``,
-    ``synchronize``); the test suite provides the same interface on the CPU.
+    The backend uses only this interface (``xp``, ``name``, ``empty``,
+    ``address``, ``check_device``, ``gemm``, ``launch``, ``capture``,
+    ``launch_graph``, ``stream_capture_support``, ``synchronize``); the test
+    suite provides the same interface on the CPU.
     """
 
     def __init__(self):
         import cupy
         self.xp = cupy
-        self.array_type = cupy.ndarray
         self._cublas = importlib.import_module("cupy.cublas")   # not imported by ``import cupy``
         self.id = cupy.cuda.runtime.getDevice()
         self._kernels = compiled_kernels(cupy, self.id)
@@ -361,18 +313,6 @@ class CudaDevice:
 
 
 # ---------------------------------------------------------------- backend
-
-class LstmCache:
-    """What the backward pass needs from one layer's forward pass (consumed by it)."""
-
-    __slots__ = ("xs", "Wx", "Wh", "gates", "hs", "cs", "used")
-
-    def __init__(self, xs, Wx, Wh, gates, hs, cs):
-        self.xs, self.Wx, self.Wh = xs, Wx, Wh   # the layer's input (T,B,D) and weights
-        self.gates = gates                       # (T,B,4H) activations i, f, g, o
-        self.hs, self.cs = hs, cs                # (T+1,B,H): h_{t-1}, c_{t-1} at index t
-        self.used = False                        # lstm_backward turns gates into da in place
-
 
 def probe(import_module=importlib.import_module) -> str | None:
     """None if the backend can run here, else what is missing: CuPy, a driver, a device, cuBLAS, NVRTC."""
@@ -462,14 +402,8 @@ class CupyBackend(Backend):
     # ------------------------------------------------------------ LSTM layer
 
     def lstm_forward(self, xs, h0, c0, Wx, Wh, b, training: bool):
-        T, B, D = self._shape("xs", xs, 3)
-        H = self._shape("Wh", Wh, 2)[0]
-        self._check("xs", xs, (T, B, D))
-        self._check("h0", h0, (B, H))
-        self._check("c0", c0, (B, H))
-        self._check("Wx", Wx, (D, 4 * H))
-        self._check("Wh", Wh, (H, 4 * H))
-        self._check("b", b, (4 * H,))
+        T, B, D, H = self._check_lstm_forward(xs, h0, c0, Wx, Wh, b)
+        check_index_range("gates", B * 4 * H)   # what one step's kernels index
         take, dt = self._pool.take, self.dtype
         gates = take((T, B, 4 * H), dt)     # x_t Wx, then the activations i, f, g, o
         hs = take((T + 1, B, H), dt)        # hs[t] = h_{t-1}
@@ -489,17 +423,9 @@ class CupyBackend(Backend):
         return hs[1:], hs[T].copy(), cs[T].copy(), cache
 
     def lstm_backward(self, dhs, dhT, dcT, cache):
-        if not isinstance(cache, LstmCache):
-            raise TypeError(f"cache must come from {type(self).__name__}.lstm_forward(training=True), "
-                            f"got {type(cache).__name__}")
-        if cache.used:
-            raise ValueError("this cache was already used by lstm_backward (which overwrites it)")
+        T, B, D, H = LstmCache.check(cache, type(self).__name__)
+        self._check_lstm_backward(dhs, dhT, dcT, T, B, H)
         xs, Wx, Wh, gates, hs, cs = cache.xs, cache.Wx, cache.Wh, cache.gates, cache.hs, cache.cs
-        T, B, D = xs.shape
-        H = Wh.shape[0]
-        self._check("dhs", dhs, (T, B, H))
-        self._check("dhT", dhT, (B, H))
-        self._check("dcT", dcT, (B, H))
         take, dt, xp = self._pool.take, self.dtype, self.xp
         dh_next = take((B, H), dt)          # h_t's gradient from step t+1, then dh_{t-1} = da_t Wh^T
         dc = take((B, H), dt)               # c_t's gradient from step t+1, updated in place
@@ -527,11 +453,7 @@ class CupyBackend(Backend):
 
     def linear_backward(self, dlogits, hs, W):
         """As the base class, with dhs from the buffer pool: it is the top layer's graph input."""
-        T, B, H = self._shape("hs", hs, 3)
-        V = self._shape("W", W, 2)[1]
-        self._check("hs", hs, (T, B, H))
-        self._check("W", W, (H, V))
-        self._check("dlogits", dlogits, (T, B, V))
+        T, B, H, V = self._check_linear(hs, W, dlogits=dlogits)
         dlogits2 = dlogits.reshape(T * B, V)
         dhs = self._pool.take((T, B, H), self.dtype)
         dW = self.xp.empty((H, V), self.dtype)
@@ -540,11 +462,8 @@ class CupyBackend(Backend):
         return dhs, dW, dlogits2.sum(axis=0)
 
     def softmax_xent(self, logits, y, mask):
-        T, B, V = self._shape("logits", logits, 3)
+        T, B, V = self._check_softmax_xent(logits, y, mask)
         N = T * B
-        self._check("logits", logits, (T, B, V))
-        self._check("y", y, (T, B), np.int64)
-        self._check("mask", mask, (T, B))
         check_index_range("logits", N * V)
         xp = self.xp
         dlogits = xp.empty((T, B, V), self.dtype)
@@ -552,47 +471,27 @@ class CupyBackend(Backend):
         row_correct = xp.empty(N, np.int32)
         self._device.launch(name_expression("softmax_xent", self.dtype), N, softmax_block(V),
                             (logits, y, mask, dlogits, row_loss, row_correct, np.int32(N), np.int32(V)))
-        invalid = int((row_correct < 0).sum())
-        if invalid:
-            raise ValueError(f"y holds {invalid} ids outside [0, {V})")
         return float(row_loss.sum(dtype=np.float64)), dlogits, int(row_correct.sum())
 
     # ------------------------------------------------------- kernel launches
+    # Once per step: the arrays were checked when the window's operation began.
 
     def _cell_forward(self, gates, rec, b, c_prev, c, h):
-        B, H = self._shape("c", c, 2)
-        for name, array, shape in (("gates", gates, (B, 4 * H)), ("rec", rec, (B, 4 * H)), ("b", b, (4 * H,)),
-                                   ("c_prev", c_prev, (B, H)), ("c", c, (B, H)), ("h", h, (B, H))):
-            self._check(name, array, shape)
-        check_index_range("gates", B * 4 * H)
+        B, H = c.shape
         grid, block = launch_geometry(B * H, CELL_BLOCK)
         self._device.launch(name_expression("lstm_cell_forward", self.dtype), grid, block,
                             (gates, rec, b, c_prev, c, h, np.int32(B), np.int32(H)))
 
     def _cell_backward(self, gates, c_prev, c, dh_out, dh_next, dc):
-        B, H = self._shape("dc", dc, 2)
-        for name, array, shape in (("gates", gates, (B, 4 * H)), ("c_prev", c_prev, (B, H)), ("c", c, (B, H)),
-                                   ("dh_out", dh_out, (B, H)), ("dh_next", dh_next, (B, H)), ("dc", dc, (B, H))):
-            self._check(name, array, shape)
-        check_index_range("gates", B * 4 * H)
+        B, H = dc.shape
         grid, block = launch_geometry(B * H, CELL_BLOCK)
         self._device.launch(name_expression("lstm_cell_backward", self.dtype), grid, block,
                             (gates, c_prev, c, dh_out, dh_next, dc, np.int32(B), np.int32(H)))
 
     # ------------------------------------------------------------ validation
 
-    def _shape(self, name: str, array, ndim: int) -> tuple:
-        """The shape of a device array with ``ndim`` non-empty dimensions, before the full check."""
-        if not isinstance(array, self._device.array_type):
-            raise TypeError(f"{name} must be a {self._device.array_type.__module__}."
-                            f"{self._device.array_type.__name__}, got {type(array).__name__}")
-        if array.ndim != ndim or 0 in array.shape:
-            raise ValueError(f"{name} must have {ndim} non-empty dimensions, got shape {tuple(array.shape)}")
-        return tuple(array.shape)
-
-    def _check(self, name: str, array, shape: tuple, dtype=None) -> None:
-        check_array(name, array, shape, self.dtype if dtype is None else dtype, self._device.array_type)
-        self._device.check_device(name, array)
+    def _check_device(self, name: str, a) -> None:
+        self._device.check_device(name, a)
 
     def _key(self, kind: str, *arrays) -> tuple:
         return graph_key(kind, arrays, self._device.address)

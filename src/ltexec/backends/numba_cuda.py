@@ -39,21 +39,10 @@ from __future__ import annotations
 import numpy as np
 
 from ltexec.backends.base import Backend, BackendUnavailable, option_from_environment
+from ltexec.backends.common import LstmCache
 
 GEMM_ENV = "LTEXEC_NUMBA_CUDA_GEMM"
 INSTALL_HINT = "pip install 'ltexec[cuda12]' or 'ltexec[cuda13]' (numba-cuda and CuPy for your CUDA major version)"
-
-
-class LstmCache:
-    """What the backward pass needs from the forward pass of one layer; the backward pass consumes it."""
-
-    __slots__ = ("xs", "Wx", "Wh", "gates", "hs", "cs", "used")
-
-    def __init__(self, xs, Wx, Wh, gates, hs, cs):
-        self.xs, self.Wx, self.Wh = xs, Wx, Wh    # the layer's input (T,B,D) and weights
-        self.gates = gates                        # (T,B,4H) activations i, f, g, o; da after backward
-        self.hs, self.cs = hs, cs                 # (T+1,B,H): h_{t-1}, c_{t-1} at index t
-        self.used = False
 
 
 class NumbaCudaBackend(Backend):
@@ -82,7 +71,7 @@ class NumbaCudaBackend(Backend):
             import cupy
             self.xp = cupy
         from ltexec.backends.numba_cuda_kernels import Launcher
-        self.launcher = Launcher(self.dtype, self.xp, gemm)
+        self.launcher = Launcher(self.dtype, self.xp, gemm, check=False)   # the operations check on entry
 
     def __repr__(self) -> str:
         where = ", simulator=True" if self.launcher.simulated else ""
@@ -131,12 +120,8 @@ class NumbaCudaBackend(Backend):
     # --------------------------------------------------------- LSTM layer
 
     def lstm_forward(self, xs, h0, c0, Wx, Wh, b, training: bool):
+        T, B, D, H = self._check_lstm_forward(xs, h0, c0, Wx, Wh, b)
         k, xp, dt = self.launcher, self.xp, self.dtype
-        T, B, D = k.check("xs", xs, (None, None, None))
-        H = k.check("Wh", Wh, (None, None))[0]
-        k.check("h0", h0, (B, H))
-        k.check("c0", c0, (B, H))
-        k.check("Wx", Wx, (D, 4 * H))
         gates = xp.empty((T, B, 4 * H), dt)                  # x_t Wx, then activations i, f, g, o
         k.gemm(xs.reshape(T * B, D), Wx, gates.reshape(T * B, 4 * H))
         hs = xp.empty((T + 1, B, H), dt)                     # hs[t] = h_{t-1}
@@ -147,18 +132,10 @@ class NumbaCudaBackend(Backend):
         return hs[1:], hs[T].copy(), cs[T].copy(), cache
 
     def lstm_backward(self, dhs, dhT, dcT, cache):
-        if not isinstance(cache, LstmCache):
-            raise TypeError(f"cache must come from {type(self).__name__}.lstm_forward(training=True), "
-                            f"got {type(cache).__name__}")
-        if cache.used:
-            raise ValueError("this cache has been through lstm_backward already (its gate buffer now holds da)")
+        T, B, D, H = LstmCache.check(cache, type(self).__name__)
+        self._check_lstm_backward(dhs, dhT, dcT, T, B, H)
         k, xp, dt = self.launcher, self.xp, self.dtype
         xs, Wx, Wh, gates = cache.xs, cache.Wx, cache.Wh, cache.gates
-        T, B, D = xs.shape
-        H = Wh.shape[0]
-        k.check("dhs", dhs, (T, B, H))
-        k.check("dhT", dhT, (B, H))
-        k.check("dcT", dcT, (B, H))
         dc = dcT.copy()                                      # becomes dc0
         cache.used = True
         k.lstm_backward(gates, dhs, dhT, dc, cache.cs, Wh)  # gates now hold da for every step
@@ -177,35 +154,26 @@ class NumbaCudaBackend(Backend):
     # ----------------------------------------------------- embedding, output
 
     def embedding_forward(self, E, x):
-        """Rows of E for every id; an id outside [0, V) gives a NaN row (no host check on the device)."""
-        k = self.launcher
-        T, B = k.check("x", x, (None, None), np.int64)
-        D = k.check("E", E, (None, None))[1]
+        T, B, _, D = self._check_embedding_forward(E, x)
         xs = self.xp.empty((T, B, D), self.dtype)
-        k.embedding_forward(E, x.reshape(T * B), xs.reshape(T * B, D))
+        self.launcher.embedding_forward(E, x.reshape(T * B), xs.reshape(T * B, D))
         return xs
 
     def embedding_backward(self, dxs, x, V: int):
-        k = self.launcher
-        T, B, D = k.check("dxs", dxs, (None, None, None))
-        k.check("x", x, (T, B), np.int64)
+        T, B, D = self._check_embedding_backward(dxs, x, V)
         dE = self.xp.empty((V, D), self.dtype)
-        k.embedding_backward(dxs.reshape(T * B, D), x.reshape(T * B), dE)
+        self.launcher.embedding_backward(dxs.reshape(T * B, D), x.reshape(T * B), dE)
         return dE
 
     def linear_forward(self, hs, W, b):
-        k = self.launcher
-        T, B, H = k.check("hs", hs, (None, None, None))
-        V = k.check("W", W, (H, None))[1]
+        T, B, H, V = self._check_linear(hs, W, b=b)
         logits = self.xp.empty((T, B, V), self.dtype)
-        k.gemm(hs.reshape(T * B, H), W, logits.reshape(T * B, V), bias=b)
+        self.launcher.gemm(hs.reshape(T * B, H), W, logits.reshape(T * B, V), bias=b)
         return logits
 
     def linear_backward(self, dlogits, hs, W):
+        T, B, H, V = self._check_linear(hs, W, dlogits=dlogits)
         k, xp, dt = self.launcher, self.xp, self.dtype
-        T, B, H = k.check("hs", hs, (None, None, None))
-        V = k.check("W", W, (H, None))[1]
-        k.check("dlogits", dlogits, (T, B, V))
         dlogits2 = dlogits.reshape(T * B, V)
         dhs = xp.empty((T, B, H), dt)
         k.gemm(dlogits2, W, dhs.reshape(T * B, H), trans_b=True)     # dlogits W^T
@@ -217,10 +185,8 @@ class NumbaCudaBackend(Backend):
 
     def softmax_xent(self, logits, y, mask):
         """One fused kernel per row, then one reduction: the only host transfer is the two totals."""
+        T, B, V = self._check_softmax_xent(logits, y, mask)
         k, xp, dt = self.launcher, self.xp, self.dtype
-        T, B, V = k.check("logits", logits, (None, None, None))
-        k.check("y", y, (T, B), np.int64)
-        k.check("mask", mask, (T, B))
         dlogits = xp.empty((T, B, V), dt)
         row_stats = xp.empty((T * B, 2), dt)                 # per row: masked loss, masked hit
         k.softmax_xent(logits.reshape(T * B, V), y.reshape(T * B), mask.reshape(T * B),

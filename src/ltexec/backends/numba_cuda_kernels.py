@@ -31,11 +31,14 @@ literal goes through ``real``). Block shapes come from the array shapes
 (pure functions ``*_geometry``, capped by the tile constants that size the
 shared arrays), so small problems launch small blocks.
 
-:class:`Launcher` is the only way the backend runs a kernel: it validates
-every array (type, dtype, shape, contiguity) before launching, picks the
-geometry and launches on the CuPy stream the arrays belong to. Under the
-CUDA simulator it takes NumPy arrays, which is how the tests run every
-kernel on the CPU.
+:class:`Launcher` is the only way the backend runs a kernel: it picks the
+geometry and launches on CuPy's current stream (the stream the backend's
+CuPy operations are queued on, not necessarily the one an array was made
+on). Called directly, it validates every array (type, dtype, shape,
+contiguity) once per call before launching; the backend's launcher leaves
+that to the backend's operations, which check their arguments on entry.
+Under the CUDA simulator it takes NumPy arrays, which is how the tests run
+every kernel on the CPU.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ import warnings
 import numba
 import numpy as np
 from numba import cuda
+
+from ltexec.backends.common import check_array
 
 RECURRENT_TILE_H = 32
 """Hidden units per block of the step kernels (a warp along j); also their k-chunk."""
@@ -416,10 +421,12 @@ class Launcher:
     stream, so kernels and CuPy operations stay in order without a host
     synchronisation), NumPy under the CUDA simulator. ``gemm`` picks the
     products batched over the window: ``"tiled"`` (:func:`gemm`) or
-    ``"cublas"`` (``xp.matmul`` on the same arrays; CuPy only).
+    ``"cublas"`` (``xp.matmul`` on the same arrays; CuPy only). ``check``:
+    validate every array of a call before launching (off for a caller that
+    has checked them already, like the backend).
     """
 
-    def __init__(self, dtype, xp, gemm: str = "tiled"):
+    def __init__(self, dtype, xp, gemm: str = "tiled", check: bool = True):
         self.dtype = np.dtype(dtype)
         self.xp = xp
         if gemm not in GEMM_IMPLEMENTATIONS:
@@ -428,6 +435,7 @@ class Launcher:
         if gemm == "cublas" and self.simulated:
             raise ValueError("gemm='cublas' needs CuPy arrays on a device; the simulator has only 'tiled'")
         self.gemm_impl = gemm
+        self.check_arrays = check
         self._k = kernels(self.dtype)
         self._no_bias = xp.zeros(1, self.dtype)     # the bias argument of gemm when there is none (never read)
         self._streams = {}
@@ -435,21 +443,13 @@ class Launcher:
     # ------------------------------------------------------------ checks
 
     def check(self, name: str, a, shape: tuple, dtype=None) -> tuple:
-        """a's shape, once a is a non-empty C-contiguous array of xp with that dtype and shape (None = any)."""
-        dtype = self.dtype if dtype is None else np.dtype(dtype)
-        if not isinstance(a, self.xp.ndarray):
-            where = "NumPy arrays under the CUDA simulator" if self.simulated else "CuPy arrays on the device"
-            raise TypeError(f"{name} must be one of the {where}, got {type(a).__module__}.{type(a).__name__}")
-        if a.dtype != dtype:
-            raise TypeError(f"{name} must have dtype {dtype.name}, got {a.dtype}")
-        if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
-            wanted = tuple("any" if s is None else s for s in shape)
-            raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {wanted}")
-        if 0 in a.shape:
-            raise ValueError(f"{name} must not be empty, got shape {tuple(a.shape)}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
-        return tuple(a.shape)
+        """a's shape, once a is a non-empty C-contiguous array of xp with that dtype and shape (None = any).
+
+        Without ``check_arrays`` only the shape (the caller has checked the rest).
+        """
+        if not self.check_arrays:
+            return tuple(a.shape)
+        return check_array(name, a, shape, self.dtype if dtype is None else dtype, self.xp.ndarray)
 
     # ----------------------------------------------------------- launches
 

@@ -83,8 +83,7 @@ class NumpyBackend(Backend):
 
     def lstm_forward(self, xs, h0, c0, Wx, Wh, b, training: bool):
         """Run :func:`cell_forward` over the window; ``cache`` keeps what the backward pass needs."""
-        T, B, D = xs.shape
-        H = h0.shape[1]
+        T, B, D, H = self._check_lstm_forward(xs, h0, c0, Wx, Wh, b)
         xproj = (xs.reshape(T * B, D) @ Wx).reshape(T, B, 4 * H)   # x_t Wx for every step
         hs = np.empty((T, B, H), dtype=h0.dtype)
         h, c = h0, c0
@@ -102,6 +101,7 @@ class NumpyBackend(Backend):
         xs, h0, hs, Wx, step_caches = cache
         T, B, D = xs.shape
         H = h0.shape[1]
+        self._check_lstm_backward(dhs, dhT, dcT, T, B, H)
         das = np.empty((T, B, 4 * H), dtype=dhs.dtype)
         dh, dc = dhT, dcT                    # gradients arriving from after the window
         for t in reversed(range(T)):

@@ -1,0 +1,160 @@
+"""The backends the conformance suite runs, each as a maker: how to build it here, or why it cannot run.
+
+One :class:`Maker` per backend and kind of machine: the two CPU backends
+(``cpu`` also with two lanes), ``cupy`` on the C++ emulation of its CUDA
+kernels (tests/cuda_emulation, needs g++), ``numba_cuda`` on numba's CUDA
+simulator, and the real ``cupy`` and ``numba_cuda`` on a CUDA device. A maker
+that cannot run here is skipped with its reason.
+
+The simulator has to be chosen before ``numba.cuda`` is first imported, so
+it runs in a subprocess of its own (tests/test_numba_cuda_kernels.py runs
+this suite there with ``NUMBA_ENABLE_CUDASIM=1``); in that process the
+simulator is the only maker, everywhere else it is skipped.
+
+Tolerances are each backend's own, as ``max|x - ref| / max|ref|`` per array
+against the float64 reference on the same (rounded) numbers: float64 1e-12
+everywhere; float32 1e-4 for ``cpu`` (a rational tanh and another summation
+order move the last bits), 2e-5 for ``cupy`` (a window of several steps),
+1e-5 for ``numba_cuda`` and for ``numpy`` itself.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from ltexec.backends.numba_cuda import _simulator_active
+
+
+@dataclass(frozen=True)
+class Maker:
+    """One backend on one kind of machine, for the conformance suite."""
+
+    id: str
+    """The test id; it starts with the backend's registry name (``-k numba_cuda`` selects those)."""
+    build: Callable
+    """``build(dtype)`` -> a fresh backend."""
+    float32_tolerance: float
+    skip_reason: Callable[[], str | None] = lambda: None
+    examples: int = 20
+    """Drawn examples per property test (few where every CUDA thread is a host thread)."""
+    small: bool = False
+    """Only small shapes (the simulator runs every CUDA thread as a Python thread)."""
+    consumes_cache: bool = True
+    """Its lstm_backward turns the cache's activations into gradients, so a cache is good for one backward."""
+    model_cases: tuple = field(default=((2, 9, 5, 7), (1, 3, 1, 1), (3, 16, 4, 3), (2, 8, 70, 3)))
+    """(layers, hidden, batch, window) of the whole-model checks."""
+
+    def tolerance(self, dtype) -> float:
+        return self.float32_tolerance if np.dtype(dtype) == np.float32 else 1e-12
+
+    def backend(self, dtype):
+        """A fresh backend whose new buffers (pooled or from its array module) start as NaN."""
+        reason = self.skip_reason()
+        if reason is not None:
+            pytest.skip(reason)
+        backend = self.build(dtype)
+        backend.xp = PoisonedEmpty(backend.xp)
+        return backend
+
+
+class PoisonedEmpty:
+    """An array module, except that ``empty`` hands out arrays full of NaN (integers: their minimum)."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def __getattr__(self, name):
+        return getattr(self.xp, name)
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        return self.xp.full(shape, np.nan if dtype.kind == "f" else np.iinfo(dtype).min, dtype)
+
+
+# ------------------------------------------------------------------ the makers
+
+def _numpy(dtype):
+    from ltexec.backends.numpy_backend import NumpyBackend
+    return NumpyBackend(dtype)
+
+
+def _cpu(threads=None):
+    def build(dtype):
+        from ltexec.backends.cpu import CpuBackend
+        return CpuBackend(dtype, threads=threads)
+    return build
+
+
+def _cpu_reason() -> str | None:
+    from ltexec.backends.cpu import CpuBackend
+    return CpuBackend.unavailable_reason()
+
+
+def _two_lanes_reason() -> str | None:
+    from ltexec.backends.cpu import Lanes
+    return _cpu_reason() or (None if Lanes(2).count == 2 else
+                             "one lane only: the BLAS cannot be set to one thread (not OpenBLAS)")
+
+
+def _emulated_cupy(dtype):
+    import cuda_emulation
+    from ltexec.backends.cupy_backend import CupyBackend
+    return CupyBackend(dtype, device=cuda_emulation.EmulatedDevice())
+
+
+def _gxx_reason() -> str | None:
+    import cuda_emulation
+    return cuda_emulation.gxx_missing_reason()
+
+
+def _numba_cuda(simulator: bool, gemm: str = "tiled"):
+    def build(dtype):
+        from ltexec.backends.numba_cuda import NumbaCudaBackend
+        return NumbaCudaBackend(dtype, gemm=gemm, simulator=simulator)
+    return build
+
+
+def _device_reason(name: str) -> Callable[[], str | None]:
+    @functools.cache
+    def reason() -> str | None:
+        from ltexec.backends import _unavailable_reason
+        why = _unavailable_reason(name)
+        return None if why is None else f"no {name} device here: {why}"
+    return reason
+
+
+def _simulator_reason() -> str | None:
+    return ("runs on numba's CUDA simulator, in the subprocess of tests/test_numba_cuda_kernels.py "
+            "(NUMBA_ENABLE_CUDASIM=1)")
+
+
+SIMULATOR = Maker("numba_cuda-simulator", _numba_cuda(simulator=True), 1e-5, examples=2, small=True,
+                  model_cases=((2, 5, 2, 3),))
+
+MAKERS = [SIMULATOR] if _simulator_active() else [
+    Maker("numpy", _numpy, 1e-5, examples=10, consumes_cache=False),
+    Maker("cpu", _cpu(), 1e-4, _cpu_reason),
+    Maker("cpu-2lanes", _cpu(threads=2), 1e-4, _two_lanes_reason, examples=5),
+    Maker("cupy-emulated", _emulated_cupy, 2e-5, _gxx_reason, examples=5,
+          model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
+    Maker("numba_cuda-simulator", SIMULATOR.build, 1e-5, _simulator_reason, examples=2, small=True),
+    Maker("cupy-device", lambda dtype: _device_backend("cupy", dtype), 2e-5, _device_reason("cupy")),
+    Maker("numba_cuda-device", _numba_cuda(simulator=False), 1e-5, _device_reason("numba_cuda")),
+    Maker("numba_cuda-device-cublas", _numba_cuda(simulator=False, gemm="cublas"), 1e-5,
+          _device_reason("numba_cuda")),
+]
+
+
+def _device_backend(name, dtype):
+    from ltexec.backends import get_backend
+    return get_backend(name, dtype)
+
+
+def pytest_generate_tests(metafunc):
+    if "maker" in metafunc.fixturenames:
+        metafunc.parametrize("maker", MAKERS, ids=[m.id for m in MAKERS])
