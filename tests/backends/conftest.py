@@ -20,6 +20,7 @@ order move the last bits), 2e-5 for ``cupy`` (a window of several steps),
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Callable
@@ -112,6 +113,11 @@ def _gxx_reason() -> str | None:
     return cuda_emulation.gxx_missing_reason()
 
 
+def _cupy_device(dtype):
+    from ltexec.backends.cupy_backend import CupyBackend
+    return CupyBackend(dtype)
+
+
 def _numba_cuda(simulator: bool, gemm: str = "tiled"):
     def build(dtype):
         from ltexec.backends.numba_cuda import NumbaCudaBackend
@@ -134,7 +140,7 @@ def _simulator_reason() -> str | None:
 
 
 SIMULATOR = Maker("numba_cuda-simulator", _numba_cuda(simulator=True), 1e-5, examples=2, small=True,
-                  model_cases=((2, 5, 2, 3),))
+                  model_cases=((2, 4, 2, 2),))
 
 MAKERS = [SIMULATOR] if _simulator_active() else [
     Maker("numpy", _numpy, 1e-5, examples=10, consumes_cache=False),
@@ -142,17 +148,12 @@ MAKERS = [SIMULATOR] if _simulator_active() else [
     Maker("cpu-2lanes", _cpu(threads=2), 1e-4, _two_lanes_reason, examples=5),
     Maker("cupy-emulated", _emulated_cupy, 2e-5, _gxx_reason, examples=5,
           model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
-    Maker("numba_cuda-simulator", SIMULATOR.build, 1e-5, _simulator_reason, examples=2, small=True),
-    Maker("cupy-device", lambda dtype: _device_backend("cupy", dtype), 2e-5, _device_reason("cupy")),
+    dataclasses.replace(SIMULATOR, skip_reason=_simulator_reason),
+    Maker("cupy-device", _cupy_device, 2e-5, _device_reason("cupy")),
     Maker("numba_cuda-device", _numba_cuda(simulator=False), 1e-5, _device_reason("numba_cuda")),
     Maker("numba_cuda-device-cublas", _numba_cuda(simulator=False, gemm="cublas"), 1e-5,
           _device_reason("numba_cuda")),
 ]
-
-
-def _device_backend(name, dtype):
-    from ltexec.backends import get_backend
-    return get_backend(name, dtype)
 
 
 def pytest_generate_tests(metafunc):
