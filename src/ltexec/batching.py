@@ -18,7 +18,8 @@ Two layouts:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -142,7 +142,7 @@ class Curriculum:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "Curriculum":
+    def from_state_dict(cls, state: dict) -> Curriculum:
         """Rebuild a curriculum from :meth:`state_dict`; ``ValueError`` if the dict is not one."""
         if not isinstance(state, dict):
             raise ValueError(f"curriculum state must be a dict, got {type(state).__name__}")
