@@ -6,7 +6,7 @@
 The defaults are chosen so that on a 2-core CPU with no GPU, 10 minutes of
 wall time reach at least 99% teacher-forced character accuracy and 95% greedy
 exact-match accuracy on the held-out test split of 3-digit addition (the
-README says how they were chosen and what they measured). Progress and sample
+docs/training.md says how they were chosen and what they measured). Progress and sample
 predictions are printed at each evaluation; the last line printed is one JSON
 object with the final test-split figures.
 """
@@ -25,7 +25,7 @@ from ltexec.seeds import derive_seed
 from ltexec.trainer import open_run
 from ltexec.validation import check_float, check_output_dir
 
-# What 10 minutes on a 2-core CPU can afford, and what makes it reliable (see README).
+# What 10 minutes on a 2-core CPU can afford, and what makes it reliable (see docs/training.md).
 FAST = dict(hidden=128, layers=1, batch=64, window=50, mode="examples", loss_scale="chars",
             strategy="baseline", transform="reverse", lr=0.5, momentum=0.9, clip=1.0,
             eval_every=1000, eval_examples=300)

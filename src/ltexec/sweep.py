@@ -172,7 +172,7 @@ PRESETS = {
     "paper": {"task": "programs", "lengths": (1, 2, 3, 4, 5, 6), "nestings": (1, 2, 3)},
     # The paper's Figure 7: copying 5 to 65 digits under the four input transforms.
     "paper-copy": {"task": "copy", "lengths": (5, 15, 25, 35, 45, 55, 65), "transforms": TRANSFORMS},
-    # Small enough for a 2-core CPU in about 30 minutes with two workers (see README).
+    # Small enough for a 2-core CPU in about 30 minutes with two workers (see docs/experiments.md).
     "cpu": {"task": "programs", "lengths": (1, 2), "nestings": (1, 2), "steps_per_cell": 9000,
             "train": {"hidden": 128, "layers": 1, "batch": 32, "eval_every": 100, "eval_examples": 200}},
 }
