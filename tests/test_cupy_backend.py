@@ -483,6 +483,7 @@ def test_graphs_can_be_turned_off(monkeypatch, graphs, env, mode):
 
 # ------------------------------------------------------ on a CUDA device
 
+@pytest.mark.gpu
 @needs_device
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("graphs", [True, False])
@@ -494,6 +495,7 @@ def test_device_training_steps_match_reference(dtype, graphs):
         assert backend.step_graphs.stats["replayed"] > 0
 
 
+@pytest.mark.gpu
 @needs_device
 def test_device_is_named():
     assert "CUDA device" in CupyBackend(np.float32).device_name()

@@ -49,6 +49,8 @@ class Maker:
     """Its lstm_backward turns the cache's activations into gradients, so a cache is good for one backward."""
     model_cases: tuple = field(default=((2, 9, 5, 7), (1, 3, 1, 1), (3, 16, 4, 3), (2, 8, 70, 3)))
     """(layers, hidden, batch, window) of the whole-model checks."""
+    gpu: bool = False
+    """It runs on a CUDA device: its tests carry the ``gpu`` marker."""
 
     def tolerance(self, dtype) -> float:
         return self.float32_tolerance if np.dtype(dtype) == np.float32 else 1e-12
@@ -149,13 +151,14 @@ MAKERS = [SIMULATOR] if _simulator_active() else [
     Maker("cupy-emulated", _emulated_cupy, 2e-5, _gxx_reason, examples=5,
           model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
     dataclasses.replace(SIMULATOR, skip_reason=_simulator_reason),
-    Maker("cupy-device", _cupy_device, 2e-5, _device_reason("cupy")),
-    Maker("numba_cuda-device", _numba_cuda(simulator=False), 1e-5, _device_reason("numba_cuda")),
+    Maker("cupy-device", _cupy_device, 2e-5, _device_reason("cupy"), gpu=True),
+    Maker("numba_cuda-device", _numba_cuda(simulator=False), 1e-5, _device_reason("numba_cuda"), gpu=True),
     Maker("numba_cuda-device-cublas", _numba_cuda(simulator=False, gemm="cublas"), 1e-5,
-          _device_reason("numba_cuda")),
+          _device_reason("numba_cuda"), gpu=True),
 ]
 
 
 def pytest_generate_tests(metafunc):
     if "maker" in metafunc.fixturenames:
-        metafunc.parametrize("maker", MAKERS, ids=[m.id for m in MAKERS])
+        metafunc.parametrize("maker", [pytest.param(m, id=m.id, marks=[pytest.mark.gpu] if m.gpu else [])
+                                       for m in MAKERS])

@@ -12,6 +12,8 @@ here is collected. Run by hand: ``NUMBA_ENABLE_CUDASIM=1 pytest tests/numba_cuda
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -29,6 +31,15 @@ def _mode() -> str | None:
 MODE = _mode()
 if MODE is None:
     collect_ignore_glob = ["test_*.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """On a device, the tests of this folder carry the ``gpu`` marker (on the simulator they do not)."""
+    if MODE == "device":
+        here = Path(__file__).parent
+        for item in items:
+            if here in Path(item.path).parents:
+                item.add_marker(pytest.mark.gpu)
 
 
 @pytest.fixture(scope="session")
