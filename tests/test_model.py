@@ -51,6 +51,16 @@ def test_parameters_are_drawn_in_a_fixed_order_from_the_seed():
         np.testing.assert_array_equal(p, rng.uniform(-0.08, 0.08, p.shape), err_msg=name)
 
 
+def test_forget_bias_is_added_to_every_forget_gate_after_the_same_draws():
+    plain = make_model(dtype=np.float64, layers=2)
+    biased = make_model(dtype=np.float64, layers=2, forget_bias=1.0)
+    for name, p in plain.params.items():
+        expected = p.copy()
+        if name.startswith("b") and name != "by":
+            expected[H:2 * H] += 1.0                      # gate blocks i, f, g, o
+        np.testing.assert_array_equal(biased.params[name], expected, err_msg=name)
+
+
 def test_same_seed_same_model_and_results_other_seed_differs():
     rng = np.random.default_rng(0)
     x, y, mask = make_window(rng)
@@ -259,6 +269,7 @@ def test_mask_may_be_boolean_and_state_may_be_host_float64():
     ({"hidden": 0}, ValueError, "hidden must be an integer >= 1"),
     ({"layers": 2.5}, ValueError, "layers must be an integer"),
     ({"init_scale": 0}, ValueError, "init_scale must be a finite number > 0"),
+    ({"forget_bias": float("nan")}, ValueError, "forget_bias must be a finite number"),
     ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
     ({"dtype": np.float16}, ValueError, "dtype must be float32 or float64"),
     ({"backend": "tpu"}, ValueError, f"unknown backend 'tpu'; choose one of: auto, {', '.join(BACKENDS)}$"),

@@ -54,10 +54,16 @@ class LSTMModel:
     Backend instance; ``dtype`` (float32 unless the instance says otherwise)
     must agree with an instance's dtype. ``backend_options`` (e.g.
     ``{"threads": 2}``) go to :func:`get_backend` with a name.
+
+    ``forget_bias`` is added to every layer's forget-gate bias after the
+    draw (0, the paper's uniform init, by default; 1 is the common choice
+    that lets a fresh LSTM carry its cell state instead of halving it each
+    step). The draws themselves do not depend on it.
     """
 
     def __init__(self, vocab_size: int, hidden: int = 400, layers: int = 2, backend="auto",
-                 dtype=None, init_scale: float = 0.08, seed: int = 0, backend_options: Mapping | None = None):
+                 dtype=None, init_scale: float = 0.08, seed: int = 0, backend_options: Mapping | None = None,
+                 forget_bias: float = 0.0):
         self.vocab_size = check_int("vocab_size", vocab_size, minimum=1)
         self.hidden = check_int("hidden", hidden, minimum=1)
         self.layers = check_int("layers", layers, minimum=1)
@@ -65,8 +71,11 @@ class LSTMModel:
         rng = np.random.default_rng(check_int("seed", seed, minimum=0))
         self.backend = _resolve_backend(backend, dtype, backend_options or {})
         self.dtype = self.backend.dtype
-        self.params = {name: self.backend.asarray(rng.uniform(-init_scale, init_scale, shape))
-                       for name, shape in self.param_shapes().items()}
+        forget_bias = check_float("forget_bias", forget_bias)
+        drawn = {name: rng.uniform(-init_scale, init_scale, shape) for name, shape in self.param_shapes().items()}
+        for k in range(self.layers):
+            drawn[f"b{k}"][self.hidden:2 * self.hidden] += forget_bias    # gate blocks i, f, g, o
+        self.params = {name: self.backend.asarray(array) for name, array in drawn.items()}
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's shape, in the fixed order parameters are drawn and listed."""
