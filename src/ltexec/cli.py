@@ -1,10 +1,11 @@
-"""The ``ltexec`` command line: ``sample``, ``train``, ``sweep`` and ``plot``.
+"""The ``ltexec`` command line: ``sample``, ``train``, ``sweep``, ``plot`` and ``predict``.
 
 ``ltexec sample`` prints a task's examples, ``ltexec train`` trains (or
-resumes) one run, ``ltexec sweep`` trains a grid of runs and ``ltexec plot``
-draws a sweep's heatmaps. Every bad argument, a bad path included, ends the
-command with exit status 2 and one line naming the argument and what is
-wrong; no traceback.
+resumes) one run, ``ltexec sweep`` trains a grid of runs, ``ltexec plot``
+draws a sweep's heatmaps and ``ltexec predict`` shows what a trained run
+answers for programs given to it. Every bad argument, a bad path included,
+ends the command with exit status 2 and one line naming the argument and
+what is wrong; no traceback.
 """
 
 from __future__ import annotations
@@ -263,6 +264,49 @@ def _run_plot(args) -> None:
         print(path)
 
 
+def _add_predict(subparsers) -> None:
+    from ltexec.backends import BACKENDS
+
+    parser = subparsers.add_parser(
+        "predict", help="show what a trained run answers for programs",
+        description="Load a run's checkpoint and decode each PROGRAM greedily, as evaluation does. "
+                    "Prints the program, the model's answer with each character's probability and, "
+                    "when the program is one of the run's task, what it really prints (worked out "
+                    "without running it) and whether the answer is right. Without PROGRAM arguments, "
+                    "reads programs from standard input, separated by blank lines.")
+    parser.add_argument("programs", nargs="*", metavar="PROGRAM",
+                        help='a program, e.g. "print(512+309)"; several lines in one argument make '
+                             "a multi-line program")
+    parser.add_argument("--run", dest="run_dir", metavar="DIR", required=True,
+                        help="a training run's directory (the --out of ltexec train)")
+    parser.add_argument("--backend", choices=("auto",) + tuple(BACKENDS), default="auto",
+                        help="compute backend (default auto: the best one that runs here)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per program (program, answer, finished, "
+                             "probabilities, truth, correct, no_truth)")
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args) -> None:
+    from pathlib import Path
+
+    from ltexec.generalization import load_trained_model
+    from ltexec.predict import clean_program, format_prediction, predict, split_programs
+
+    if Path(args.run_dir).exists() and not Path(args.run_dir).is_dir():
+        raise ValueError(f"--run {args.run_dir} is not a directory")
+    model, config = load_trained_model(args.run_dir, args.backend)
+    texts = args.programs or split_programs(sys.stdin.read())
+    if not texts:
+        raise ValueError("no program given: standard input is empty (separate programs with a blank line)")
+    programs = [clean_program(text, number) for number, text in enumerate(texts, 1)]
+    for number, prediction in enumerate(predict(model, config, programs)):
+        if args.json:
+            print(json.dumps(prediction.to_dict()))
+        else:
+            print(("\n" if number else "") + format_prediction(prediction))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="ltexec",
@@ -275,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_sweep(subparsers)
     _add_plot(subparsers)
+    _add_predict(subparsers)
     return parser
 
 
