@@ -76,3 +76,13 @@ def test_metrics_written_after_the_checkpoint_are_dropped_on_resume(tmp_path):
         handle.write(json.dumps({"step": 10}) + "\n")
     open_run({}, tmp_path, resume=True, log=quiet)
     assert [record["step"] for record in metrics(tmp_path)] == [5]
+
+
+def test_a_checkpoint_without_spike_figures_resumes_with_none_caught(tmp_path):
+    train(TrainConfig(**TINY, max_steps=5), out_dir=tmp_path, log=quiet)
+    arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    older = {k: v for k, v in meta.items() if k not in ("format", "version", "spikes", "lowest_loss")}
+    older["config"] = {k: v for k, v in older["config"].items() if not k.startswith("spike_")}
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, arrays, older)
+    trainer = open_run({}, tmp_path, resume=True, log=quiet)
+    assert (trainer.step, trainer.spikes, trainer.lowest_loss, trainer.config.spike_factor) == (5, 0, None, None)

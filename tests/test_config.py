@@ -19,6 +19,8 @@ from ltexec.seeds import derive_seed
     ("mode", "batch", "mode must be one of"),
     ("backend", "tpu", "backend must be one of"),
     ("minutes", float("nan"), "minutes must be"),
+    ("spike_factor", 1.0, "spike_factor must be a finite number > 1.0"),
+    ("spike_lr_factor", 0.0, "spike_lr_factor must be a finite number > 0.0 and <= 1.0"),
 ])
 def test_bad_config_is_rejected(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -28,6 +28,9 @@ def test_evaluation_line_shows_the_record_and_its_event():
                         " | train  90.0% | val  95.5% char  50.0% exact | test  80.0% char  25.0% exact")
     assert lines[1] == lines[0] + " -> level (3, 1)"
     assert lines[2] == lines[0] + " -> lr 0.4"
+    spike = {"cause": "loss 6.23 > 3 x 2.05", "restored_step": 1000, "lr": 0.25}
+    report.evaluation({**RECORD, "event": "spike", "spike": spike}, (3, 1), (2, 1), 0.25)
+    assert lines[3] == lines[0] + " -> spike: loss 6.23 > 3 x 2.05, restored step 1000, lr 0.25"
 
 
 def test_predictions_mark_each_answer_and_move_on_at_each_evaluation():

@@ -104,6 +104,20 @@ def test_lr_decays_at_target_and_training_stops_below_min_lr(tmp_path):
     assert trainer.step == 15
 
 
+def test_stop_when_sees_every_evaluation_and_can_stop_the_run(tmp_path):
+    seen = []
+
+    def stop_when(record):
+        seen.append(record["step"])
+        return "enough" if record["step"] >= 10 else None
+
+    summary = Trainer(TrainConfig(**TINY, max_steps=50), tmp_path, log=quiet).run(stop_when)
+    assert seen == [5, 10] and (summary["stopped"], summary["steps"]) == ("enough", 10)
+    assert [record["step"] for record in metrics(tmp_path)] == [5, 10]
+    _, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert meta["step"] == 10
+
+
 def test_training_learns_the_copy_task():
     """End to end: a small model learns to copy three digits (fails if the gradients are wrong).
 

@@ -17,7 +17,13 @@ an uninterrupted one would be:
   batch streams' unread examples);
 - metadata ``config`` (the :class:`~ltexec.config.TrainConfig`), ``step``,
   ``elapsed`` (seconds), ``lr``, ``curriculum`` (its state), ``rng`` (the
-  training stream's generator state) and ``history`` (every metrics record).
+  training stream's generator state), ``history`` (every metrics record),
+  ``spikes`` (blow-ups caught) and ``lowest_loss`` (the reference of the
+  spike rule; both read as 0 and None from checkpoints written before them).
+
+:func:`run_state` gathers all of it as copies and :func:`load_training_state`
+puts back the part training continues from; the trainer keeps such a copy in
+memory to recover from a blow-up.
 """
 
 from __future__ import annotations
@@ -112,13 +118,18 @@ def save_run(trainer, record: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / METRICS_NAME, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
+    save_checkpoint(checkpoint_path(out_dir), *run_state(trainer))
+
+
+def run_state(trainer) -> tuple[dict[str, np.ndarray], dict]:
+    """Everything ``trainer``'s run depends on, as checkpoint arrays (NumPy copies) and metadata."""
     backend = trainer.model.backend
-    arrays = {f"param/{k}": backend.to_numpy(v) for k, v in trainer.model.params.items()}
+    arrays = {f"param/{k}": np.array(backend.to_numpy(v)) for k, v in trainer.model.params.items()}
     velocity = trainer.optimizer.state_dict()["velocity"] or {}
     arrays.update({f"velocity/{k}": v for k, v in velocity.items()})
     for layer, (h, c) in enumerate(trainer.state):
-        arrays[f"state/h{layer}"] = backend.to_numpy(h)
-        arrays[f"state/c{layer}"] = backend.to_numpy(c)
+        arrays[f"state/h{layer}"] = np.array(backend.to_numpy(h))
+        arrays[f"state/c{layer}"] = np.array(backend.to_numpy(c))
     arrays.update({f"batcher/{k}": np.asarray(v) for k, v in trainer.batcher.state_dict().items()})
     meta = {
         "config": dataclasses.asdict(trainer.config),
@@ -127,9 +138,11 @@ def save_run(trainer, record: dict) -> None:
         "lr": trainer.optimizer.lr,
         "curriculum": trainer.curriculum.state_dict(),
         "rng": _rng_state_to_json(trainer.rng.getstate()),
-        "history": trainer.history,
+        "history": list(trainer.history),
+        "spikes": trainer.spikes,
+        "lowest_loss": trainer.lowest_loss,
     }
-    save_checkpoint(checkpoint_path(out_dir), arrays, meta)
+    return arrays, meta
 
 
 def read_checkpoint(out_dir) -> tuple[dict, dict, TrainConfig]:
@@ -160,6 +173,24 @@ def restore_run(trainer, arrays: dict, meta: dict) -> None:
 
 
 def _restore(trainer, arrays: dict, meta: dict) -> None:
+    load_training_state(trainer, arrays, meta)
+    trainer.step = int(meta["step"])
+    trainer.elapsed = float(meta["elapsed"])
+    trainer.history = list(meta["history"])
+    trainer.spikes = int(meta.get("spikes", 0))
+    lowest = meta.get("lowest_loss")
+    trainer.lowest_loss = None if lowest is None else float(lowest)
+
+
+def load_training_state(trainer, arrays: dict, meta: dict) -> None:
+    """Put back what :func:`run_state` gathered that training continues from.
+
+    That is the parameters, the optimizer (learning rate and velocity), the
+    carried LSTM state, the batch streams, the curriculum and the training
+    stream's generator; the step counter, the elapsed time, the history and
+    the spike figures are left as they are. Nothing restored shares memory
+    with ``arrays``, so the same state can be put back again.
+    """
     config, backend = trainer.config, trainer.model.backend
     trainer.model.load_params(arrays_under(arrays, "param"))
     velocity = arrays_under(arrays, "velocity")
@@ -170,14 +201,11 @@ def _restore(trainer, arrays: dict, meta: dict) -> None:
         h, c = arrays[f"state/h{layer}"], arrays[f"state/c{layer}"]
         if h.shape != tuple(h0.shape) or c.shape != tuple(c0.shape):
             raise ValueError(f"carried state of layer {layer} has shape {h.shape}, expected {tuple(h0.shape)}")
-        state.append((backend.asarray(h), backend.asarray(c)))
+        state.append((backend.asarray(h.copy()), backend.asarray(c.copy())))
     trainer.state = state
     trainer.batcher.load_state_dict(arrays_under(arrays, "batcher"))
     trainer.curriculum = Curriculum.from_state_dict(meta["curriculum"])
     trainer.rng.setstate(_rng_state_from_json(meta["rng"]))
-    trainer.step = int(meta["step"])
-    trainer.elapsed = float(meta["elapsed"])
-    trainer.history = list(meta["history"])
 
 
 def arrays_under(arrays: dict, group: str) -> dict:

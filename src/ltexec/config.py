@@ -30,7 +30,16 @@ BUDGET = ("minutes", "max_steps")
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. The defaults are the paper's values."""
+    """Everything that defines a training run. The defaults are the paper's values.
+
+    ``spike_factor`` turns on blow-up recovery, which the paper does not have
+    (None, the default, leaves it off): an evaluation interval whose mean
+    training loss exceeds ``spike_factor`` times the lowest interval mean since
+    the start or the last curriculum advance, or any non-finite loss or
+    gradient, is a spike; the trainer then goes back to the state of its last
+    good evaluation and multiplies the learning rate by ``spike_lr_factor``
+    (:mod:`ltexec.trainer` says what is restored).
+    """
 
     task: str = "programs"
     length: int = 4
@@ -56,6 +65,8 @@ class TrainConfig:
     eval_examples: int = 500
     minutes: float | None = None
     max_steps: int | None = None
+    spike_factor: float | None = None
+    spike_lr_factor: float = 0.5
 
     def __post_init__(self):
         if self.nesting is None:
@@ -97,6 +108,9 @@ class TrainConfig:
             check_float("minutes", self.minutes, 0.0, inclusive_min=False)
         if self.max_steps is not None:
             check_int("max_steps", self.max_steps, 0)
+        if self.spike_factor is not None:
+            check_float("spike_factor", self.spike_factor, 1.0, inclusive_min=False)
+        check_float("spike_lr_factor", self.spike_lr_factor, 0.0, 1.0, inclusive_min=False)
         return self
 
     @classmethod

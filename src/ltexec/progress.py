@@ -80,10 +80,13 @@ class Reporter:
         self.live_stream.flush()
 
     def evaluation(self, record: dict, target: tuple, level: tuple, lr: float) -> None:
-        """One metrics ``record``; ``level`` and ``lr`` are the ones its event (advance, decay) led to."""
+        """One metrics ``record``; ``level`` and ``lr`` are the ones its event (advance, decay, spike) led to."""
         if self.live_stream is not None:
             self.live_stream.write("\r\033[K")
         event = {"advance": f" -> level {level}", "decay": f" -> lr {lr:g}"}.get(record["event"], "")
+        if record["event"] == "spike":
+            spike = record["spike"]
+            event = f" -> spike: {spike['cause']}, restored step {spike['restored_step']}, lr {spike['lr']:g}"
         self.log(f"step {record['step']:>7} | {record['elapsed_s'] / 60:6.1f} min"
                  f" | {record['chars_per_s']:>9,.0f} chars/s"
                  f" | level {tuple(record['level'])} of {target} | lr {record['lr']:.3g}"

@@ -21,8 +21,24 @@ predictions, and writes a checkpoint atomically (:mod:`ltexec.checkpoint` says
 what it holds, so that a resumed run continues exactly where an uninterrupted
 one would be). Training stops when the learning rate falls below ``min_lr``,
 or at the step or time budget; Ctrl-C finishes the current step, saves, and
-stops. :func:`open_run` starts a run or resumes one; :mod:`ltexec.progress`
-prints what it does.
+stops. A caller can also stop the run after any evaluation (``stop_when``
+of :meth:`Trainer.run`). :func:`open_run` starts a run or resumes one;
+:mod:`ltexec.progress` prints what it does.
+
+Blow-up recovery (off unless ``spike_factor`` is set; the paper has none):
+after every good evaluation the trainer keeps in memory a copy of the state a
+checkpoint holds (:func:`~ltexec.checkpoint.run_state`). An evaluation
+interval whose mean training loss exceeds ``spike_factor`` times the lowest
+interval mean so far (reset when the curriculum advances, since a harder level
+has a higher loss), or a non-finite loss or gradient, which ends the interval
+at once, is a spike: its evaluation is recorded with the event ``"spike"``,
+then the parameters, velocity, carried state, batch streams, curriculum and
+training generator go back to that copy and the learning rate is multiplied
+by ``spike_lr_factor``. The step counter and the elapsed time keep counting
+(the steps since the copy are redone on the same data at the lower rate), so
+budgets and metrics stay monotonic. Repeated spikes end the run once the
+learning rate falls below ``min_lr``. Without recovery, a non-finite loss or
+gradient raises :class:`TrainingDiverged`.
 """
 
 from __future__ import annotations
@@ -36,7 +52,8 @@ from pathlib import Path
 from typing import Callable
 
 from ltexec.batching import StreamBatcher, pack_examples
-from ltexec.checkpoint import checkpoint_path, read_checkpoint, restore_run, save_run
+from ltexec.checkpoint import (checkpoint_path, load_training_state, read_checkpoint, restore_run, run_state,
+                               save_run)
 from ltexec.config import BUDGET, TrainConfig, build_model
 from ltexec.curriculum import Curriculum
 from ltexec.evaluation import evaluate
@@ -73,6 +90,10 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0          # seconds of training and evaluation, across resumes
         self.history: list[dict] = []
+        self.spikes = 0                 # blow-ups caught
+        self.lowest_loss: float | None = None   # the spike rule's reference: the lowest interval mean loss
+        self._last_good: tuple[dict, dict] | None = None   # run_state() at the last good evaluation
+        self._stop_when: Callable[[dict], str | None] | None = None
         self._since_eval = TrainingFigures()
         self._eval_sets: dict[tuple[str, int, int], list] = {}
         self._stop_requested = False
@@ -93,7 +114,17 @@ class Trainer:
 
     # ------------------------------------------------------------- training
     def train_step(self) -> None:
-        """One window: forward, BPTT, clip, SGD update; in stream mode the LSTM state is carried."""
+        """One window: forward, BPTT, clip, SGD update; in stream mode the LSTM state is carried.
+
+        Raises :class:`TrainingDiverged`, the parameters left as they were, if the loss or gradient is not finite.
+        """
+        problem = self._try_step()
+        if problem is not None:
+            raise TrainingDiverged(f"{problem} (learning rate {self.optimizer.lr:g}); "
+                                   f"the parameters were not updated")
+
+    def _try_step(self) -> str | None:
+        """:meth:`train_step`, returning what went non-finite (and where) instead of raising."""
         if self.config.mode == "stream":
             window = self.batcher.next_window()
         else:
@@ -111,8 +142,7 @@ class Trainer:
             except FloatingPointError as error:
                 problem = str(error)
         if problem is not None:
-            raise TrainingDiverged(f"{problem} at step {self.step + 1} (learning rate {self.optimizer.lr:g}); "
-                                   f"the parameters were not updated")
+            return f"{problem} at step {self.step + 1}"
         self.state = result.state
         self.step += 1
         figures = self._since_eval
@@ -121,11 +151,21 @@ class Trainer:
         figures.count += result.count
         figures.steps += 1
         figures.chars += window.x.size
+        return None
 
-    def run(self) -> dict:
-        """Train until the learning rate, step or time budget runs out; return the final summary."""
+    def run(self, stop_when: Callable[[dict], str | None] | None = None) -> dict:
+        """Train until the learning rate, step or time budget runs out; return the final summary.
+
+        ``stop_when`` is called with the metrics record of every evaluation that
+        was not a spike, after the record is shown and before the checkpoint is
+        written; a string it returns stops the run with that reason. Its time
+        counts as evaluation time.
+        """
         cfg = self.config
+        self._stop_when = stop_when
         self.report.started(cfg, self.optimizer.lr, self.model.backend)
+        if cfg.spike_factor is not None:
+            self._last_good = run_state(self)
         previous_handler = signal.getsignal(signal.SIGINT)
         if previous_handler is signal.default_int_handler:
             signal.signal(signal.SIGINT, self._request_stop)
@@ -136,15 +176,18 @@ class Trainer:
                 if reason:
                     break
                 started = time.perf_counter()
-                self.train_step()
+                if self._last_good is None:
+                    self.train_step()
+                    diverged = None
+                else:
+                    diverged = self._try_step()
                 spent = time.perf_counter() - started
                 self._since_eval.seconds += spent
                 self.elapsed += spent
                 self.report.live(self.step, self._since_eval, cfg.eval_every)
-                if self.step % cfg.eval_every == 0:
-                    self._evaluate_and_checkpoint()
-                    if self.optimizer.lr < cfg.min_lr:
-                        reason = f"learning rate fell below {cfg.min_lr:g}"
+                if diverged or self.step % cfg.eval_every == 0:
+                    reason = self._evaluate_and_checkpoint(diverged)
+                    if reason:
                         break
         except TrainingDiverged as error:
             kept = checkpoint_path(self.out_dir) if self.out_dir is not None else None
@@ -175,7 +218,11 @@ class Trainer:
         return None
 
     # ----------------------------------------------------------- evaluation
-    def _evaluate_and_checkpoint(self) -> None:
+    def _evaluate_and_checkpoint(self, diverged: str | None = None) -> str | None:
+        """Evaluate, record, report and checkpoint; recover from a spike; return a reason to stop, if any.
+
+        ``diverged`` says what went non-finite in the step that ended the interval early.
+        """
         cfg = self.config
         started = time.perf_counter()
         figures = self._since_eval
@@ -198,22 +245,63 @@ class Trainer:
             "test_char_acc": test.char_acc,
             "test_exact_acc": test.exact_acc,
         }
-        event = self.curriculum.update(val.char_acc, train_acc)
-        if event == "decay":
-            self.optimizer.lr *= cfg.lr_decay
-        record["event"] = event
+        spike = self._spike(figures.mean_loss, diverged)
+        if spike:
+            record["event"] = "spike"
+            record["spike"] = self._recover(spike)
+        else:
+            record["event"] = self._follow_curriculum(val.char_acc, train_acc, figures.mean_loss)
         self.history.append(record)
         self._since_eval = TrainingFigures()
         self.report.evaluation(record, self.curriculum.target, self.curriculum.level, self.optimizer.lr)
         self.report.predictions(test_examples, test, len(self.history))
+        stop = None
+        if self.optimizer.lr < cfg.min_lr:
+            stop = f"learning rate fell below {cfg.min_lr:g}"
+        elif self._stop_when is not None and not spike:
+            stop = self._stop_when(record)
         self.elapsed += time.perf_counter() - started
         record["elapsed_s"] = round(self.elapsed, 3)
+        if cfg.spike_factor is not None:
+            self._last_good = run_state(self)
         if self.out_dir is not None:
             save_run(self, record)
+        return stop
+
+    def _follow_curriculum(self, val_acc: float, train_acc: float, loss: float) -> str | None:
+        """Let the curriculum advance or decay the learning rate; keep the spike rule's reference."""
+        event = self.curriculum.update(val_acc, train_acc)
+        if event == "decay":
+            self.optimizer.lr *= self.config.lr_decay
+        if event == "advance":
+            self.lowest_loss = None
+        elif self.config.spike_factor is not None:
+            self.lowest_loss = loss if self.lowest_loss is None else min(self.lowest_loss, loss)
+        return event
+
+    def _spike(self, loss: float, diverged: str | None) -> str | None:
+        """What makes this interval a spike (see the module docstring), or None; always None without recovery."""
+        factor = self.config.spike_factor
+        if factor is None:
+            return None
+        if diverged:
+            return diverged
+        if self.lowest_loss is not None and loss > factor * self.lowest_loss:
+            return f"loss {loss:.4g} > {factor:g} x {self.lowest_loss:.4g}"
+        return None
+
+    def _recover(self, cause: str) -> dict:
+        """Go back to the last good evaluation's state at a lower learning rate; describe it for the record."""
+        lr = self.optimizer.lr * self.config.spike_lr_factor
+        arrays, meta = self._last_good
+        load_training_state(self, arrays, meta)
+        self.optimizer.lr = lr
+        self.spikes += 1
+        return {"cause": cause, "restored_step": meta["step"], "lr": lr}
 
     def summary(self, reason: str = "finished") -> dict:
-        """The last evaluation's figures plus the run's identity."""
-        last = self.history[-1] if self.history else {}
+        """The last good evaluation's figures (those of the model the run ends with) plus the run's identity."""
+        last = next((record for record in reversed(self.history) if record["event"] != "spike"), {})
         return {
             "task": self.config.task, "length": self.config.length, "nesting": self.config.nesting,
             "strategy": self.config.strategy, "backend": self.model.backend.name,
@@ -221,7 +309,7 @@ class Trainer:
             "chars_per_s": last.get("chars_per_s"),
             "teacher_forced_acc": last.get("test_char_acc"),
             "exact_match_acc": last.get("test_exact_acc"),
-            "stopped": reason,
+            "stopped": reason, "spikes": self.spikes,
         }
 
 
