@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_lstm  # noqa: E402
 import bench_sampler  # noqa: E402
 import machine  # noqa: E402
+import time_to_accuracy  # noqa: E402
 from flops import PAPER_STEP_GFLOP, check_paper_count, step_flops  # noqa: E402
 
 from ltexec.backends import BACKENDS, available_backends  # noqa: E402
@@ -105,3 +106,39 @@ def test_machine_reads_vector_flags_and_leaves_unknowns_empty(tmp_path):
     assert machine.vector_flags({}) is None
     assert machine.processor_name({"model name": "AMD EPYC"}) == "AMD EPYC"
     assert machine.git_revision(tmp_path) == {"commit": None, "dirty": None}
+
+
+def test_time_to_accuracy_runs_each_seed_and_records_every_key(tmp_path, capsys):
+    path = tmp_path / "tta.json"
+    job = ["--minutes", "0.3", "--length", "1", "--hidden", "8", "--eval-every", "20", "--backend", "numpy",
+           "--target-tf", "0", "--target-exact", "0"]                # met at the first evaluation
+    assert time_to_accuracy.main(["--seeds", "0-1", *job, "--runs", str(tmp_path / "runs"), "--json", str(path)]) == 0
+    document = json.loads(path.read_text(encoding="utf-8"))
+    assert {"date", "machine", "command", "runs", "summary"} <= set(document)
+    check_machine(document["machine"])
+    assert "--stop-at-target --seed '{seed}'" in document["command"] and "--hidden 8" in document["command"]
+    runs = document["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for r in runs:
+        assert {"seed", "status", "reached", "run_dir", "error", *time_to_accuracy.FROM_SUMMARY} == set(r)
+        assert (r["status"], r["reached"], r["target_step"], r["stopped"], r["length"]) == ("done", True, 20,
+                                                                                           "target met", 1)
+        assert r["test_examples"] == 2000 and r["spikes"] == 0 and r["chars_per_s"] > 0
+        assert (Path(r["run_dir"]) / "checkpoint.npz").is_file() and (Path(r["run_dir"]) / "train.log").is_file()
+    assert document["summary"]["seeds"] == document["summary"]["reached"] == 2
+    assert document["summary"]["median_target_step"] == 20
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["seed", "reached", "target"]
+    assert [line.split()[:2] for line in table[2:4]] == [["0", "yes"], ["1", "yes"]]
+    assert table[-1].startswith("reached the target in 2 of 2 seeds; median ")
+
+
+@pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("0,3,5", [0, 3, 5]), ("2,0-2", [2, 0, 1])])
+def test_time_to_accuracy_reads_seed_ranges_and_lists(text, seeds):
+    assert time_to_accuracy.parse_seeds(text) == seeds
+
+
+def test_time_to_accuracy_sets_seed_and_out_itself(capsys):
+    with pytest.raises(SystemExit):
+        time_to_accuracy.main(["--seeds", "0", "--seed", "3"])
+    assert "--seed is set for each seed by this script" in capsys.readouterr().err
