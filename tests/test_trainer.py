@@ -178,3 +178,18 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert summary["stopped"] == "interrupted"
     _, meta = load_checkpoint(out / CHECKPOINT_NAME)
     assert meta["step"] == summary["steps"] > 0
+
+
+def test_cli_train_takes_the_spike_options(tmp_path, capsys):
+    from ltexec import cli
+    from ltexec.checkpoint import read_checkpoint
+
+    with pytest.raises(SystemExit) as bad:
+        cli.main(["train", "--spike-factor", "1"])
+    assert bad.value.code == 2 and "spike-factor must be a finite number > 1" in capsys.readouterr().err
+    out = tmp_path / "run"
+    cli.main(["train", "--task", "addition", "--length", "1", "--hidden", "8", "--layers", "1", "--batch", "4",
+              "--window", "10", "--eval-every", "3", "--eval-examples", "4", "--backend", "numpy",
+              "--max-steps", "3", "--spike-factor", "3", "--spike-lr-factor", "0.25", "--out", str(out)])
+    config = read_checkpoint(out)[2]
+    assert (config.spike_factor, config.spike_lr_factor) == (3.0, 0.25)

@@ -120,6 +120,12 @@ def _add_train(subparsers) -> None:
     add("--momentum", type=float_arg("momentum", 0.0, 0.999), help=f"SGD momentum (default {d.momentum})")
     add("--clip", type=float_arg("clip", 0.0, inclusive_min=False),
         help=f"clip the global gradient norm at this value (default {d.clip})")
+    add("--spike-factor", type=float_arg("spike-factor", 1.0, inclusive_min=False),
+        help="recover from blow-ups: an evaluation interval whose mean loss exceeds this many times the "
+             "lowest so far (or a NaN) restores the last good evaluation's state and lowers the learning "
+             "rate (default: off, as in the paper)")
+    add("--spike-lr-factor", type=float_arg("spike-lr-factor", 0.0, 1.0, inclusive_min=False),
+        help=f"learning-rate factor after a spike (default {d.spike_lr_factor})")
     add("--backend", choices=("auto",) + tuple(BACKENDS), help=f"compute backend (default {d.backend})")
     add("--dtype", choices=DTYPES, help=f"floating-point type (default {d.dtype})")
     add("--seed", type=int_arg("seed", 0), help=f"random seed (default {d.seed})")
