@@ -41,7 +41,8 @@ FAST = dict(hidden=128, layers=1, batch=64, window=50, mode="examples", loss_sca
 PAPER = dict(hidden=400, layers=2, batch=100, window=50, mode="stream", strategy="combined", transform="none",
              lr=0.5, momentum=0.0, clip=5.0, eval_every=200, eval_examples=500)
 OVERRIDES = (("hidden", int), ("layers", int), ("batch", int), ("lr", float), ("momentum", float), ("clip", float),
-             ("strategy", str), ("transform", str), ("mode", str), ("loss_scale", str), ("eval_every", int))
+             ("strategy", str), ("transform", str), ("mode", str), ("loss_scale", str), ("eval_every", int),
+             ("forget_bias", float))
 FINAL_TEST_EXAMPLES = 2000
 FINAL_EVAL_RESERVE_S = 15.0     # wall time kept back for the final evaluation
 TARGET_TF, TARGET_EXACT = 0.99, 0.95    # the test accuracies the defaults are chosen to reach

@@ -49,6 +49,8 @@ def test_build_model_draws_the_configured_model_from_the_run_seed():
         np.testing.assert_array_equal(value, same.params[name], err_msg=name)
     other = build_model(TrainConfig(**{**TINY, "seed": 4}))
     assert not np.array_equal(model.params["Wy"], other.params["Wy"])
+    biased = build_model(TrainConfig(**{**TINY, "forget_bias": 1.0}))
+    np.testing.assert_array_equal(biased.params["b0"][16:32], model.params["b0"][16:32] + np.float32(1.0))
 
 
 def test_build_model_passes_backend_options_or_shares_a_backend():

@@ -120,6 +120,9 @@ def _add_train(subparsers) -> None:
     add("--momentum", type=float_arg("momentum", 0.0, 0.999), help=f"SGD momentum (default {d.momentum})")
     add("--clip", type=float_arg("clip", 0.0, inclusive_min=False),
         help=f"clip the global gradient norm at this value (default {d.clip})")
+    add("--forget-bias", type=float_arg("forget-bias"),
+        help=f"added to every forget-gate bias after the uniform init (default {d.forget_bias:g}, the paper's; "
+             f"1 is common)")
     add("--spike-factor", type=float_arg("spike-factor", 1.0, inclusive_min=False),
         help="recover from blow-ups: an evaluation interval whose mean loss exceeds this many times the "
              "lowest so far (or a NaN) restores the last good evaluation's state and lowers the learning "

@@ -39,6 +39,9 @@ class TrainConfig:
     gradient, is a spike; the trainer then goes back to the state of its last
     good evaluation and multiplies the learning rate by ``spike_lr_factor``
     (:mod:`ltexec.trainer` says what is restored).
+
+    ``forget_bias`` is added to every forget-gate bias after the uniform draw
+    (0, the paper's init, by default; see :class:`~ltexec.model.LSTMModel`).
     """
 
     task: str = "programs"
@@ -58,6 +61,7 @@ class TrainConfig:
     lr_decay: float = 0.8
     min_lr: float = 1e-3
     init_scale: float = 0.08
+    forget_bias: float = 0.0
     backend: str = "auto"
     dtype: str = "float32"
     seed: int = 0
@@ -99,6 +103,7 @@ class TrainConfig:
         check_float("lr_decay", self.lr_decay, 0.0, 1.0, inclusive_min=False)
         check_float("min_lr", self.min_lr, 0.0)
         check_float("init_scale", self.init_scale, 0.0, inclusive_min=False)
+        check_float("forget_bias", self.forget_bias)
         check_choice("backend", self.backend, ("auto",) + tuple(BACKENDS))
         check_choice("dtype", self.dtype, DTYPES)
         check_int("seed", self.seed, 0)
@@ -132,4 +137,4 @@ def build_model(config: TrainConfig, backend=None, **backend_options) -> LSTMMod
     return LSTMModel(vocab.VOCAB_SIZE, hidden=config.hidden, layers=config.layers,
                      backend=config.backend if backend is None else backend, dtype=np.dtype(config.dtype),
                      init_scale=config.init_scale, seed=derive_seed(config.seed, "init"),
-                     backend_options=backend_options)
+                     backend_options=backend_options, forget_bias=config.forget_bias)
