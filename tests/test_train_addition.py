@@ -57,14 +57,16 @@ def test_a_short_run_ends_with_one_json_summary_line(tmp_path):
 
 
 def test_stop_at_target_confirms_on_the_final_test_set_and_keeps_the_run_under_runs(tmp_path):
-    result = run(*QUICK, "--minutes", "0.3", "--stop-at-target", "--target-tf", "0", "--target-exact", "0",
+    # A budget far beyond the first evaluation (step 20), where the zero targets stop the run, so a slow
+    # or busy machine still gets there.
+    result = run(*QUICK, "--minutes", "3", "--stop-at-target", "--target-tf", "0", "--target-exact", "0",
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     assert list(summary) == ORDER and summary["stopped"] == "target met"
     assert summary["target_step"] == summary["first_target_step"] == summary["steps"] == 20
-    assert 0 < summary["target_minutes"] <= summary["minutes"]
+    assert 0 <= summary["target_minutes"] <= summary["minutes"]      # minutes to 0.01: a fast machine reports 0.0
     assert summary["test_examples"] == 2000
     run_dir, program = try_it(lines[-2])
     assert re.fullmatch(r"runs/addition-L1-seed0-\d{8}-\d{6}", run_dir)
