@@ -58,8 +58,10 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def job_command(seed: int | str, run_dir: Path, options: list[str]) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--stop-at-target", "--seed", str(seed), "--out", str(run_dir), *options]
+def job_command(seed: int | str, run_dir: Path, options: list[str], shown: bool = False) -> list[str]:
+    """The job's command line; ``shown``: as a user types it in the repository (no interpreter or checkout path)."""
+    program = ["python", str(SCRIPT.relative_to(REPOSITORY))] if shown else [sys.executable, str(SCRIPT)]
+    return [*program, "--stop-at-target", "--seed", str(seed), "--out", str(run_dir), *options]
 
 
 def run_seed(seed: int, run_dir: Path, options: list[str]) -> dict:
@@ -134,7 +136,8 @@ def main(argv=None) -> int:
     runs = []
     try:
         for seed in args.seeds:
-            print(f"seed {seed}: {shlex.join(job_command(seed, runs_dir / f'seed{seed}', options))}", file=sys.stderr)
+            print(f"seed {seed}: {shlex.join(job_command(seed, runs_dir / f'seed{seed}', options, shown=True))}",
+                  file=sys.stderr)
             runs.append(run_seed(seed, runs_dir / f"seed{seed}", options))
             record = runs[-1]
             print(f"seed {seed}: {record['error'] or record['stopped']}", file=sys.stderr)
@@ -143,9 +146,9 @@ def main(argv=None) -> int:
     summary = summarize(runs)
     print_table(runs, summary)
     if args.json:
+        command = shlex.join(job_command("{seed}", runs_dir / "seed{seed}", options, shown=True))
         document = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "machine": about, "command": shlex.join(job_command("{seed}", runs_dir / "seed{seed}", options)),
-                    "runs": runs, "summary": summary}
+                    "machine": about, "command": command, "runs": runs, "summary": summary}
         Path(args.json).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     return 0 if runs and not summary["failed"] else 1
 

@@ -117,7 +117,8 @@ def test_time_to_accuracy_runs_each_seed_and_records_every_key(tmp_path, capsys)
     document = json.loads(path.read_text(encoding="utf-8"))
     assert {"date", "machine", "command", "runs", "summary"} <= set(document)
     check_machine(document["machine"])
-    assert "--stop-at-target --seed '{seed}'" in document["command"] and "--hidden 8" in document["command"]
+    assert document["command"].startswith("python examples/train_addition.py --stop-at-target --seed '{seed}'")
+    assert "--hidden 8" in document["command"]
     runs = document["runs"]
     assert [r["seed"] for r in runs] == [0, 1]
     for r in runs:
