@@ -34,8 +34,10 @@ from ltexec.trainer import open_run
 from ltexec.validation import check_float, check_output_dir
 
 # What 10 minutes on a 2-core CPU can afford, and what makes it reliable (see docs/training.md).
+# forget_bias=1 departs from the paper's uniform init: measured, it took the seeds' median time to
+# the target from a knife edge (one of three seeds needed 9 of its 10 minutes) to under 3 minutes.
 FAST = dict(hidden=128, layers=1, batch=64, window=50, mode="examples", loss_scale="chars",
-            strategy="baseline", transform="reverse", lr=0.5, momentum=0.9, clip=1.0,
+            strategy="baseline", transform="reverse", lr=0.5, momentum=0.9, clip=1.0, forget_bias=1.0,
             eval_every=1000, eval_examples=300)
 # The paper's configuration (its section 5): 2x400, batch 100, plain SGD at 0.5, clip 5.
 PAPER = dict(hidden=400, layers=2, batch=100, window=50, mode="stream", strategy="combined", transform="none",
