@@ -112,13 +112,16 @@ def checkpoint_path(out_dir) -> Path:
     return Path(out_dir) / CHECKPOINT_NAME
 
 
-def save_run(trainer, record: dict) -> None:
-    """Append ``record`` to the ``metrics.jsonl`` of ``trainer``'s run, then write its checkpoint."""
+def save_run(trainer, record: dict, state: tuple[dict, dict] | None = None) -> None:
+    """Append ``record`` to the ``metrics.jsonl`` of ``trainer``'s run, then write its checkpoint.
+
+    ``state``: :func:`run_state` of the trainer, when the caller has just taken it.
+    """
     out_dir = trainer.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / METRICS_NAME, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
-    save_checkpoint(checkpoint_path(out_dir), *run_state(trainer))
+    save_checkpoint(checkpoint_path(out_dir), *(state or run_state(trainer)))
 
 
 def run_state(trainer) -> tuple[dict[str, np.ndarray], dict]:

@@ -262,10 +262,11 @@ class Trainer:
             stop = self._stop_when(record)
         self.elapsed += time.perf_counter() - started
         record["elapsed_s"] = round(self.elapsed, 3)
+        state = run_state(self) if cfg.spike_factor is not None or self.out_dir is not None else None
         if cfg.spike_factor is not None:
-            self._last_good = run_state(self)
+            self._last_good = state                # NumPy copies: later steps leave them alone
         if self.out_dir is not None:
-            save_run(self, record)
+            save_run(self, record, state)
         return stop
 
     def _follow_curriculum(self, val_acc: float, train_acc: float, loss: float) -> str | None:
