@@ -41,7 +41,7 @@ FAST = dict(hidden=128, layers=1, batch=64, window=50, mode="examples", loss_sca
             eval_every=1000, eval_examples=300)
 # The paper's configuration (its section 5): 2x400, batch 100, plain SGD at 0.5, clip 5.
 PAPER = dict(hidden=400, layers=2, batch=100, window=50, mode="stream", strategy="combined", transform="none",
-             lr=0.5, momentum=0.0, clip=5.0, eval_every=200, eval_examples=500)
+             lr=0.5, momentum=0.0, clip=5.0, eval_every=100, eval_examples=500)
 OVERRIDES = (("hidden", int), ("layers", int), ("batch", int), ("lr", float), ("momentum", float), ("clip", float),
              ("strategy", str), ("transform", str), ("mode", str), ("loss_scale", str), ("eval_every", int),
              ("forget_bias", float))

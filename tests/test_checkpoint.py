@@ -86,3 +86,14 @@ def test_a_checkpoint_without_spike_figures_resumes_with_none_caught(tmp_path):
     save_checkpoint(tmp_path / CHECKPOINT_NAME, arrays, older)
     trainer = open_run({}, tmp_path, resume=True, log=quiet)
     assert (trainer.step, trainer.spikes, trainer.lowest_loss, trainer.config.spike_factor) == (5, 0, None, None)
+
+
+def test_a_checkpoint_without_the_draw_option_resumes_drawing_per_example(tmp_path):
+    train(TrainConfig(**{**TINY, "strategy": "mix"}, max_steps=5), out_dir=tmp_path, log=quiet)
+    arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    older = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    older["config"] = {k: v for k, v in older["config"].items() if k != "draw"}
+    older["curriculum"] = {k: v for k, v in older["curriculum"].items() if k != "draw"}
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, arrays, older)
+    trainer = open_run({}, tmp_path, resume=True, log=quiet)
+    assert (trainer.config.draw, trainer.curriculum.draw) == ("example", "example")

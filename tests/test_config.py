@@ -62,3 +62,10 @@ def test_build_model_passes_backend_options_or_shares_a_backend():
         build_model(config, backend=get_backend("numpy", np.float32))
     with pytest.raises(ValueError, match="takes no option 'lanes'"):
         build_model(config, lanes=2)
+
+
+def test_the_paper_defaults_draw_per_number_and_evaluate_every_100_steps():
+    config = TrainConfig()
+    assert (config.draw, config.eval_every, config.strategy) == ("number", 100, "combined")
+    with pytest.raises(ValueError, match="draw must be one of"):
+        TrainConfig(**{**TINY, "draw": "program"}).validate()

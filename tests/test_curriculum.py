@@ -7,7 +7,9 @@ from collections import Counter
 
 import pytest
 
-from ltexec.curriculum import STRATEGIES, Curriculum
+from ltexec.curriculum import DRAWS as DRAW_MODES
+from ltexec.curriculum import STRATEGIES, Curriculum, Draw
+from ltexec.sampler import generate
 
 DRAWS = 20000
 
@@ -278,7 +280,13 @@ def test_state_dict_is_plain_json():
     state = curriculum.state_dict()
     assert json.loads(json.dumps(state)) == state
     assert state == {"strategy": "mix", "target_length": 3, "target_nesting": 2, "threshold": 0.95,
-                     "patience": 5, "mix_probability": 0.2, "level": [2, 1], "history": [0.25, 0.125]}
+                     "patience": 5, "mix_probability": 0.2, "draw": "number", "level": [2, 1],
+                     "history": [0.25, 0.125]}
+
+
+def test_a_state_written_before_the_draw_option_draws_per_example():
+    state = {k: v for k, v in Curriculum("mix", 3, 2).state_dict().items() if k != "draw"}
+    assert Curriculum.from_state_dict(state).draw == "example"
 
 
 def test_history_keeps_only_what_the_plateau_check_needs():
@@ -298,6 +306,7 @@ def good_state(**changes):
     ({k: v for k, v in good_state().items() if k != "level"}, r"missing keys \['level'\]"),
     (good_state(extra=1), r"unknown keys \['extra'\]"),
     (good_state(strategy="blend"), "^strategy "),
+    (good_state(draw="program"), "^draw "),
     (good_state(target_length=0), "^target_length "),
     (good_state(patience=0), "^patience "),
     (good_state(level=[4, 1]), "^level length "),
@@ -362,3 +371,112 @@ def test_boundary_arguments_are_accepted():
     curriculum = Curriculum("mix", 1, 1, threshold=1.0, patience=1, mix_probability=0.0)
     assert curriculum.at_target
     assert curriculum.sample_level(random.Random(0)) == (1, 1)
+
+
+# --- per-number draws (the authors' code) ---------------------------------------
+
+def recorded_draw(curriculum, rng):
+    """One :meth:`Curriculum.sample_draw` whose ``number_length`` records what it returns."""
+    draw = curriculum.sample_draw(rng)
+    lengths = []
+
+    def number_length():
+        lengths.append(draw.number_length())
+        return lengths[-1]
+    return draw, number_length, lengths
+
+
+@pytest.mark.parametrize("draw", DRAW_MODES)
+def test_baseline_and_naive_draw_nothing_per_number(draw):
+    rng = random.Random(12)
+    for strategy, expected in (("baseline", (5, 4)), ("naive", (1, 1))):
+        curriculum = Curriculum(strategy, 5, 4, draw=draw)
+        assert {curriculum.sample_draw(rng) for _ in range(100)} == {Draw(*expected)}
+
+
+def test_mix_draws_a_length_per_number_and_the_nesting_once():
+    curriculum = Curriculum("mix", 5, 4)
+    rng = random.Random(13)
+    nestings, lengths = Counter(), Counter()
+    for _ in range(DRAWS // 10):
+        draw = curriculum.sample_draw(rng)
+        assert draw.length == 5
+        nestings[draw.nesting] += 1
+        lengths.update(draw.number_length() for _ in range(10))
+    assert all(within(nestings[n], DRAWS // 10, 1 / 4) for n in range(1, 5))
+    assert all(within(lengths[length], DRAWS, 1 / 5) for length in range(1, 6))
+
+
+def test_per_example_mix_gives_one_level_per_example():
+    curriculum = Curriculum("mix", 5, 4, draw="example")
+    rng = random.Random(14)
+    draws = [curriculum.sample_draw(rng) for _ in range(2000)]
+    assert all(d.number_length is None for d in draws)
+    assert {d.length for d in draws} == set(range(1, 6)) and {d.nesting for d in draws} == set(range(1, 5))
+
+
+def operand_lengths(example):
+    a, b = example.input[len("print("):-1].split("+")
+    return int(a), int(b)
+
+
+@pytest.mark.parametrize("draw, low, high", [("number", 0.035, 0.08), ("example", 0.0, 0.001)])
+def test_mix_mixes_number_lengths_within_one_example_only_per_number(draw, low, high):
+    # Per number, one operand of 1 digit (or 10) beside one of 6 digits happens in about
+    # 2 x 0.185 x 0.15 = 5.6% of additions; per example almost never (both draw one length).
+    curriculum = Curriculum("mix", 6, 1, draw=draw)
+    rng = random.Random(15)
+    count = 5000
+    mixed = sum(min(a, b) <= 10 and max(a, b) > 10 ** 5
+                for a, b in (operand_lengths(curriculum.draw_example("addition", "train", rng))
+                             for _ in range(count)))
+    assert low * count <= mixed <= high * count
+
+
+def all_level_one_share(mix_probability, target_length, target_nesting):
+    """P(every length draw of a combined program at level (1, 1) is 1), worked out from the grammar.
+
+    A draw is 1 with probability q = (1 - p) + p / a.  The first operation draws
+    its operands (pair 2, multiplication 1, equality 1, variable 2, loop 2, if 4)
+    plus a multiplier or a loop count; each later one has the previous result
+    as one operand.  The nesting is drawn once: 1 with probability
+    (1 - p) + p / b, else uniform.
+    """
+    p, a, b = mix_probability, target_length, target_nesting
+    q = (1 - p) + p / a
+    first = sum(q ** d for d in (2, 1 + 1, 1, 2, 2 + 1, 4)) / 6
+    later = sum(q ** d for d in (1, 0 + 1, 0, 1, 1 + 1, 3)) / 6
+    nesting = {n: p / b + (1 - p if n == 1 else 0) for n in range(1, b + 1)}
+    return sum(share * first * later ** (n - 1) for n, share in nesting.items())
+
+
+def test_combined_per_number_share_of_programs_with_only_level_one_draws():
+    curriculum = Curriculum("combined", 6, 3)
+    rng = random.Random(16)
+    count = 10000
+    only_ones = 0
+    for _ in range(count):
+        draw, number_length, lengths = recorded_draw(curriculum, rng)
+        generate("programs", draw.length, draw.nesting, rng, number_length=number_length)   # one draw, no split
+        only_ones += set(lengths) == {1}
+    expected = all_level_one_share(0.2, 6, 3)
+    assert 0.62 < expected < 0.65
+    assert within(only_ones, count, expected)
+
+
+def test_combined_per_example_share_of_level_one_programs():
+    curriculum = Curriculum("combined", 6, 3, draw="example")
+    rng = random.Random(17)
+    count = 10000
+    ones = sum(curriculum.draw_example("programs", "train", rng).length == 1 for _ in range(count))
+    assert within(ones, count, 0.8 + 0.2 / 6)
+
+
+def test_a_curriculum_can_start_at_a_given_level():
+    curriculum = Curriculum("naive", 4, 3, level=(2, 3))
+    assert curriculum.level == (2, 3)
+    assert curriculum.draw_example("programs", "val", random.Random(0)).nesting == 3
+    with pytest.raises(ValueError, match="^level length must be an integer in 1..4, got 5"):
+        Curriculum("naive", 4, 3, level=(5, 1))
+    with pytest.raises(ValueError, match="^level must be a"):
+        Curriculum("naive", 4, 3, level=3)

@@ -21,7 +21,7 @@ def test_programs_print_the_samplers_target(length, nesting, seed):
     assert task_output("programs", text) == target
 
 
-@pytest.mark.parametrize("length, nesting", [(1, 1), (2, 2), (4, 3), (6, 6), (20, 12)])
+@pytest.mark.parametrize("length, nesting", [(1, 1), (2, 2), (4, 3), (6, 6), (20, MAX_NESTING)])
 def test_many_programs_at_each_level_print_their_target(length, nesting):
     rng = random.Random(length * 100 + nesting)
     for _ in range(200):

@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import random
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -309,10 +310,10 @@ def test_sample_draws_like_sample_example_from_a_seeded_generator():
 def test_output_is_pinned_for_seed_zero():
     # Changing the draws changes every data set drawn with a seed: do it on purpose only.
     assert [example.to_dict() for example in sample("programs", 4, 3, count=2, seed=0)] == [
-        {"task": "programs", "input": "w=1032\nfor x in range(4):w-=3131\nprint(((1495+w)*15))",
-         "target": "-149955", "length": 4, "nesting": 3, "split": "train"},
-        {"task": "programs", "input": "i=2045\nprint((5195-((i-8970)*9)))",
+        {"task": "programs", "input": "d=2045\nprint((5195-((d-8970)*9)))",
          "target": "67520", "length": 4, "nesting": 3, "split": "train"},
+        {"task": "programs", "input": "print((8595 if 8858<6411 else (1472 if 1132>(3103*14) else 2134)))",
+         "target": "2134", "length": 4, "nesting": 3, "split": "train"},
     ]
     assert [(e.input, e.target) for e in sample("addition", 1, count=2, seed=0)] == [
         ("print(1+5)", "6"), ("print(9+8)", "17")]
@@ -387,8 +388,8 @@ BAD_CALLS = [
     ("length", lambda: generate_addition(21, RNG), "1..20"),
     ("length", lambda: generate_copy(0, RNG), "1..100"),
     ("length", lambda: generate("copy", None, 1, RNG), "integer"),
-    ("nesting", lambda: sample("programs", 3, 0), "1..12"),
-    ("nesting", lambda: sample("programs", 3, MAX_NESTING + 1), "1..12"),
+    ("nesting", lambda: sample("programs", 3, 0), "1..10"),
+    ("nesting", lambda: sample("programs", 3, MAX_NESTING + 1), "1..10"),
     ("nesting", lambda: generate_program(3, 1.0, RNG), "integer"),
     ("nesting", lambda: sample("addition", 3, 2), "applies only to task programs"),
     ("nesting", lambda: generate("copy", 3, 3, RNG), "applies only to task programs"),
@@ -420,3 +421,63 @@ def test_integer_strings_and_edge_values_are_accepted():
     assert sample("copy", 3, count=0) == []
     assert sample("copy", "3", count="2", seed="5") == sample("copy", 3, count=2, seed=5)
     assert len(sample("programs", MAX_LENGTH, MAX_NESTING, count=2)) == 2
+
+
+# --- variable names and per-number lengths -------------------------------------
+
+def test_variables_are_the_original_codes_ten_letters_uniformly():
+    names = Counter()
+    for seed in range(3000):
+        text, _ = generate("programs", 2, 3, random.Random(seed))
+        names.update(line.split("=", 1)[0] for line in text.splitlines() if "=" in line and "for" not in line)
+    assert set(names) == set("abcdefghij")
+    total = sum(names.values())
+    assert all(abs(count - total / 10) < 5 * (total * 0.1 * 0.9) ** 0.5 for count in names.values())
+
+
+def test_the_largest_nesting_never_runs_out_of_letters():
+    rng = random.Random(5)
+    for _ in range(300):
+        text, target, operations = sampler._compose_program(1, MAX_NESTING, rng)
+        letters = [line.split("=", 1)[0] for line in text.splitlines() if "=" in line and "for" not in line]
+        assert len(letters) == len(set(letters)) == operations.count(3) + operations.count(4)
+
+
+def test_number_length_sets_each_numbers_length_and_the_example_records_the_largest():
+    lengths = iter([1, 6] * 1000)
+    rng = random.Random(8)
+    for _ in range(50):
+        example = sample_example("addition", 6, 1, "train", rng, number_length=lambda: next(lengths))
+        a, b = example.input[len("print("):-1].split("+")
+        assert int(a) <= 10 and int(b) <= 10 ** 6 and example.length == 6
+    copies = [sample_example("copy", 9, 1, "train", rng, number_length=lambda: 3) for _ in range(20)]
+    assert {len(e.input) for e in copies} == {3} and {e.length for e in copies} == {3}
+
+
+def test_programs_draw_a_length_for_every_number_multiplier_and_loop_count():
+    calls = []
+
+    def one():
+        calls.append(1)
+        return 1
+    rng = random.Random(9)
+    for _ in range(300):
+        calls.clear()
+        text, target, operations = sampler._compose_program(5, 3, rng, one)
+        arity = {0: 2, 1: 1, 2: 1, 3: 2, 4: 2, 5: 4}
+        fresh = sum(arity[op] for op in operations) - (len(operations) - 1)
+        assert len(calls) == fresh + operations.count(1) + operations.count(4)
+        assert all(int(number) <= 10 for number in re.findall(r"\d+", text))
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (lambda: 0, ValueError, "number_length returned 0; it must be an integer in 1..3"),
+    (lambda: 4, ValueError, "number_length returned 4"),
+    (lambda: 2.0, ValueError, "number_length returned 2.0"),
+    (3, TypeError, "number_length must be a function"),
+])
+def test_a_bad_number_length_is_named(bad, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        sample_example("programs", 3, 2, "train", random.Random(0), number_length=bad)
+    with pytest.raises(error, match=re.escape(message)):
+        generate("addition", 3, 1, random.Random(0), number_length=bad)

@@ -152,7 +152,8 @@ def read_checkpoint(out_dir) -> tuple[dict, dict, TrainConfig]:
     """The arrays, metadata and validated configuration of the checkpoint in ``out_dir``."""
     arrays, meta = load_checkpoint(checkpoint_path(out_dir))
     try:
-        config = TrainConfig.from_dict(meta["config"])
+        # A checkpoint written before the draw option existed was drawn per example.
+        config = TrainConfig.from_dict({"draw": "example", **meta["config"]})
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint in {out_dir} has an unusable configuration ({error})") from None
     return arrays, meta, config

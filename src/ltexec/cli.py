@@ -44,6 +44,7 @@ def int_arg(name: str, minimum: int | None = None, maximum: int | None = None):
 
 
 def _add_sample(subparsers) -> None:
+    from ltexec.curriculum import DRAWS, STRATEGIES
     from ltexec.sampler import SPLITS, TASKS
 
     parser = subparsers.add_parser(
@@ -67,14 +68,40 @@ def _add_sample(subparsers) -> None:
                         help="which split to draw from: examples are assigned to train, val or "
                              "test by a hash of their text, so the splits never overlap "
                              "(default train)")
+    parser.add_argument("--strategy", choices=STRATEGIES,
+                        help="print what this curriculum strategy feeds at --level, with --length and "
+                             "--nesting as its target (default: every example at --length, --nesting)")
+    parser.add_argument("--level", type=checked_arg("level", _parse_level),
+                        help="the curriculum's current level as LENGTH,NESTING (default 1,1; needs --strategy)")
+    parser.add_argument("--draw", choices=DRAWS, default="number",
+                        help="mix and combined draw a length for every number (number, the original "
+                             "code's) or once per example (example) (default number)")
     parser.set_defaults(run=_run_sample)
 
 
+def _parse_level(name: str, text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"{name} must be LENGTH,NESTING, e.g. 2,1; got {text!r}")
+    return check_int(f"{name} length", parts[0].strip(), 1), check_int(f"{name} nesting", parts[1].strip(), 1)
+
+
 def _run_sample(args) -> None:
+    import random
+
+    from ltexec.curriculum import Curriculum
     from ltexec.sampler import sample
 
-    examples = sample(args.task, args.length, nesting=args.nesting, count=args.count,
-                      seed=args.seed, split=args.split)
+    if args.strategy is None:
+        if args.level is not None:
+            raise ValueError("--level needs --strategy: it is the level of a curriculum")
+        examples = sample(args.task, args.length, nesting=args.nesting, count=args.count,
+                          seed=args.seed, split=args.split)
+    else:
+        curriculum = Curriculum(args.strategy, args.length, args.nesting, draw=args.draw,
+                                level=args.level or (1, 1))
+        rng = random.Random(args.seed)
+        examples = [curriculum.draw_example(args.task, args.split, rng) for _ in range(args.count)]
     out = sys.stdout
     for example in examples:
         out.write(json.dumps(example.to_dict()) + "\n")
@@ -89,7 +116,7 @@ def float_arg(name: str, minimum: float | None = None, maximum: float | None = N
 def _add_train(subparsers) -> None:
     from ltexec.backends import BACKENDS
     from ltexec.config import DTYPES, LOSS_SCALES, MODES, TrainConfig
-    from ltexec.curriculum import STRATEGIES
+    from ltexec.curriculum import DRAWS, STRATEGIES
     from ltexec.sampler import TASKS
     from ltexec.vocab import TRANSFORMS
 
@@ -107,6 +134,8 @@ def _add_train(subparsers) -> None:
     add("--nesting", type=int_arg("nesting", 1),
         help="target nesting, programs only (default 3 for programs, 1 otherwise)")
     add("--strategy", choices=STRATEGIES, help=f"curriculum strategy (default {d.strategy})")
+    add("--draw", choices=DRAWS, help="mix and combined draw a length for every number (number, the original "
+        f"code's) or once per example (example) (default {d.draw})")
     add("--transform", choices=TRANSFORMS, help=f"input modification (default {d.transform})")
     add("--hidden", type=int_arg("hidden", 1), help=f"LSTM units per layer (default {d.hidden})")
     add("--layers", type=int_arg("layers", 1), help=f"LSTM layers (default {d.layers})")

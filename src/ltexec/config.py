@@ -15,7 +15,7 @@ import numpy as np
 
 from ltexec import vocab
 from ltexec.backends import BACKENDS
-from ltexec.curriculum import STRATEGIES
+from ltexec.curriculum import DRAWS, STRATEGIES
 from ltexec.model import LSTMModel
 from ltexec.sampler import TASKS
 from ltexec.seeds import derive_seed
@@ -40,6 +40,11 @@ class TrainConfig:
     good evaluation and multiplies the learning rate by ``spike_lr_factor``
     (:mod:`ltexec.trainer` says what is restored).
 
+    ``draw`` says whether ``mix`` and ``combined`` draw a difficulty for every
+    number (``"number"``, the authors' code) or once per example
+    (``"example"``); see :mod:`ltexec.curriculum`.  ``eval_every`` is the
+    authors' 100 steps: half their 200-step epoch.
+
     ``forget_bias`` is added to every forget-gate bias after the uniform draw
     (0, the paper's init, by default; see :class:`~ltexec.model.LSTMModel`).
     """
@@ -48,6 +53,7 @@ class TrainConfig:
     length: int = 4
     nesting: int | None = None          # None: 3 for programs (the paper's), 1 for the other tasks
     strategy: str = "combined"
+    draw: str = "number"
     transform: str = "none"
     hidden: int = 400
     layers: int = 2
@@ -65,7 +71,7 @@ class TrainConfig:
     backend: str = "auto"
     dtype: str = "float32"
     seed: int = 0
-    eval_every: int = 500
+    eval_every: int = 100
     eval_examples: int = 500
     minutes: float | None = None
     max_steps: int | None = None
@@ -90,6 +96,7 @@ class TrainConfig:
             raise ValueError(f"nesting applies only to task programs; got nesting={self.nesting} "
                              f"for task {self.task}")
         check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("draw", self.draw, DRAWS)
         check_choice("transform", self.transform, vocab.TRANSFORMS)
         check_int("hidden", self.hidden, 1)
         check_int("layers", self.layers, 1)

@@ -5,9 +5,16 @@ The paper compares four ways of scheduling example difficulty towards a target
 
 - ``baseline``: every example at the target (a, b);
 - ``naive``: every example at the current level (l, n);
-- ``mix``: length uniform in 1..a and nesting uniform in 1..b, independently;
-- ``combined``: per example, a ``mix`` example with probability 1/5, else a
-  ``naive`` one.
+- ``mix``: nesting uniform in 1..b, length uniform in 1..a;
+- ``combined``: with probability 1/5 a ``mix`` draw, else the current level.
+
+How often ``mix`` and ``combined`` draw is the ``draw`` option.  ``"number"``
+(the default) is the authors' code: it calls its hardness function once per
+program for the nesting and again for every number, every multiplier ``k`` and
+every loop count for that number's length, so one program mixes numbers of
+several lengths.  ``"example"`` draws one (length, nesting) per example, which
+is how the paper's text reads.  ``baseline`` and ``naive`` draw nothing, so
+the option does not change them.
 
 The current level starts at (1, 1) for every strategy, and validation is always
 drawn at it (as in the authors' code, so even ``baseline`` validates at the
@@ -26,26 +33,47 @@ whole state round-trips through a JSON-serialisable dict for checkpoints.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Callable
 
+from ltexec.sampler import Example, sample_example
 from ltexec.validation import check_choice, check_float, check_int
 
 STRATEGIES = ("baseline", "naive", "mix", "combined")
+DRAWS = ("number", "example")
+"""How often ``mix`` and ``combined`` draw a difficulty: per number (the authors' code) or per example."""
 
 _STATE_KEYS = ("strategy", "target_length", "target_nesting", "threshold", "patience",
-               "mix_probability", "level", "history")
+               "mix_probability", "draw", "level", "history")
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What one training example is drawn at.
+
+    ``nesting`` is the program's; ``number_length``, when not None, is called
+    once for every number, multiplier and loop count and returns that one's
+    length, and ``length`` is then the largest it can return; when None, every
+    number has ``length`` digits.
+    """
+
+    length: int
+    nesting: int
+    number_length: Callable[[], int] | None = None
 
 
 class Curriculum:
     """The paper's four curriculum strategies and the level-advance rule."""
 
     def __init__(self, strategy: str, target_length: int, target_nesting: int = 1,
-                 threshold: float = 0.95, patience: int = 5, mix_probability: float = 0.2):
-        """Check the arguments and start at level (1, 1).
+                 threshold: float = 0.95, patience: int = 5, mix_probability: float = 0.2,
+                 draw: str = "number", level: tuple[int, int] = (1, 1)):
+        """Check the arguments and start at ``level`` ((1, 1) for training; another to inspect it).
 
         ``threshold`` is the validation accuracy that must be exceeded, ``patience``
         the number of evaluations over which training accuracy must not have
-        dropped, and ``mix_probability`` the share of mix examples under
-        ``combined`` (the other strategies ignore it).
+        dropped, ``mix_probability`` the share of mix draws under ``combined``
+        (the other strategies ignore it) and ``draw`` one of :data:`DRAWS`.
         """
         self._strategy = check_choice("strategy", strategy, STRATEGIES)
         self._target = (check_int("target_length", target_length, minimum=1),
@@ -53,13 +81,22 @@ class Curriculum:
         self.threshold = check_float("threshold", threshold, 0.0, 1.0, inclusive_min=False)
         self.patience = check_int("patience", patience, minimum=1)
         self.mix_probability = check_float("mix_probability", mix_probability, 0.0, 1.0)
-        self._level = (1, 1)
+        self._draw = check_choice("draw", draw, DRAWS)
+        if not isinstance(level, (list, tuple)) or len(level) != 2:
+            raise ValueError(f"level must be a (length, nesting) pair, got {level!r}")
+        self._level = (check_int("level length", level[0], 1, self._target[0]),
+                       check_int("level nesting", level[1], 1, self._target[1]))
         # Training accuracies since the last trigger; only the last `patience` can matter.
         self._history: list[float] = []
 
     @property
     def strategy(self) -> str:
         return self._strategy
+
+    @property
+    def draw(self) -> str:
+        """How often ``mix`` and ``combined`` draw: ``"number"`` or ``"example"``."""
+        return self._draw
 
     @property
     def target(self) -> tuple[int, int]:
@@ -81,7 +118,7 @@ class Curriculum:
         return self._level == self._target
 
     def sample_level(self, rng: random.Random) -> tuple[int, int]:
-        """The (length, nesting) of one training example under this strategy."""
+        """One (length, nesting) draw of this strategy: the authors' hardness function."""
         if not isinstance(rng, random.Random):
             raise ValueError(f"rng must be a random.Random, got {type(rng).__name__}")
         if self._strategy == "baseline":
@@ -91,6 +128,18 @@ class Curriculum:
         if self._strategy == "combined" and rng.random() >= self.mix_probability:
             return self._level
         return rng.randint(1, self._target[0]), rng.randint(1, self._target[1])
+
+    def sample_draw(self, rng: random.Random) -> Draw:
+        """What the next training example is drawn at (see :class:`Draw` and the ``draw`` option)."""
+        length, nesting = self.sample_level(rng)
+        if self._draw == "example" or self._strategy in ("baseline", "naive"):
+            return Draw(length, nesting)
+        return Draw(self._target[0], nesting, lambda: self.sample_level(rng)[0])
+
+    def draw_example(self, task: str, split: str, rng: random.Random) -> Example:
+        """One example of ``task`` from ``split`` as this curriculum draws it now."""
+        draw = self.sample_draw(rng)
+        return sample_example(task, draw.length, draw.nesting, split, rng, number_length=draw.number_length)
 
     def validation_level(self) -> tuple[int, int]:
         """Validation examples are drawn at the current level."""
@@ -137,6 +186,7 @@ class Curriculum:
             "threshold": self.threshold,
             "patience": self.patience,
             "mix_probability": self.mix_probability,
+            "draw": self._draw,
             "level": list(self._level),
             "history": list(self._history),
         }
@@ -146,17 +196,15 @@ class Curriculum:
         """Rebuild a curriculum from :meth:`state_dict`; ``ValueError`` if the dict is not one."""
         if not isinstance(state, dict):
             raise ValueError(f"curriculum state must be a dict, got {type(state).__name__}")
+        state = {"draw": "example", **state}    # written before the option existed: drawn per example
         missing = [key for key in _STATE_KEYS if key not in state]
         unknown = sorted(str(key) for key in state if key not in _STATE_KEYS)
         if missing or unknown:
             raise ValueError(f"curriculum state has missing keys {missing} and unknown keys {unknown}")
         curriculum = cls(state["strategy"], state["target_length"], state["target_nesting"],
-                         state["threshold"], state["patience"], state["mix_probability"])
-        level, history = state["level"], state["history"]
-        if not isinstance(level, (list, tuple)) or len(level) != 2:
-            raise ValueError(f"level must be a [length, nesting] pair, got {level!r}")
-        curriculum._level = (check_int("level length", level[0], 1, curriculum._target[0]),
-                             check_int("level nesting", level[1], 1, curriculum._target[1]))
+                         state["threshold"], state["patience"], state["mix_probability"], state["draw"],
+                         state["level"])
+        history = state["history"]
         if not isinstance(history, (list, tuple)) or len(history) > curriculum.patience:
             raise ValueError(f"history must be a list of at most patience={curriculum.patience} "
                              f"accuracies, got {history!r}")
@@ -165,4 +213,5 @@ class Curriculum:
 
     def describe(self) -> str:
         """Short human text, e.g. ``"combined, level (2, 1) of (3, 1)"``."""
-        return f"{self._strategy}, level {self._level} of {self._target}"
+        per = ", drawn per example" if self._draw == "example" and self._strategy in ("mix", "combined") else ""
+        return f"{self._strategy}{per}, level {self._level} of {self._target}"

@@ -9,7 +9,9 @@ the text with CPython and check that it prints exactly the target.
 Programs are composed as in the authors' original code: ``nesting`` operations,
 each chosen uniformly from six, where each operation takes the previous
 operation's result as one of its operands (at a random operand position) and
-fresh numbers from ``1..10**length`` for the rest.
+fresh numbers from ``1..10**length`` for the rest.  A curriculum that draws
+difficulty per number passes ``number_length``, called for every number,
+multiplier and loop count (see :mod:`ltexec.curriculum`).
 
 Examples are assigned to a split by a hash of their text (:func:`split_of`), and
 :func:`sample_example` redraws until an example falls into the requested split,
@@ -27,6 +29,7 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from ltexec.validation import check_choice, check_int
 
@@ -39,8 +42,8 @@ MAX_LENGTH = 20
 MAX_COPY_LENGTH = 100
 """Largest ``length`` for ``copy``; the paper's memorization task goes up to 65 digits."""
 
-MAX_NESTING = 12
-"""Largest ``nesting``: a program then needs at most 12 distinct variable letters."""
+MAX_NESTING = 10
+"""Largest ``nesting``: a program then needs at most 10 distinct variable letters."""
 
 MAX_TRIES = 1000
 """How many draws :func:`sample_example` makes before it declares a split unreachable."""
@@ -51,12 +54,16 @@ OPERATIONS = ("pair", "multiplication", "equality", "variable", "loop", "if")
 _PAIR, _MULTIPLICATION, _EQUALITY, _VARIABLE, _LOOP, _IF = range(6)
 _ARITY = (2, 1, 1, 2, 2, 4)  # operands each operation takes (loop counts and factors are not operands)
 
-_VARIABLE_LETTERS = "abcdefghijklmnopqrstuvwyz"  # every lowercase letter but x, the loop counter
+_VARIABLE_LETTERS = "abcdefghij"  # the original code's ten (randperm(10) from "a"); x is the loop counter
 
 
 @dataclass(frozen=True)
 class Example:
-    """One example: ``input`` is the text a person would run (real newlines), ``target`` what it prints."""
+    """One example: ``input`` is the text a person would run (real newlines), ``target`` what it prints.
+
+    ``length`` is the length its numbers were drawn at (the largest one, when
+    each number drew its own).
+    """
 
     task: str
     input: str
@@ -93,17 +100,37 @@ def generate_copy(length: int, rng: random.Random) -> tuple[str, str]:
     return _copy(length, 1, _check_rng(rng))
 
 
-def generate(task: str, length: int, nesting: int, rng: random.Random) -> tuple[str, str]:
-    """An ``(input, target)`` pair of ``task``, whatever split it falls into."""
+def generate(task: str, length: int, nesting: int, rng: random.Random,
+             number_length: Callable[[], int] | None = None) -> tuple[str, str]:
+    """An ``(input, target)`` pair of ``task``, whatever split it falls into.
+
+    ``number_length``: None for every number at ``length`` digits, or a function
+    called for every number, multiplier and loop count that returns its length
+    (at most ``length``).
+    """
     task, length, nesting = _check_task_args(task, length, nesting)
-    return _GENERATORS[task](length, nesting, _check_rng(rng))
+    lengths = None if number_length is None else _NumberLengths(number_length, length)
+    return _GENERATORS[task](length, nesting, _check_rng(rng), lengths)
 
 
-def sample_example(task: str, length: int, nesting: int, split: str, rng: random.Random) -> Example:
-    """A random example of ``task`` from ``split``: draws until one falls into that split."""
+def sample_example(task: str, length: int, nesting: int, split: str, rng: random.Random,
+                   number_length: Callable[[], int] | None = None) -> Example:
+    """A random example of ``task`` from ``split``: draws until one falls into that split.
+
+    ``number_length`` is :func:`generate`'s; the example's ``length`` is then
+    the largest length it returned for that example.
+    """
     task, length, nesting = _check_task_args(task, length, nesting)
     split = check_choice("split", split, SPLITS)
-    return _draw_in_split(task, length, nesting, split, _check_rng(rng))
+    rng = _check_rng(rng)
+    if number_length is None:
+        return _draw_in_split(task, length, nesting, split, rng)
+    for _ in range(MAX_TRIES):
+        lengths = _NumberLengths(number_length, length)
+        text, target = _GENERATORS[task](length, nesting, rng, lengths)
+        if split_of(text, target) == split:
+            return Example(task, text, target, lengths.largest, nesting, split)
+    raise _unreachable(task, length, nesting, split)
 
 
 def sample(task: str, length: int, nesting: int = 1, count: int = 1, seed: int = 0,
@@ -124,12 +151,17 @@ def _draw_in_split(task: str, length: int, nesting: int, split: str, rng: random
         text, target = generator(length, nesting, rng)
         if split_of(text, target) == split:
             return Example(task, text, target, length, nesting, split)
-    raise ValueError(
+    raise _unreachable(task, length, nesting, split)
+
+
+def _unreachable(task: str, length: int, nesting: int, split: str) -> ValueError:
+    return ValueError(
         f"split {split!r} is out of reach for task {task} at length {length}, nesting {nesting}: "
         f"none of {MAX_TRIES} draws fell into it (too few distinct examples); use a larger length")
 
 
-def _compose_program(length: int, nesting: int, rng: random.Random) -> tuple[str, str, list[int]]:
+def _compose_program(length: int, nesting: int, rng: random.Random,
+                     number_length: Callable[[], int] | None = None) -> tuple[str, str, list[int]]:
     """A program, its printed output, and the operations it was composed of (indices into OPERATIONS).
 
     The stack of the original code never holds more than one entry, so it is kept
@@ -138,12 +170,25 @@ def _compose_program(length: int, nesting: int, rng: random.Random) -> tuple[str
     ``int(random() * n)``, whose deviation from uniform (below n / 2**53) is far
     beneath anything measurable and which is several times cheaper than
     ``randrange``; numbers from ``1..10**length`` use ``randrange``, exact at
-    every length.
+    every length.  With ``number_length``, every number, multiplier and loop
+    count first draws its own length.
     """
     randrange = rng.randrange
     fraction = rng.random
-    numbers = 10 ** length
-    small = 4 * length
+    if number_length is None:
+        numbers, small = 10 ** length, 4 * length
+
+        def number() -> int:
+            return randrange(numbers) + 1
+
+        def count() -> int:
+            return int(fraction() * small) + 1
+    else:
+        def number() -> int:
+            return randrange(10 ** number_length()) + 1
+
+        def count() -> int:
+            return int(fraction() * 4 * number_length()) + 1
     lines: list[str] = []
     operations: list[int] = []
     letters_used = ""
@@ -157,21 +202,21 @@ def _compose_program(length: int, nesting: int, rng: random.Random) -> tuple[str
         # random position, fresh numbers at the others.
         arity = _ARITY[kind]
         slot = int(fraction() * arity) if expression is not None else -1
-        a_value = value if slot == 0 else randrange(numbers) + 1
+        a_value = value if slot == 0 else number()
         a = expression if slot == 0 else str(a_value)
         if arity > 1:
-            b_value = value if slot == 1 else randrange(numbers) + 1
+            b_value = value if slot == 1 else number()
             b = expression if slot == 1 else str(b_value)
         if arity > 2:
-            c_value = value if slot == 2 else randrange(numbers) + 1
+            c_value = value if slot == 2 else number()
             c = expression if slot == 2 else str(c_value)
-            d_value = value if slot == 3 else randrange(numbers) + 1
+            d_value = value if slot == 3 else number()
             d = expression if slot == 3 else str(d_value)
 
         if kind == _VARIABLE or kind == _LOOP:
-            name = _VARIABLE_LETTERS[int(fraction() * 25)]
+            name = _VARIABLE_LETTERS[int(fraction() * 10)]
             while name in letters_used:
-                name = _VARIABLE_LETTERS[int(fraction() * 25)]
+                name = _VARIABLE_LETTERS[int(fraction() * 10)]
             letters_used += name
             lines.append(f"{name}={a}")
 
@@ -181,7 +226,7 @@ def _compose_program(length: int, nesting: int, rng: random.Random) -> tuple[str
             else:
                 expression, value = f"({a}-{b})", a_value - b_value
         elif kind == _MULTIPLICATION:
-            factor = int(fraction() * small) + 1
+            factor = count()
             expression = f"({a}*{factor})" if fraction() < 0.5 else f"({factor}*{a})"
             value = a_value * factor
         elif kind == _EQUALITY:
@@ -192,7 +237,7 @@ def _compose_program(length: int, nesting: int, rng: random.Random) -> tuple[str
             else:
                 expression, value = f"({name}-{b})", a_value - b_value
         elif kind == _LOOP:
-            repeats = int(fraction() * small) + 1
+            repeats = count()
             if fraction() < 0.5:
                 lines.append(f"for x in range({repeats}):{name}+={b}")
                 value = a_value + repeats * b_value
@@ -211,25 +256,50 @@ def _compose_program(length: int, nesting: int, rng: random.Random) -> tuple[str
     return "\n".join(lines), str(value), operations
 
 
-def _program(length: int, nesting: int, rng: random.Random) -> tuple[str, str]:
+def _program(length: int, nesting: int, rng: random.Random,
+             number_length: Callable[[], int] | None = None) -> tuple[str, str]:
     """:func:`_compose_program` without the list of operations."""
-    text, target, _ = _compose_program(length, nesting, rng)
+    text, target, _ = _compose_program(length, nesting, rng, number_length)
     return text, target
 
 
-def _addition(length: int, nesting: int, rng: random.Random) -> tuple[str, str]:
-    numbers = 10 ** length
-    a = rng.randrange(numbers) + 1
-    b = rng.randrange(numbers) + 1
+def _addition(length: int, nesting: int, rng: random.Random,
+              number_length: Callable[[], int] | None = None) -> tuple[str, str]:
+    if number_length is None:
+        a = rng.randrange(10 ** length) + 1
+        b = rng.randrange(10 ** length) + 1
+    else:
+        a = rng.randrange(10 ** number_length()) + 1
+        b = rng.randrange(10 ** number_length()) + 1
     return f"print({a}+{b})", str(a + b)
 
 
-def _copy(length: int, nesting: int, rng: random.Random) -> tuple[str, str]:
+def _copy(length: int, nesting: int, rng: random.Random,
+          number_length: Callable[[], int] | None = None) -> tuple[str, str]:
+    if number_length is not None:
+        length = number_length()
     digits = str(rng.randrange(10 ** length)).zfill(length)
     return digits, digits
 
 
-# Unchecked generators by task, all called as (length, nesting, rng).
+class _NumberLengths:
+    """A caller's ``number_length``, checked on every call, remembering the largest length it gave."""
+
+    def __init__(self, number_length: Callable[[], int], length: int):
+        if not callable(number_length):
+            raise TypeError(f"number_length must be a function returning a length, "
+                            f"got {type(number_length).__name__}")
+        self._draw, self._length, self.largest = number_length, length, 0
+
+    def __call__(self) -> int:
+        value = self._draw()
+        if type(value) is not int or not 1 <= value <= self._length:
+            raise ValueError(f"number_length returned {value!r}; it must be an integer in 1..{self._length}")
+        self.largest = max(self.largest, value)
+        return value
+
+
+# Unchecked generators by task, all called as (length, nesting, rng, number_length).
 _GENERATORS = {"addition": _addition, "copy": _copy, "programs": _program}
 
 

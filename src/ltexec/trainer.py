@@ -59,7 +59,7 @@ from ltexec.curriculum import Curriculum
 from ltexec.evaluation import evaluate
 from ltexec.optim import SGD
 from ltexec.progress import Reporter, TrainingFigures
-from ltexec.sampler import sample, sample_example
+from ltexec.sampler import sample
 from ltexec.seeds import derive_seed
 from ltexec.validation import check_output_dir
 
@@ -83,7 +83,7 @@ class Trainer:
         cfg = self.config
         self.model = build_model(cfg, **backend_options)
         self.optimizer = SGD(lr=cfg.lr, momentum=cfg.momentum, clip=cfg.clip)
-        self.curriculum = Curriculum(cfg.strategy, cfg.length, cfg.nesting)
+        self.curriculum = Curriculum(cfg.strategy, cfg.length, cfg.nesting, draw=cfg.draw)
         self.rng = random.Random(derive_seed(cfg.seed, "train"))
         self.batcher = StreamBatcher(self._next_training_example, cfg.batch, cfg.window, cfg.transform)
         self.state = self.model.zero_state(cfg.batch)
@@ -100,8 +100,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- data
     def _next_training_example(self):
-        length, nesting = self.curriculum.sample_level(self.rng)
-        return sample_example(self.config.task, length, nesting, "train", self.rng)
+        return self.curriculum.draw_example(self.config.task, "train", self.rng)
 
     def _eval_set(self, split: str, level: tuple[int, int]):
         """A fixed set of examples per (split, level), drawn from a seed derived from the run's."""
