@@ -1,4 +1,5 @@
-"""Heatmaps from a synthetic sweep: every figure written, missing cells drawn, no display needed."""
+"""Heatmaps from a synthetic sweep: every figure written, missing cells drawn, several seeds summarized and
+differences within their spread marked, no display needed."""
 
 from __future__ import annotations
 
@@ -17,23 +18,28 @@ pytest.importorskip("matplotlib", reason='the plots need matplotlib: pip install
 from ltexec import plot  # noqa: E402  (after the skip: plot needs matplotlib)
 
 
-def fake_sweep(directory, spec: SweepSpec, skip=()) -> None:
-    """A sweep directory whose cells have made-up results (accuracy rising with the strategy's index)."""
+def fake_sweep(directory, spec: SweepSpec, skip=(), per_seed=0.0) -> None:
+    """A sweep directory whose runs have made-up results (accuracy rising with the strategy's index and the seed)."""
     sweep.open_sweep_dir(directory, spec)
-    for cell in spec.cells():
-        if cell.name in skip:
+    for run in spec.runs():
+        if run.name in skip:
             continue
-        accuracy = 0.2 + 0.2 * spec.strategies.index(cell.strategy) / cell.length
+        cell = run.cell
+        accuracy = 0.2 + 0.2 * spec.strategies.index(cell.strategy) / cell.length + per_seed * run.seed
         beyond = [{**level, "teacher_forced_acc": accuracy / 2, "exact_match_acc": accuracy / 4}
                   for level in beyond_levels(spec.task, cell.length, cell.nesting, spec.beyond)]
-        sweep.write_json(sweep.cell_dir(directory, cell) / sweep.CELL_RESULT_NAME,
+        sweep.write_json(sweep.run_dir(directory, run) / sweep.CELL_RESULT_NAME,
                          {"status": "done", "cell": cell.to_dict(), "teacher_forced_acc": accuracy,
                           "exact_match_acc": accuracy / 2, "steps": 10, "chars_per_s": 1.0, "beyond": beyond})
 
 
-def programs_spec(strategies=("baseline", "combined"), lengths=(1, 2)) -> SweepSpec:
+def programs_spec(strategies=("baseline", "combined"), lengths=(1, 2), seeds=1) -> SweepSpec:
     return SweepSpec.from_dict({"task": "programs", "strategies": strategies, "lengths": lengths,
-                                "nestings": [1, 2], "steps_per_cell": 1})
+                                "nestings": [1, 2], "seeds": seeds, "steps_per_cell": 1})
+
+
+def summaries_of(directory) -> dict:
+    return sweep.cell_summaries(*sweep.load_results(directory))
 
 
 def test_plot_writes_absolute_and_relative_figures_with_missing_cells(tmp_path):
@@ -51,13 +57,14 @@ def test_plot_writes_absolute_and_relative_figures_with_missing_cells(tmp_path):
 def test_grids_hold_percentages_and_nan_for_cells_not_run(tmp_path):
     spec = programs_spec()
     fake_sweep(tmp_path, spec, skip={"combined-L2-N1-none"})
-    _, results = sweep.load_results(tmp_path)
-    grid = plot._grid(spec, results, "combined", "teacher_forced_acc")
+    summaries = summaries_of(tmp_path)
+    grid = plot._means(plot._grid(spec, summaries, "combined", "teacher_forced_acc"))
     assert len(grid) == 2 and len(grid[0]) == 2
     assert math.isnan(grid[0][1]) and grid[1][0] == pytest.approx(100 * (0.2 + 0.2 * 1 / 1))
-    labels, columns, values = plot._beyond_grid(spec, results, "combined", "exact_match_acc")
+    labels, columns, values = plot._beyond_grid(spec, summaries, "combined", "exact_match_acc")
     assert columns == ["target", "length+1", "length+2", "nesting+1", "nesting+2"]
-    assert labels[:2] == ["L1 N1", "L2 N1"] and all(math.isnan(v) for v in values[1])
+    assert labels[:2] == ["L1 N1", "L2 N1"] and all(v is None for v in values[1])
+    assert plot._accuracy_texts(values)[0][:2] == ["20", "10"]                   # one seed: no spread
 
 
 def test_copy_sweep_without_baseline_has_transform_rows_and_no_relative_figure(tmp_path):
@@ -83,6 +90,51 @@ def test_plot_command_and_its_errors(tmp_path, capsys):
     in_the_way.write_text("in the way")
     assert main(["plot", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err == f"ltexec plot: error: figures_dir {in_the_way} is a file, not a directory\n"
+
+
+def test_within_spread_rule():
+    assert plot.within_spread(5.0, 3.0, 4.0) and plot.within_spread(-5.0, 3.0, 4.0)   # |d| = sqrt(3² + 4²)
+    assert not plot.within_spread(5.1, 3.0, 4.0) and not plot.within_spread(-5.1, 3.0, 4.0)
+    assert plot.within_spread(0.0, 0.0, 0.0)
+    assert not plot.within_spread(0.0, math.nan, 1.0)                # one seed: no spread known, no mark
+    assert plot._relative_cell(None, {"mean": 0.5, "sd": 0.1})[1] is False
+
+
+def relative_texts(spec, directory):
+    """The numbers written in the first relative panel, row by row, and the figure's title."""
+    plt = plot.import_pyplot()
+    figure = plot._relative_figure(plt, spec, summaries_of(directory), "teacher_forced_acc", "accuracy")
+    texts = [text.get_text() for text in figure.axes[0].texts]
+    title = figure._suptitle.get_text()
+    plt.close(figure)
+    return texts, title
+
+
+def test_two_seeds_show_mean_and_sd_and_mark_differences_within_spread(tmp_path):
+    """combined beats baseline by 20 points at length 1 and by 10 at length 2; each sd is 8.5, their spread 12."""
+    spec = programs_spec(seeds=2)
+    fake_sweep(tmp_path, spec, per_seed=0.12)
+    summaries = summaries_of(tmp_path)
+    assert plot._accuracy_texts(plot._grid(spec, summaries, "baseline", "teacher_forced_acc"))[0] == ["26±8"] * 2
+    texts, title = relative_texts(spec, tmp_path)
+    assert texts == ["+20.0", "~+10.0"] * 2
+    assert "|difference| <= sqrt(sd² + sd_baseline²)" in title and "2 seeds" in title
+    written = plot.plot_sweep(tmp_path)
+    assert len(written) == 8 and all(path.stat().st_size > 10_000 for path in written)
+
+    fake_sweep(tmp_path / "one", programs_spec())
+    texts, title = relative_texts(programs_spec(), tmp_path / "one")
+    assert texts == ["+20.0", "+10.0"] * 2 and "sd" not in title
+
+
+def test_a_sweep_written_before_seeds_existed_plots_as_before(tmp_path):
+    spec = programs_spec()
+    fake_sweep(tmp_path, spec)
+    old_spec = {k: v for k, v in sweep.load_spec(tmp_path).to_dict().items() if k != "seeds"}
+    sweep.write_json(tmp_path / sweep.SPEC_NAME, old_spec)
+    assert len(plot.plot_sweep(tmp_path)) == 8
+    grid = plot._means(plot._grid(spec, summaries_of(tmp_path), "combined", "teacher_forced_acc"))
+    assert grid[0] == pytest.approx([40.0, 30.0])
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch):

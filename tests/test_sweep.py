@@ -1,9 +1,11 @@
-"""Sweeps: the grid, the spec check, validation, resume after a kill, parallel workers, the Ray executor."""
+"""Sweeps: the grid, the spec check, validation, resume after a kill, parallel workers, seeds and their
+summaries, sweeps written before seeds existed, the Ray executor."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -109,6 +111,7 @@ def test_presets_and_overrides():
     ({"train": {"length": 3}}, "train options must not set length"),
     ({"train": {"hiddn": 3}}, "unknown training option(s): hiddn"),
     ({"train": {"hidden": 0}}, "hidden must be an integer >= 1, got 0"),
+    ({"seeds": 0}, "seeds must be an integer >= 1, got 0"),
 ])
 def test_bad_spec_is_refused_naming_the_field(fields, message):
     with pytest.raises(ValueError) as error:
@@ -123,6 +126,8 @@ def test_bad_spec_is_refused_naming_the_field(fields, message):
     (["--workers", "0"], "argument --workers: workers must be an integer >= 1, got 0"),
     (["--preset", "gpu"], "argument --preset: invalid choice: 'gpu'"),
     (["--task", "copy", "--lengths", "5", "--nestings", "2"], "nestings apply only to task programs"),
+    (["--seeds", "0"], "argument --seeds: seeds must be an integer >= 1, got 0"),
+    (["--seeds", "x"], "argument --seeds: seeds must be an integer >= 1, got 'x'"),
 ])
 def test_cli_refuses_bad_arguments_with_exit_2_and_one_line(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -145,6 +150,8 @@ def test_restart_with_another_grid_is_refused(tmp_path):
     sweep.open_sweep_dir(tmp_path, tiny_spec())                     # the same grid continues
     with pytest.raises(ValueError, match=r"different grid \(lengths: \[1, 2\] there, \[1, 3\] now\)"):
         sweep.open_sweep_dir(tmp_path, tiny_spec(lengths=[1, 3]))
+    with pytest.raises(ValueError, match=r"different grid \(seeds: 1 there, 2 now\)"):
+        sweep.open_sweep_dir(tmp_path, tiny_spec(seeds=2))
     assert sweep.load_spec(tmp_path) == tiny_spec()
 
 
@@ -154,8 +161,9 @@ def test_parallel_workers_run_every_cell_and_keep_training_output_in_cell_logs(t
     results = sweep.run_sweep(tiny_spec(), tmp_path, workers=2, log=lines.append)
     spec = tiny_spec()
     assert [r["cell"] for r in results] == [c.to_dict() for c in spec.cells()]
-    for cell, result in zip(spec.cells(), results):
-        directory = sweep.cell_dir(tmp_path, cell)
+    assert [r["seed"] for r in results] == [0] * 4
+    for run, result in zip(spec.runs(), results):
+        directory = sweep.run_dir(tmp_path, run)
         assert {"metrics.jsonl", "checkpoint.npz", "train.log", "result.json"} <= {p.name for p in directory.iterdir()}
         assert "ltexec train: addition" in (directory / "train.log").read_text()
         assert result["steps"] == 10 and 0.0 <= result["exact_match_acc"] <= 1.0
@@ -174,7 +182,7 @@ def test_resume_after_kill_skips_finished_cells(tmp_path):
             "--strategies", "baseline,naive,combined", "--lengths", "1", "--steps-per-cell", "150",
             "--beyond", "1", *TINY_FLAGS]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    first = sweep.cell_dir(tmp_path, Cell("baseline", 1)) / sweep.CELL_RESULT_NAME
+    first = tmp_path / sweep.CELLS_DIR / "baseline-L1-N1-none" / sweep.CELL_RESULT_NAME
     deadline = time.monotonic() + 60
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -197,25 +205,146 @@ def test_resume_after_kill_skips_finished_cells(tmp_path):
 
 def test_cell_with_a_checkpoint_resumes_from_it(tmp_path):
     spec = tiny_spec(strategies=["mix"], lengths=[1], steps_per_cell=12)
-    cell = spec.cells()[0]
-    config = spec.cell_config(cell)
-    config.max_steps = 5                                              # a cell killed after step 5
-    Trainer(config, sweep.cell_dir(tmp_path, cell), log=lambda line: None).run()
+    (run,) = spec.runs()
+    interrupt_after_5_steps(spec, run, tmp_path)
     (result,) = sweep.run_sweep(spec, tmp_path, executor_factory=inline_executor(), log=lambda line: None)
-    assert "resumed from" in (sweep.cell_dir(tmp_path, cell) / "train.log").read_text()
+    assert "resumed from" in (sweep.run_dir(tmp_path, run) / "train.log").read_text()
     assert result["steps"] == 12
-    steps = [json.loads(line)["step"] for line in (sweep.cell_dir(tmp_path, cell) / "metrics.jsonl").open()]
-    assert steps == [5, 10, 12]
+    assert logged_steps(tmp_path, run) == [5, 10, 12]
+
+
+def interrupt_after_5_steps(spec: SweepSpec, run: sweep.Run, sweep_dir) -> None:
+    """Leave ``run`` as a sweep killed after its step 5 leaves it: a checkpoint and no result."""
+    config = spec.cell_config(run.cell, run.seed)
+    config.max_steps = 5
+    Trainer(config, sweep.run_dir(sweep_dir, run), log=lambda line: None).run()
+
+
+def logged_steps(sweep_dir, run: sweep.Run) -> list[int]:
+    return [json.loads(line)["step"] for line in (sweep.run_dir(sweep_dir, run) / "metrics.jsonl").open()]
 
 
 def test_a_failed_cell_is_reported_and_the_others_finish(tmp_path):
-    failed = "1 cell\\(s\\) failed: baseline-L2-N1-none: RuntimeError: this cell fails"
+    failed = "1 run\\(s\\) failed: baseline-L2-N1-none: RuntimeError: this cell fails"
     with pytest.raises(sweep.SweepError, match=failed):
         sweep.run_sweep(tiny_spec(), tmp_path, executor_factory=inline_executor("baseline-L2-N1-none"),
                         log=lambda line: None)
     _, results = sweep.load_results(tmp_path)
     assert len(results) == 3 and Cell("baseline", 2) not in results
     assert "| baseline | 1 | 2 | not run |" in sweep.results_table(tmp_path)
+
+
+# --------------------------------------------------------------------------- seeds
+def test_seeds_name_the_run_directories_only_when_several():
+    assert [r.name for r in tiny_spec(lengths=[1]).runs()] == ["baseline-L1-N1-none", "combined-L1-N1-none"]
+    spec = tiny_spec(lengths=[1], seeds=2, train={**TINY, "seed": 3})
+    assert [(r.name, r.seed) for r in spec.runs()] == [("baseline-L1-N1-none-s3", 3), ("baseline-L1-N1-none-s4", 4),
+                                                       ("combined-L1-N1-none-s3", 3), ("combined-L1-N1-none-s4", 4)]
+    assert spec.cell_config(Cell("naive", 1), 4).seed == 4 and spec.cell_config(Cell("naive", 1)).seed == 3
+    assert sweep.SweepSpec.from_dict(spec.to_dict()).seeds == 2
+
+
+def test_two_seeds_per_cell_train_resume_and_are_skipped_on_a_rerun(tmp_path, monkeypatch, capsys):
+    """Each cell trains once per seed (the seed reaches the run), an interrupted seed resumes, a rerun skips all."""
+    monkeypatch.setattr(sweep, "local_executor", inline_executor())
+    argv = ["sweep", "--out", str(tmp_path), "--task", "addition", "--strategies", "baseline", "--lengths", "1",
+            "--steps-per-cell", "12", "--beyond", "1", "--seeds", "2", "--seed", "3", *TINY_FLAGS]
+    flags_train = {k: v for k, v in TINY.items() if k != "window"}    # what TINY_FLAGS set
+    spec = SweepSpec.from_dict({"task": "addition", "strategies": ["baseline"], "lengths": [1], "seeds": 2,
+                                "steps_per_cell": 12, "beyond": [1], "train": {**flags_train, "seed": 3}})
+    first, second = spec.runs()
+    sweep.open_sweep_dir(tmp_path, spec)
+    interrupt_after_5_steps(spec, second, tmp_path)
+    assert main(argv) == 0
+    assert "1 cells x 2 seeds, 0 already done" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / sweep.RESULTS_NAME).open()]
+    assert [(r["seed"], r["config"]["seed"], r["steps"]) for r in records] == [(3, 3, 12), (4, 4, 12)]
+    assert ["resumed from" in (sweep.run_dir(tmp_path, run) / "train.log").read_text()
+            for run in (first, second)] == [False, True]
+    assert logged_steps(tmp_path, first) == [5, 10, 12] and logged_steps(tmp_path, second) == [5, 10, 12]
+    losses = [json.loads((sweep.run_dir(tmp_path, run) / "metrics.jsonl").open().readline())["loss"]
+              for run in (first, second)]
+    assert losses[0] != losses[1]                                     # different seeds, different training
+
+    kept = [(sweep.run_dir(tmp_path, run) / sweep.CELL_RESULT_NAME).read_text() for run in (first, second)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 already done" in out and "started" not in out
+    assert kept == [(sweep.run_dir(tmp_path, run) / sweep.CELL_RESULT_NAME).read_text() for run in (first, second)]
+    assert "| baseline | 1 | 1 | " in out and "(n=2) | 12 ± 0 (n=2) |" in out
+
+
+def record(teacher_forced: float, exact: float, beyond_exact: float, steps: int = 10) -> dict:
+    """A made-up finished run's result, with one level beyond its target."""
+    return {"status": "done", "teacher_forced_acc": teacher_forced, "exact_match_acc": exact, "steps": steps,
+            "chars_per_s": 1000.0, "beyond": [{"offset": "length+1", "teacher_forced_acc": beyond_exact,
+                                               "exact_match_acc": beyond_exact}]}
+
+
+def test_cell_summaries_give_mean_sample_sd_min_max_and_the_seeds_finished():
+    spec = tiny_spec(strategies=["baseline"], seeds=3)
+    l1, l2 = spec.cells()
+    runs = spec.runs()
+    results = {runs[0]: record(0.5, 0.1, 0.0), runs[1]: record(0.6, 0.2, 0.1, steps=20),
+               runs[2]: record(0.7, 0.6, 0.2), runs[4]: record(0.9, 0.8, 0.3)}   # L2: only its seed 1
+    summaries = sweep.cell_summaries(spec, results)
+    assert list(summaries) == [l1, l2]
+    tf = summaries[l1]["teacher_forced_acc"]
+    assert (tf["mean"], tf["sd"], tf["min"], tf["max"], tf["n"]) == pytest.approx((0.6, 0.1, 0.5, 0.7, 3))
+    assert summaries[l1]["exact_match_acc"]["sd"] == pytest.approx(math.sqrt(0.07))   # sample sd: divides by n - 1
+    assert summaries[l1]["steps"]["mean"] == pytest.approx(40 / 3) and summaries[l1]["n"] == 3
+    assert summaries[l1]["beyond"]["length+1"]["exact_match_acc"]["mean"] == pytest.approx(0.1)
+    one = summaries[l2]
+    assert one["n"] == 1 and one["teacher_forced_acc"]["mean"] == 0.9 and math.isnan(one["teacher_forced_acc"]["sd"])
+    assert sweep.cell_summaries(spec, {}) == {}
+
+
+def write_results(sweep_dir, spec: SweepSpec, records: dict[str, dict]) -> None:
+    """A sweep directory whose runs named in ``records`` have finished with those results."""
+    sweep.open_sweep_dir(sweep_dir, spec)
+    for run in spec.runs():
+        if run.name in records:
+            sweep.write_json(sweep.run_dir(sweep_dir, run) / sweep.CELL_RESULT_NAME, records[run.name])
+
+
+def test_table_shows_plain_values_for_one_seed_and_mean_sd_n_for_several(tmp_path):
+    one = tiny_spec(strategies=["baseline"])
+    write_results(tmp_path / "one", one, {"baseline-L1-N1-none": record(0.5, 0.25, 0.125)})
+    assert sweep.results_table(tmp_path / "one").splitlines() == [
+        "| strategy | nesting | length | teacher-forced | exact match | exact length+1 | steps | chars/s |",
+        "|---|---|---|---|---|---|---|---|",
+        "| baseline | 1 | 1 | 50.0% | 25.0% | 12.5% | 10 | 1,000 |",
+        "| baseline | 1 | 2 | not run |  |  |  |  |"]
+    two = tiny_spec(strategies=["baseline"], seeds=2)
+    write_results(tmp_path / "two", two, {"baseline-L1-N1-none-s0": record(0.5, 0.25, 0.125),
+                                          "baseline-L1-N1-none-s1": record(0.6, 0.35, 0.125, steps=20),
+                                          "baseline-L2-N1-none-s1": record(0.7, 0.5, 0.0)})
+    assert sweep.results_table(tmp_path / "two").splitlines()[2:] == [
+        "| baseline | 1 | 1 | 55.0 ± 7.1% (n=2) | 30.0 ± 7.1% (n=2) | 12.5 ± 0.0% (n=2) | 15 ± 7 (n=2) | 1,000 |",
+        "| baseline | 1 | 2 | 70.0% (n=1) | 50.0% (n=1) | 0.0% (n=1) | 10 (n=1) | 1,000 |"]
+
+
+def test_a_sweep_written_before_seeds_existed_loads_resumes_and_tables_as_before(tmp_path, monkeypatch, capsys):
+    """sweep.json without "seeds" and run directories named after their cell: one seed, the same layout."""
+    spec = tiny_spec(strategies=["baseline", "naive"], lengths=[1], steps_per_cell=5)
+    sweep.run_sweep(spec, tmp_path, executor_factory=inline_executor(), log=lambda line: None)
+    old_spec = {k: v for k, v in json.loads((tmp_path / sweep.SPEC_NAME).read_text()).items() if k != "seeds"}
+    sweep.write_json(tmp_path / sweep.SPEC_NAME, old_spec)
+    unfinished = tmp_path / sweep.CELLS_DIR / "naive-L1-N1-none" / sweep.CELL_RESULT_NAME
+    unfinished.unlink()                                               # killed after its last checkpoint
+    table = sweep.results_table(tmp_path)
+    assert "| naive | 1 | 1 | not run |" in table and "(n=" not in table
+    assert sweep.load_spec(tmp_path) == spec and sweep.load_spec(tmp_path).seeds == 1
+
+    monkeypatch.setattr(sweep, "local_executor", inline_executor())
+    assert main(["sweep", "--out", str(tmp_path)]) == 0               # continue the sweep held there
+    out = capsys.readouterr().out
+    assert "2 cells, 1 already done" in out and "started  naive-L1-N1-none\n" in out and "started  baseline" not in out
+    assert "resumed from" in unfinished.with_name("train.log").read_text() and unfinished.exists()
+    assert json.loads((tmp_path / sweep.SPEC_NAME).read_text()) == old_spec      # left as it was
+    assert out.rstrip().endswith(sweep.results_table(tmp_path)) and "not run" not in sweep.results_table(tmp_path)
+    assert [r["cell"]["strategy"] for r in map(json.loads, (tmp_path / sweep.RESULTS_NAME).open())] == \
+        ["baseline", "naive"]
 
 
 # --------------------------------------------------------------------------- Ray
@@ -282,6 +411,6 @@ def test_evaluate_beyond_loads_the_checkpoint_and_is_repeatable(tmp_path):
     spec = SweepSpec.from_dict({"task": "programs", "strategies": ["baseline"], "lengths": [1], "nestings": [1],
                                 "steps_per_cell": 5, "beyond": [1], "train": TINY})
     (result,) = sweep.run_sweep(spec, tmp_path, executor_factory=inline_executor(), log=lambda line: None)
-    again = evaluate_beyond(sweep.cell_dir(tmp_path, spec.cells()[0]), offsets=(1,))
+    again = evaluate_beyond(sweep.run_dir(tmp_path, spec.runs()[0]), offsets=(1,))
     assert again == result["beyond"]
     assert [(d["length"], d["nesting"]) for d in again] == [(2, 1), (1, 2)]

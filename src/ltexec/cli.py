@@ -213,11 +213,11 @@ def _add_sweep(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "sweep", help="train a grid of runs (strategies x lengths x nestings or transforms)",
-        description="Train one run per cell of a grid: strategies x target length x nesting for programs "
-                    "and addition (the paper's Figures 4 and 5), strategies x input transform x length "
-                    "for copy (Figure 7). Each cell gets its own directory under --out with its "
+        description="Train one run per cell of a grid and seed: strategies x target length x nesting for "
+                    "programs and addition (the paper's Figures 4 and 5), strategies x input transform x "
+                    "length for copy (Figure 7). Each run gets its own directory under --out with its "
                     "metrics.jsonl, checkpoint.npz, train.log and result.json; results.jsonl collects "
-                    "them. Rerunning the command continues the sweep: finished cells are skipped, "
+                    "them. Rerunning the command continues the sweep: finished runs are skipped, "
                     "interrupted ones resume from their checkpoint. Grid options replace the preset's.")
     add = parser.add_argument
     add("--out", required=True, help="the sweep directory (created; a rerun continues it)")
@@ -233,6 +233,8 @@ def _add_sweep(subparsers) -> None:
         help="target nestings, programs only (default 1)")
     add("--transforms", type=list_arg("transforms", lambda t: check_choice("transforms", t, TRANSFORMS)),
         help=f"input transforms, several for copy only: {','.join(TRANSFORMS)} (default none)")
+    add("--seeds", type=int_arg("seeds", 1), help="runs per cell, from seeds --seed, --seed + 1, ...; the table "
+        "and figures show their mean and spread (default 1)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps-per-cell", type=int_arg("steps-per-cell", 1), help="training steps per cell")
     budget.add_argument("--minutes-per-cell", type=float_arg("minutes-per-cell", 0.0, inclusive_min=False),
@@ -243,7 +245,7 @@ def _add_sweep(subparsers) -> None:
     add("--hidden", type=int_arg("hidden", 1), help="LSTM units per layer (default: the preset's, else 400)")
     add("--layers", type=int_arg("layers", 1), help="LSTM layers (default: the preset's, else 2)")
     add("--batch", type=int_arg("batch", 1), help="batch size (default: the preset's, else 100)")
-    add("--seed", type=int_arg("seed", 0), help="random seed of every cell (default 0)")
+    add("--seed", type=int_arg("seed", 0), help="random seed of every cell, the first one with --seeds (default 0)")
     add("--backend", choices=("auto",) + tuple(BACKENDS), help="compute backend of every cell (default auto)")
     add("--eval-every", type=int_arg("eval-every", 1),
         help="steps between evaluations (default: the preset's, else 500)")
@@ -257,7 +259,7 @@ def _add_sweep(subparsers) -> None:
     parser.set_defaults(run=_run_sweep)
 
 
-SWEEP_GRID_OPTIONS = ("task", "strategies", "lengths", "nestings", "transforms", "steps_per_cell",
+SWEEP_GRID_OPTIONS = ("task", "strategies", "lengths", "nestings", "transforms", "seeds", "steps_per_cell",
                       "minutes_per_cell", "beyond")
 SWEEP_TRAIN_OPTIONS = ("hidden", "layers", "batch", "seed", "backend", "eval_every", "eval_examples")
 
@@ -286,7 +288,9 @@ def _add_plot(subparsers) -> None:
         description="Draw heatmaps in the style of the paper's figures from a sweep directory: accuracy "
                     "per strategy (rows nesting or transform, columns length), each strategy relative "
                     "to baseline, and accuracy beyond the training target, for teacher-forced and "
-                    "exact-match accuracy. Cells not yet run are hatched. Needs matplotlib "
+                    "exact-match accuracy. With several seeds per cell the cells show mean±sd and relative "
+                    "cells within the seed-to-seed spread are marked ~. Cells not yet run are hatched. "
+                    "Needs matplotlib "
                     '(pip install "ltexec[plot]").')
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a directory written by ltexec sweep")
     parser.add_argument("--figures", help="where to write the figures (default SWEEP_DIR/figures)")

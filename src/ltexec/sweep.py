@@ -1,21 +1,23 @@
 """Curriculum sweeps: the paper's grids of training runs, resumable and parallel.
 
-A sweep trains one ordinary run (:func:`~ltexec.trainer.open_run`) per cell of
-a grid: strategies x target length x nesting for ``programs`` and ``addition``
-(the paper's Figures 4 and 5), strategies x input transform x length for
-``copy`` (Figure 7). Its directory holds
+A sweep trains ``seeds`` ordinary runs (:func:`~ltexec.trainer.open_run`) per
+cell of a grid, one per seed: strategies x target length x nesting for
+``programs`` and ``addition`` (the paper's Figures 4 and 5), strategies x
+input transform x length for ``copy`` (Figure 7). Its directory holds
 
-- ``sweep.json``: the grid and training options, written at the start; a
-  restart with a different grid is refused, so results never mix two grids;
-- ``cells/NAME/``: each cell's own ``metrics.jsonl``, ``checkpoint.npz``,
+- ``sweep.json``: the grid, seeds and training options, written at the start;
+  a restart with a different grid is refused, so results never mix two grids;
+- ``cells/NAME/``: each run's own ``metrics.jsonl``, ``checkpoint.npz``,
   ``train.log`` (the trainer's output) and, once it is done, ``result.json``
-  (written atomically: its presence is what marks the cell finished);
-- ``results.jsonl``: every finished cell's result, in grid order, rewritten
-  after each cell.
+  (written atomically: its presence is what marks the run finished). NAME is
+  the cell's name, followed by ``-sSEED`` when the sweep has several seeds;
+- ``results.jsonl``: every finished run's result, in grid order, rewritten
+  after each run.
 
-Restarting the same sweep skips finished cells and resumes an interrupted
-cell from its checkpoint, so a killed sweep loses at most the work since the
-last evaluation of the cells in flight. Cells run in worker processes on this
+:func:`cell_summaries` gives each cell's mean and spread over its seeds.
+Restarting the same sweep skips finished runs and resumes an interrupted
+run from its checkpoint, so a killed sweep loses at most the work since the
+last evaluation of the runs in flight. Cells run in worker processes on this
 machine (:func:`local_executor`) or as Ray tasks on a cluster
 (:class:`RayExecutor`); both are ``concurrent.futures`` executors and give the
 same files.
@@ -27,7 +29,9 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
+import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -54,6 +58,10 @@ SPEC_VERSION = 1
 GRID_FIELDS = ("task", "length", "nesting", "strategy", "transform", "minutes", "max_steps")
 """TrainConfig fields that the grid and the budget set for each cell; the other fields are ``train`` options."""
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+SUMMARY_METRICS = ("teacher_forced_acc", "exact_match_acc", "steps", "chars_per_s")
+"""Result fields that :func:`summarize_cell` averages over a cell's seeds."""
+BEYOND_METRICS = ("teacher_forced_acc", "exact_match_acc")
+"""Fields of each level beyond the target that :func:`summarize_cell` averages."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,15 @@ class Cell:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One training run of a sweep: a cell trained from one seed, in the directory ``cells/NAME``."""
+
+    cell: Cell
+    seed: int
+    name: str
+
+
 @dataclass
 class SweepSpec:
     """A grid of cells plus what every cell shares: budget, training options, generalization offsets.
@@ -81,7 +98,8 @@ class SweepSpec:
     ``steps_per_cell`` or ``minutes_per_cell`` bounds each cell (neither: the
     paper's rule, train until the learning rate falls below ``min_lr``).
     ``train`` holds any other :class:`TrainConfig` field (hidden, layers, batch,
-    seed, backend, ...). ``beyond`` lists the offsets k at which each trained
+    seed, backend, ...). ``seeds`` is the number of runs per cell, from the
+    ``train`` seed on. ``beyond`` lists the offsets k at which each trained
     model is also evaluated, at length + k and (programs) nesting + k.
     """
 
@@ -90,6 +108,7 @@ class SweepSpec:
     lengths: tuple = (1,)
     nestings: tuple = (1,)
     transforms: tuple = ("none",)
+    seeds: int = 1
     steps_per_cell: int | None = None
     minutes_per_cell: float | None = None
     beyond: tuple = (1, 2)
@@ -103,6 +122,7 @@ class SweepSpec:
         self.nestings = check_list("nestings", self.nestings, lambda v: check_int("nestings", v, 1))
         self.transforms = check_list("transforms", self.transforms,
                                      lambda t: check_choice("transforms", t, TRANSFORMS))
+        self.seeds = check_int("seeds", self.seeds, 1)
         self.beyond = check_list("beyond", self.beyond, lambda v: check_int("beyond", v, 1), allow_empty=True)
         if self.task != "programs" and self.nestings != (1,):
             raise ValueError(f"nestings apply only to task programs; got nestings "
@@ -130,9 +150,24 @@ class SweepSpec:
                 for strategy, transform, nesting, length
                 in itertools.product(self.strategies, self.transforms, self.nestings, self.lengths)]
 
-    def cell_config(self, cell: Cell) -> TrainConfig:
-        """The validated training configuration of one cell."""
-        return TrainConfig.from_dict({**self.train, "task": self.task, "length": cell.length,
+    def seed_values(self) -> tuple[int, ...]:
+        """The seeds every cell trains from: the ``train`` seed (default TrainConfig's) and the ones after it."""
+        first = check_int("seed", self.train.get("seed", TrainConfig.seed), 0)
+        return tuple(range(first, first + self.seeds))
+
+    def runs(self) -> list[Run]:
+        """Every run, in grid order with a cell's seeds together.
+
+        The directory name carries the seed only when there are several, so a
+        one-seed sweep has the layout of sweeps written before seeds existed.
+        """
+        return [Run(cell, seed, f"{cell.name}-s{seed}" if self.seeds > 1 else cell.name)
+                for cell in self.cells() for seed in self.seed_values()]
+
+    def cell_config(self, cell: Cell, seed: int | None = None) -> TrainConfig:
+        """The validated training configuration of one cell trained from ``seed`` (default: the ``train`` seed)."""
+        train = self.train if seed is None else {**self.train, "seed": seed}
+        return TrainConfig.from_dict({**train, "task": self.task, "length": cell.length,
                                       "nesting": cell.nesting, "strategy": cell.strategy,
                                       "transform": cell.transform, "max_steps": self.steps_per_cell,
                                       "minutes": self.minutes_per_cell})
@@ -189,8 +224,8 @@ def preset(name: str, **overrides) -> SweepSpec:
 
 
 # ------------------------------------------------------------------ the sweep directory
-def cell_dir(sweep_dir, cell: Cell) -> Path:
-    return Path(sweep_dir) / CELLS_DIR / cell.name
+def run_dir(sweep_dir, run: Run) -> Path:
+    return Path(sweep_dir) / CELLS_DIR / run.name
 
 
 def write_json(path, value) -> None:
@@ -227,35 +262,35 @@ def open_sweep_dir(sweep_dir, spec: SweepSpec) -> None:
     write_json(path, wanted)
 
 
-def load_results(sweep_dir) -> tuple[SweepSpec, dict[Cell, dict]]:
-    """The sweep's spec and every finished cell's result (cells not yet run are absent)."""
+def load_results(sweep_dir) -> tuple[SweepSpec, dict[Run, dict]]:
+    """The sweep's spec and every finished run's result (runs not yet finished are absent)."""
     spec = load_spec(sweep_dir)
     results = {}
-    for cell in spec.cells():
-        path = cell_dir(sweep_dir, cell) / CELL_RESULT_NAME
+    for run in spec.runs():
+        path = run_dir(sweep_dir, run) / CELL_RESULT_NAME
         if path.is_file():
-            results[cell] = json.loads(path.read_text(encoding="utf-8"))
+            results[run] = json.loads(path.read_text(encoding="utf-8"))
     return spec, results
 
 
 def write_results_file(sweep_dir) -> Path:
-    """Rewrite ``results.jsonl`` from the cells' result files, in grid order."""
+    """Rewrite ``results.jsonl`` from the runs' result files, in grid order."""
     spec, results = load_results(sweep_dir)
-    lines = "".join(json.dumps(results[c]) + "\n" for c in spec.cells() if c in results)
+    lines = "".join(json.dumps(results[r]) + "\n" for r in spec.runs() if r in results)
     path = Path(sweep_dir) / RESULTS_NAME
     atomic_write(path, lambda handle: handle.write(lines.encode("utf-8")))
     return path
 
 
-# ------------------------------------------------------------------------- one cell
+# ------------------------------------------------------------------------- one run
 def run_cell(job: dict) -> dict:
-    """Train (or resume) one cell, evaluate it beyond its target, write its result file; runs in a worker.
+    """Train (or resume) one run of a cell, evaluate it beyond its target, write its result file; runs in a worker.
 
-    ``job`` holds ``config`` (a TrainConfig dict), ``dir``, ``cell``, ``beyond``
-    and ``threads`` (the BLAS threads, i.e. lanes of the ``cpu`` backend, this
-    cell may use). The trainer's output goes to the cell's ``train.log``.
-    Returns the result, or ``{"status": "interrupted"}`` (no result file) if
-    the cell was stopped before its budget ran out.
+    ``job`` holds ``config`` (a TrainConfig dict, its seed the run's), ``dir``,
+    ``cell``, ``beyond`` and ``threads`` (the BLAS threads, i.e. lanes of the
+    ``cpu`` backend, this run may use). The trainer's output goes to the run's
+    ``train.log``. Returns the result, or ``{"status": "interrupted"}`` (no
+    result file) if the run was stopped before its budget ran out.
     """
     out = Path(job["dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +305,7 @@ def run_cell(job: dict) -> dict:
         if summary["stopped"] == "interrupted":
             return {"status": "interrupted", "cell": job["cell"]}
         beyond = evaluate_beyond(out, job["beyond"], backend=trainer.model.backend)
-    result = {"status": "done", "cell": job["cell"], **summary, "beyond": beyond,
+    result = {"status": "done", "cell": job["cell"], "seed": trainer.config.seed, **summary, "beyond": beyond,
               "config": dataclasses.asdict(trainer.config), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(out / CELL_RESULT_NAME, result)
     return result
@@ -368,23 +403,23 @@ class SweepError(RuntimeError):
 
 
 class Progress:
-    """One line per cell started or finished: cells done, running and left, and an ETA."""
+    """One line per run started or finished: runs done, running and left, and an ETA."""
 
     def __init__(self, total: int, done: int, workers: int, log: Callable[[str], None]):
         self.total, self.done, self.workers, self.log = total, done, workers, log
-        self.started: dict[Cell, float] = {}
+        self.started: dict[Run, float] = {}
         self.durations: list[float] = []
 
-    def start(self, cell: Cell) -> None:
-        self.started[cell] = time.monotonic()
-        self._line(f"started  {cell.name}")
+    def start(self, run: Run) -> None:
+        self.started[run] = time.monotonic()
+        self._line(f"started  {run.name}")
 
-    def finish(self, cell: Cell, outcome: str, detail: str = "", counted: bool = True) -> None:
-        seconds = time.monotonic() - self.started.pop(cell)
+    def finish(self, run: Run, outcome: str, detail: str = "", counted: bool = True) -> None:
+        seconds = time.monotonic() - self.started.pop(run)
         if counted:
             self.done += 1
             self.durations.append(seconds)
-        self._line(f"{outcome} {cell.name} after {format_duration(seconds)}{detail}")
+        self._line(f"{outcome} {run.name} after {format_duration(seconds)}{detail}")
 
     def _line(self, event: str) -> None:
         running = len(self.started)
@@ -394,7 +429,7 @@ class Progress:
 
     def _eta(self, left: int) -> str:
         if not self.durations:
-            return "after the first cell"
+            return "after the first run"
         mean = sum(self.durations) / len(self.durations)
         now = time.monotonic()
         in_flight = sum(max(mean - (now - t), 0.0) for t in self.started.values())
@@ -413,85 +448,132 @@ def default_threads(workers: int) -> int:
 
 def run_sweep(spec: SweepSpec, sweep_dir, workers: int = 1, threads: int | None = None,
               executor_factory=local_executor, log: Callable[[str], None] = print) -> list[dict]:
-    """Run every unfinished cell of ``spec`` with at most ``workers`` at once; return all results in grid order.
+    """Run every unfinished run of ``spec`` with at most ``workers`` at once; return all results in grid order.
 
     ``executor_factory(workers, threads)`` is a context manager giving a
     ``concurrent.futures.Executor`` (:func:`local_executor`, :func:`ray_executor`).
-    Raises :class:`SweepError` after the other cells are done if some failed.
+    Raises :class:`SweepError` after the other runs are done if some failed.
     """
     workers = check_int("workers", workers, 1)
     threads = default_threads(workers) if threads is None else check_int("threads", threads, 1)
     open_sweep_dir(sweep_dir, spec)
+    runs = spec.runs()
     _, finished = load_results(sweep_dir)
-    pending = [cell for cell in spec.cells() if cell not in finished]
-    progress = Progress(len(spec.cells()), len(finished), workers, log)
-    log(f"sweep {sweep_dir}: {len(spec.cells())} cells, {len(finished)} already done, "
+    pending = [run for run in runs if run not in finished]
+    progress = Progress(len(runs), len(finished), workers, log)
+    seeds = f" x {spec.seeds} seeds" if spec.seeds > 1 else ""
+    log(f"sweep {sweep_dir}: {len(spec.cells())} cells{seeds}, {len(finished)} already done, "
         f"{workers} worker{'s' if workers > 1 else ''} of {threads} thread{'s' if threads > 1 else ''}")
     failures = []
     if pending:
         with executor_factory(workers, threads) as executor:
-            in_flight: dict[Future, Cell] = {}
+            in_flight: dict[Future, Run] = {}
             queue = iter(pending)
             try:
                 while True:
-                    for cell in itertools.islice(queue, workers - len(in_flight)):
-                        job = {"config": dataclasses.asdict(spec.cell_config(cell)), "cell": cell.to_dict(),
-                               "dir": str(cell_dir(sweep_dir, cell)), "beyond": list(spec.beyond),
-                               "threads": threads}
-                        in_flight[executor.submit(run_cell, job)] = cell
-                        progress.start(cell)
+                    for run in itertools.islice(queue, workers - len(in_flight)):
+                        job = {"config": dataclasses.asdict(spec.cell_config(run.cell, run.seed)),
+                               "cell": run.cell.to_dict(), "dir": str(run_dir(sweep_dir, run)),
+                               "beyond": list(spec.beyond), "threads": threads}
+                        in_flight[executor.submit(run_cell, job)] = run
+                        progress.start(run)
                     if not in_flight:
                         break
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
-                        cell = in_flight.pop(future)
-                        failure = _report(future, cell, progress)
+                        run = in_flight.pop(future)
+                        failure = _report(future, run, progress)
                         if failure:
                             failures.append(failure)
                         write_results_file(sweep_dir)
             except KeyboardInterrupt:
-                log(f"sweep interrupted: the cells in flight save a checkpoint; rerun the same command "
-                    f"to continue ({len(in_flight)} cell(s) will resume)")
+                log(f"sweep interrupted: the runs in flight save a checkpoint; rerun the same command "
+                    f"to continue ({len(in_flight)} run(s) will resume)")
                 raise
     write_results_file(sweep_dir)
     if failures:
-        raise SweepError(f"{len(failures)} cell(s) failed: {'; '.join(failures)}; rerun to retry them "
-                         f"(each cell's train.log has its output)")
+        raise SweepError(f"{len(failures)} run(s) failed: {'; '.join(failures)}; rerun to retry them "
+                         f"(each run's train.log has its output)")
     _, results = load_results(sweep_dir)
-    return [results[c] for c in spec.cells() if c in results]
+    return [results[r] for r in runs if r in results]
 
 
-def _report(future: Future, cell: Cell, progress: Progress) -> str | None:
-    """Log a finished cell; return a one-line failure description if it failed."""
+def _report(future: Future, run: Run, progress: Progress) -> str | None:
+    """Log a finished run; return a one-line failure description if it failed."""
     error = future.exception()
     if error is not None:
-        progress.finish(cell, "FAILED  ", f": {error}", counted=False)
-        return f"{cell.name}: {type(error).__name__}: {error}"
+        progress.finish(run, "FAILED  ", f": {error}", counted=False)
+        return f"{run.name}: {type(error).__name__}: {error}"
     result = future.result()
     if result["status"] == "interrupted":
-        progress.finish(cell, "stopped ", " (interrupted; it resumes on a rerun)", counted=False)
+        progress.finish(run, "stopped ", " (interrupted; it resumes on a rerun)", counted=False)
         return None
-    progress.finish(cell, "finished", f": {100 * result['teacher_forced_acc']:.1f}% char, "
-                                      f"{100 * result['exact_match_acc']:.1f}% exact, {result['steps']} steps")
+    progress.finish(run, "finished", f": {100 * result['teacher_forced_acc']:.1f}% char, "
+                                     f"{100 * result['exact_match_acc']:.1f}% exact, {result['steps']} steps")
     return None
 
 
+# ------------------------------------------------------------------ mean and spread
+def spread(values) -> dict:
+    """Mean, sample standard deviation (NaN for fewer than two values: no spread known), min, max and count."""
+    values = list(values)
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else math.nan,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize_cell(records: list[dict]) -> dict:
+    """One cell's finished runs in one record: ``n`` runs, the spread of each summary metric and beyond level."""
+    levels: dict[str, list[dict]] = {}
+    for record in records:
+        for level in record["beyond"]:
+            levels.setdefault(level["offset"], []).append(level)
+    return {"n": len(records), **{key: spread(r[key] for r in records) for key in SUMMARY_METRICS},
+            "beyond": {offset: {key: spread(level[key] for level in found) for key in BEYOND_METRICS}
+                       for offset, found in levels.items()}}
+
+
+def cell_summaries(spec: SweepSpec, results: dict[Run, dict]) -> dict[Cell, dict]:
+    """Each cell's :func:`summarize_cell` over its finished seeds, in grid order; cells with none are absent."""
+    finished: dict[Cell, list[dict]] = {}
+    for run in spec.runs():
+        if run in results:
+            finished.setdefault(run.cell, []).append(results[run])
+    return {cell: summarize_cell(records) for cell, records in finished.items()}
+
+
 # -------------------------------------------------------------------------- table
+def format_spread(values: dict, several_seeds: bool, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
+    """``mean ± sd (n=K)`` in a sweep of several seeds (no ``± sd`` from one finished seed), else the plain mean."""
+    text = f"{scale * values['mean']:.{digits}f}"
+    if not several_seeds:
+        return text + unit
+    if not math.isnan(values["sd"]):
+        text += f" ± {scale * values['sd']:.{digits}f}"
+    return f"{text}{unit} (n={values['n']})"
+
+
 def results_table(sweep_dir) -> str:
-    """A Markdown table of the sweep's results: one row per cell, missing cells marked."""
+    """A Markdown table of the sweep's results: one row per cell, missing cells marked.
+
+    With one seed per cell the values are the run's; with several, each is the
+    mean ± sample sd over the cell's finished seeds, n of them (chars/s: the mean).
+    """
     spec, results = load_results(sweep_dir)
-    beyond = [level["offset"] for level in next(iter(results.values()), {}).get("beyond", [])]
+    summaries = cell_summaries(spec, results)
+    several = spec.seeds > 1
+    beyond = list(next(iter(summaries.values()), {}).get("beyond", {}))
     head = ["strategy", "transform" if spec.task == "copy" else "nesting", "length",
             "teacher-forced", "exact match", *(f"exact {b}" for b in beyond), "steps", "chars/s"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in spec.cells():
         row = [cell.strategy, cell.transform if spec.task == "copy" else str(cell.nesting), str(cell.length)]
-        result = results.get(cell)
-        if result is None:
+        summary = summaries.get(cell)
+        if summary is None:
             row += ["not run"] + [""] * (len(head) - 4)
         else:
-            row += [f"{100 * result['teacher_forced_acc']:.1f}%", f"{100 * result['exact_match_acc']:.1f}%"]
-            row += [f"{100 * level['exact_match_acc']:.1f}%" for level in result["beyond"]]
-            row += [str(result["steps"]), f"{result['chars_per_s']:,.0f}"]
+            accuracies = [summary["teacher_forced_acc"], summary["exact_match_acc"],
+                          *(summary["beyond"][b]["exact_match_acc"] for b in beyond)]
+            row += [format_spread(a, several, scale=100, unit="%") for a in accuracies]
+            row += [format_spread(summary["steps"], several, digits=0), f"{summary['chars_per_s']['mean']:,.0f}"]
         rows.append("| " + " | ".join(row) + " |")
     return "\n".join(rows)
