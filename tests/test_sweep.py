@@ -414,3 +414,22 @@ def test_evaluate_beyond_loads_the_checkpoint_and_is_repeatable(tmp_path):
     again = evaluate_beyond(sweep.run_dir(tmp_path, spec.runs()[0]), offsets=(1,))
     assert again == result["beyond"]
     assert [(d["length"], d["nesting"]) for d in again] == [(2, 1), (1, 2)]
+
+
+def test_the_paper_presets_follow_the_original_code():
+    paper = sweep.preset("paper")
+    assert paper.cell_config(paper.cells()[0]).eval_every == 100          # half the original's 200-step epoch
+    assert paper.cell_config(paper.cells()[0]).draw == "number"
+    copy = sweep.preset("paper-copy")
+    assert copy.steps_per_cell == 4000                                      # Figure 7: 20 epochs of 200 steps
+    assert copy.cell_config(copy.cells()[0]).eval_every == 100
+
+
+def test_a_sweep_written_before_the_draw_option_keeps_drawing_per_example(tmp_path):
+    spec = tiny_spec()
+    sweep.open_sweep_dir(tmp_path, spec)
+    path = tmp_path / sweep.SPEC_NAME
+    old = {**json.loads(path.read_text()), "version": 1}
+    path.write_text(json.dumps(old))
+    assert sweep.load_spec(tmp_path).train["draw"] == "example"
+    assert tiny_spec().train.get("draw") is None
