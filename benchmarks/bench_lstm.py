@@ -19,8 +19,11 @@ FLOPs (``flops.py``) over its time, the same count for every runner (a
 backend that finds a shorter way shows more than it executes). Backends that
 cannot run here are listed as skipped with their reason. Every record says
 what it was measured on (``machine.py``: CPU, library versions, the BLAS and
-its kernel, thread settings, git commit) and, for the ``cpu`` backend, its
-lane count.
+its kernel, thread settings, git commit), for the ``cpu`` backend its lane
+count, and how the backend launched its step loops (``launch_mode`` and
+``graph_fallback_reason``: the ``cupy`` backend's CUDA graphs or plain
+launches; None for backends without launch modes), so a GPU timing never
+stands for a mode that did not run.
 
     python benchmarks/bench_lstm.py [--config {paper,small,all}] [--quick] [--repeats N] [--json FILE]
 """
@@ -84,12 +87,24 @@ def random_window(cfg: Config, seed: int = 0):
     return x, y, mask
 
 
-class LtexecRunner:
-    """One training step of LSTMModel on an ltexec backend, through the public API."""
+def launch_details(backend) -> dict:
+    """How ``backend`` ran its step loops: ``launch_mode`` and ``graph_fallback_reason``.
 
-    def __init__(self, backend_name: str, cfg: Config):
+    The ``cupy`` backend says "graph" (its CUDA graphs replayed) or "plain"
+    and, when plain, why; backends without launch modes (``numpy``, ``cpu``,
+    ``numba_cuda`` today) give None for both. Read it after the timed steps:
+    a graph capture that fails during them turns the backend to plain launches.
+    """
+    return {"launch_mode": getattr(backend, "launch_mode", None),
+            "graph_fallback_reason": getattr(backend, "graph_fallback_reason", None)}
+
+
+class LtexecRunner:
+    """One training step of LSTMModel on an ltexec backend, through the public API; ``options`` go to the backend."""
+
+    def __init__(self, backend_name: str, cfg: Config, **options):
         self.name = backend_name
-        self.backend = get_backend(backend_name, cfg.dtype)
+        self.backend = get_backend(backend_name, cfg.dtype, **options)
         self.device = self.backend.device_name()
         self.lanes = self.backend.lanes.count if backend_name == "cpu" else None
         self.model = LSTMModel(cfg.vocab, cfg.hidden, cfg.layers, backend=self.backend)
@@ -103,29 +118,36 @@ class LtexecRunner:
         self.state = result.state
         self.backend.synchronize()
 
+    def launch_details(self) -> dict:
+        return launch_details(self.backend)
+
 
 class TorchRunner:
-    """The same step with torch.nn.LSTM and PyTorch's optimizer (defaults: threads, oneDNN)."""
+    """The same step with torch.nn.LSTM and PyTorch's optimizer (defaults: threads, oneDNN).
+
+    ``device_type`` "cuda" runs it on the current GPU (cuDNN's LSTM); TF32
+    stays as torch's flags say (``gpu_check.py`` sets them).
+    """
 
     name = "torch"
     lanes = None
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, device_type: str = "cpu"):
         import torch
         self.torch = torch
         torch.manual_seed(0)
-        self.device = f"CPU ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+        self.device = torch_device_name(torch, device_type)
         dtype = getattr(torch, cfg.dtype)
-        self.embedding = torch.nn.Embedding(cfg.vocab, cfg.hidden).to(dtype)
-        self.lstm = torch.nn.LSTM(cfg.hidden, cfg.hidden, cfg.layers).to(dtype)
-        self.linear = torch.nn.Linear(cfg.hidden, cfg.vocab).to(dtype)
+        self.embedding = torch.nn.Embedding(cfg.vocab, cfg.hidden).to(device_type, dtype)
+        self.lstm = torch.nn.LSTM(cfg.hidden, cfg.hidden, cfg.layers).to(device_type, dtype)
+        self.linear = torch.nn.Linear(cfg.hidden, cfg.vocab).to(device_type, dtype)
         self.params = [p for m in (self.embedding, self.lstm, self.linear) for p in m.parameters()]
         for p in self.params:
             torch.nn.init.uniform_(p, -0.08, 0.08)
         self.optimizer = torch.optim.SGD(self.params, lr=LEARNING_RATE)
         x, y, mask = random_window(cfg)
-        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y).reshape(-1)
-        self.mask = torch.from_numpy(mask).reshape(-1)
+        self.x, self.y = torch.from_numpy(x).to(device_type), torch.from_numpy(y).reshape(-1).to(device_type)
+        self.mask = torch.from_numpy(mask).reshape(-1).to(device_type)
         self.cfg = cfg
         self.state = None
 
@@ -141,6 +163,18 @@ class TorchRunner:
         self.optimizer.step()
         self.state = (h.detach(), c.detach())
         loss.item()
+
+    @staticmethod
+    def launch_details() -> dict:
+        return {"launch_mode": None, "graph_fallback_reason": None}
+
+
+def torch_device_name(torch, device_type: str) -> str:
+    """What a torch runner runs on: the CPU and its threads, or the GPU with the CUDA and cuDNN versions."""
+    if device_type == "cpu":
+        return f"CPU ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}")
 
 
 class GemmRunner:
@@ -259,8 +293,8 @@ def bench_config(cfg: Config, quick: bool, repeats: int) -> list[dict]:
     records = []
     for runner in runners:
         s = statistics.median(times[runner.name])
-        records.append({"backend": runner.name, "device": runner.device, "lanes": runner.lanes, **common,
-                        "status": "ok", "reason": None,
+        records.append({"backend": runner.name, "device": runner.device, "lanes": runner.lanes,
+                        **runner.launch_details(), **common, "status": "ok", "reason": None,
                         "ms_per_step": round(s * 1e3, 2),
                         "ms_per_step_min_max": [round(min(times[runner.name]) * 1e3, 2),
                                                 round(max(times[runner.name]) * 1e3, 2)],
@@ -270,7 +304,8 @@ def bench_config(cfg: Config, quick: bool, repeats: int) -> list[dict]:
                         "fraction_of_gemm_peak": round(flops / s / peak, 3),
                         "speedup_vs_torch": round(torch_s / s, 3) if torch_s else None})
     for name, reason in skipped.items():
-        records.append({"backend": name, "device": None, "lanes": None, **common,
+        records.append({"backend": name, "device": None, "lanes": None, "launch_mode": None,
+                        "graph_fallback_reason": None, **common,
                         "status": "skipped", "reason": reason,
                         "ms_per_step": None, "chars_per_s": None, "gflops": None,
                         "fraction_of_gemm_peak": None, "speedup_vs_torch": None})
@@ -278,7 +313,8 @@ def bench_config(cfg: Config, quick: bool, repeats: int) -> list[dict]:
 
 
 def print_table(records: list[dict]) -> None:
-    header = f"{'config':<7}{'backend':<12}{'ms/step':>10}{'chars/s':>10}{'GFLOP/s':>9}{'of peak':>9}{'vs torch':>9}"
+    header = (f"{'config':<7}{'backend':<12}{'ms/step':>10}{'chars/s':>10}{'GFLOP/s':>9}{'of peak':>9}{'vs torch':>9}"
+              "  launch mode")
     print(header)
     print("-" * len(header))
     for r in records:
@@ -287,7 +323,7 @@ def print_table(records: list[dict]) -> None:
             continue
         vs_torch = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
         print(f"{r['config']:<7}{r['backend']:<12}{r['ms_per_step']:>10.1f}{r['chars_per_s']:>10.0f}"
-              f"{r['gflops']:>9.1f}{r['fraction_of_gemm_peak']:>9.0%}{vs_torch:>9}")
+              f"{r['gflops']:>9.1f}{r['fraction_of_gemm_peak']:>9.0%}{vs_torch:>9}  {r['launch_mode'] or '-'}")
 
 
 def main(argv=None) -> int:

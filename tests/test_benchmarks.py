@@ -5,6 +5,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -21,7 +22,7 @@ from flops import PAPER_STEP_GFLOP, check_paper_count, step_flops  # noqa: E402
 from ltexec.backends import BACKENDS, available_backends  # noqa: E402
 
 RECORD_KEYS = {"backend", "device", "lanes", "batch", "hidden", "layers", "seq_len", "dtype", "ms_per_step",
-               "chars_per_s", "machine"}
+               "chars_per_s", "machine", "launch_mode", "graph_fallback_reason"}
 MACHINE_KEYS = {"processor", "cpu_count", "machine", "vector_flags", "python", "implementation", "numpy", "numba",
                 "torch", "threadpools", "thread_settings", "git"}
 THREADPOOL_KEYS = {"user_api", "internal_api", "version", "architecture", "num_threads", "library"}
@@ -80,6 +81,27 @@ def test_bench_lstm_times_every_runner_and_lists_the_others_as_skipped(capsys):
     for record in records:
         line = next(line for line in lines if line.split()[:2] == ["tiny", record["backend"]])
         assert ("skipped: " in line) == (record["status"] == "skipped")
+
+
+def test_bench_lstm_records_say_how_the_backend_launched(monkeypatch):
+    tiny = bench_lstm.Config("tiny", batch=4, hidden=8, layers=1, seq_len=3)
+    monkeypatch.setattr(bench_lstm, "runner_factories",
+                        lambda: ({"cpu": lambda cfg: bench_lstm.LtexecRunner("cpu", cfg, threads=1)},
+                                 {"cupy": "no GPU here"}))
+    records = {r["backend"]: r for r in bench_lstm.bench_config(tiny, quick=True, repeats=1)}
+    for record in records.values():
+        assert {"launch_mode", "graph_fallback_reason"} <= set(record)
+    assert records["cpu"]["launch_mode"] is None and records["cpu"]["graph_fallback_reason"] is None
+    assert records["cupy"]["status"] == "skipped" and records["cupy"]["launch_mode"] is None
+
+
+def test_launch_details_read_a_backends_launch_mode_and_fallback_reason():
+    plain = SimpleNamespace(launch_mode="plain", graph_fallback_reason="stream capture failed (RuntimeError: x)")
+    assert bench_lstm.launch_details(plain) == {"launch_mode": "plain",
+                                                "graph_fallback_reason": "stream capture failed (RuntimeError: x)"}
+    assert bench_lstm.launch_details(SimpleNamespace(launch_mode="graph", graph_fallback_reason=None)) == \
+        {"launch_mode": "graph", "graph_fallback_reason": None}
+    assert bench_lstm.launch_details(object()) == {"launch_mode": None, "graph_fallback_reason": None}
 
 
 def test_bench_sampler_measures_every_task():

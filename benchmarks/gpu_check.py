@@ -1,0 +1,896 @@
+"""The one command for a machine with an NVIDIA GPU: are the GPU backends right, clean, and how fast?
+
+Everything here is what a machine without a GPU cannot show (the test suite
+checks the kernels there on emulations and simulators): launch failures,
+races, barrier misuse, uninitialised or out-of-bounds accesses, occupancy and
+speed. From the repository, after ``pip install -e ".[cuda13,test]"`` (or
+``cuda12``; torch with CUDA for the baseline)::
+
+    python benchmarks/gpu_check.py [--quick] [--skip-tests] [--json FILE]
+
+It runs, in this order, and records in one JSON document
+(``benchmarks/results/gpu-check-<gpu>-<date>.json`` unless ``--json``):
+
+1. ``environment``: the driver, the CUDA driver API and runtime versions, the
+   GPU (name, compute capability, SMs, limits), the versions of CuPy,
+   numba-cuda, numba, torch and cuda-bindings (or why one does not import),
+   and under ``machine`` the host as ``machine.py`` describes it;
+2. ``tests``: ``pytest -m gpu`` in a subprocess (the conformance suite's
+   device makers, the CuPy device tests): counts and the output's tail;
+3. ``sanitizer``: ``compute-sanitizer`` with memcheck, racecheck, synccheck
+   and initcheck on three training windows of a small ragged shape (2 x 37
+   units, batch 5, window 7) for every launch mode marked ``sanitize``, with
+   CuPy's memory pools off so every array is an allocation of its own; all
+   runs at once, each in its own process (``--sanitizer-workload``);
+4. ``parity``: at the paper's size (2 x 400, batch 100, window 50, the task
+   vocabulary), for every entry of :data:`LAUNCH_MODES` in float32 and
+   float64, three training windows (forward, BPTT, clipped SGD update, state
+   carried) against the NumPy reference in float64 fed the same parameters
+   and state: every gradient, the final state and the carried-in state's
+   gradients within 1e-4 relative (float64: 1e-10), the loss within 1e-5
+   (1e-10); the same window run twice gives bitwise-equal results; the
+   backend ran in the launch mode asked for;
+5. ``kernels``: every compiled kernel's registers, static shared memory,
+   local memory (spills), largest block, and its occupancy at the block the
+   paper's size launches it with (the driver's occupancy calculator);
+6. ``timing``: one training step (forward, BPTT, clipping, update) at the
+   paper's size for every launch mode, and torch's ``nn.LSTM`` on cuDNN
+   (Embedding, LSTM, Linear, cross-entropy, SGD) with TF32 off and, apart,
+   on; CUDA events, 5 warm-up and 20 timed steps, median, minimum, maximum.
+
+Each check is one function returning a dict with ``status`` (pass, fail,
+error, skipped) and ``failures``; a check that raises is recorded as an
+error and the others still run. The exit status is 1 when any check failed
+(a test, parity, bitwise equality, the launch mode, a sanitizer tool) or
+could not run, else 0. Without a usable GPU backend it prints why for each,
+writes nothing and exits 2. ``--quick`` skips the sanitizer and the timing,
+``--skip-tests`` the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+
+from bench_lstm import CLIP, CONFIGS, LEARNING_RATE, Config, LtexecRunner, TorchRunner, launch_details, random_window
+from machine import REPOSITORY, machine, package_version
+from ltexec.backends import available_backends, get_backend
+from ltexec.model import LSTMModel
+from ltexec.optim import SGD
+
+
+@dataclass(frozen=True)
+class LaunchMode:
+    """One way a GPU backend runs a step: the backend and the options that select the way."""
+
+    backend: str
+    name: str
+    options: dict = field(default_factory=dict)
+    expect: str | None = None
+    """What ``backend.launch_mode`` must say after the training windows (None: the backend has none)."""
+    sanitize: bool = True
+    """Run it under compute-sanitizer (False where another entry runs the same hand-written kernels)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.name}"
+
+    @property
+    def spec(self) -> str:
+        """The backend and its options as ``--sanitizer-workload`` takes them, e.g. ``cupy:graphs=true``."""
+        options = ",".join(f"{key}={format_option(value)}" for key, value in self.options.items())
+        return f"{self.backend}:{options}" if options else self.backend
+
+
+LAUNCH_MODES = (
+    LaunchMode("cupy", "graphs", {"graphs": True}, expect="graph"),
+    LaunchMode("cupy", "plain", {"graphs": False}, expect="plain", sanitize=False),
+    LaunchMode("numba_cuda", "tiled", {"gemm": "tiled"}),
+    LaunchMode("numba_cuda", "cublas", {"gemm": "cublas"}, sanitize=False),
+)
+"""Every launch mode of every GPU backend; each is checked for parity and timed. A new mode (say a
+persistent kernel) is one more entry. ``sanitize=False``: its hand-written kernels are those of an
+entry that is sanitized (the graphs' kernels launched plainly; cuBLAS in place of the tiled products)."""
+
+PAPER = CONFIGS["paper"]
+SANITIZER_SHAPE = Config("sanitizer", batch=5, hidden=37, layers=2, seq_len=7)
+"""Small and ragged: no extent a multiple of a tile or block size."""
+WINDOWS = 3
+"""Training windows per run: with the CUDA graphs, the first runs plainly, the second captures, the third replays."""
+TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-10, 1e-10)}
+"""Per dtype: the largest relative error of every array, and of the loss, against the float64 reference."""
+DTYPES = (np.float32, np.float64)
+
+TESTS_COMMAND = ("-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests")
+"""pytest's arguments (after the interpreter) for the tests marked ``gpu``."""
+TESTS_TIMEOUT_S = 180
+
+SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
+SANITIZER_ERROR_EXIT = 86
+"""The exit status compute-sanitizer gives when its tool found errors in a program that succeeded."""
+SANITIZER_TIMEOUT_S = 150
+SANITIZER_JOBS = 8
+SANITIZER_HINT = ("pip install nvidia-cuda-sanitizer-api (CUDA 13; nvidia-cuda-sanitizer-api-cu12 for CUDA 12), "
+                  "or put a CUDA toolkit's bin folder on PATH")
+WORKLOAD_DONE = "gpu_check sanitizer workload finished"
+ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?|RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?")
+
+WARMUP_STEPS, TIMED_STEPS = 5, 20
+RESULTS = REPOSITORY / "benchmarks" / "results"
+SCRIPT = Path(__file__).resolve()
+OUTPUT_TAIL = 4000
+"""Characters of a subprocess's output kept in the record."""
+CHECKS = ("environment", "tests", "sanitizer", "parity", "kernels", "timing")
+LIBRARIES = (("cupy", "cupy", None), ("numba-cuda", "numba.cuda", "numba-cuda"), ("numba", "numba", "numba"),
+             ("torch", "torch", "torch"), ("cuda-bindings", "cuda.bindings", "cuda-bindings"))
+"""(name in the record, module to import, distribution whose version to read; None: the module's __version__)."""
+
+
+# ------------------------------------------------------------ launch modes
+
+def format_option(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def parse_option(text: str):
+    """An option's value from a spec: true/false as bool, digits as int, else the text."""
+    if text in ("true", "false"):
+        return text == "true"
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``BACKEND[:KEY=VALUE,...]`` -> (backend name, options)."""
+    backend, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"option {item!r} of {spec!r} is not KEY=VALUE")
+        options[key] = parse_option(value)
+    return backend, options
+
+
+def gpu_backends(modes=None) -> tuple[str, ...]:
+    """The backends ``modes`` (default :data:`LAUNCH_MODES`) run on, in order."""
+    return tuple(dict.fromkeys(mode.backend for mode in (LAUNCH_MODES if modes is None else modes)))
+
+
+def build_backend(mode: LaunchMode, dtype):
+    return get_backend(mode.backend, dtype, **mode.options)
+
+
+# ------------------------------------------------------------ records
+
+def finished(result: dict) -> dict:
+    """``result`` with its status: fail when it lists failures, else pass."""
+    return {"status": "fail" if result["failures"] else "pass", **result}
+
+
+def skipped(reason: str) -> dict:
+    return {"status": "skipped", "reason": reason, "failures": []}
+
+
+def guarded(label: str, check, *args, **kwargs) -> dict:
+    """``check(*args, **kwargs)``, or, when it raises, an error record whose failure is named ``label``."""
+    try:
+        return check(*args, **kwargs)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        return {"status": "error", "error": error, "traceback": traceback.format_exc()[-OUTPUT_TAIL:],
+                "failures": [f"{label}: {error}"]}
+
+
+def run_command(command: list[str], timeout_s: float) -> dict:
+    """Run ``command`` in the repository in a process group of its own; stdout and stderr together.
+
+    ``returncode`` is None when it ran past ``timeout_s``; then the whole
+    group (a sanitizer and the program under it) is killed.
+    """
+    started = time.perf_counter()
+    with subprocess.Popen(command, cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout_s)
+            returncode = process.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            returncode = None
+    return {"returncode": returncode, "output": output, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def shown_command(command: list[str]) -> str:
+    """A command as a user types it in the repository: ``python`` for this interpreter, paths from the root."""
+    words = ["python" if word == sys.executable else word for word in command]
+    return shlex.join(str(Path(w).relative_to(REPOSITORY)) if w.startswith(str(REPOSITORY)) else w for w in words)
+
+
+# ------------------------------------------------------------ environment
+
+def cuda_version_text(version: int) -> str:
+    """CUDA's integer version (13000, 12080) as text (13.0, 12.8)."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def library_versions(libraries=LIBRARIES) -> dict:
+    """Each library's version, or ``missing`` with why it does not import."""
+    found = {}
+    for name, module_name, distribution in libraries:
+        try:
+            module = import_module(module_name)
+        except Exception as exc:   # ImportError, or a broken install's own error
+            found[name] = {"version": None, "missing": f"{type(exc).__name__}: {exc}"}
+            continue
+        version = package_version(distribution) if distribution else None
+        found[name] = {"version": version or getattr(module, "__version__", None)}
+    return found
+
+
+def torch_build() -> dict | None:
+    """The CUDA and cuDNN versions torch was built with and whether it sees a GPU (None without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "cuda_available": torch.cuda.is_available()}
+
+
+def nvidia_smi_driver() -> str | None:
+    """The NVIDIA driver's version as nvidia-smi reports it (None without nvidia-smi)."""
+    program = shutil.which("nvidia-smi")
+    if program is None:
+        return None
+    run = run_command([program, "--query-gpu=driver_version", "--format=csv,noheader"], 60)
+    words = run["output"].split()
+    return words[0] if run["returncode"] == 0 and words else None
+
+
+def gpu_properties(cupy, device_id: int) -> dict:
+    """The current GPU's name, compute capability and the limits occupancy depends on."""
+    props = cupy.cuda.runtime.getDeviceProperties(device_id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    return {"id": device_id, "name": name, "compute_capability": f"{props['major']}.{props['minor']}",
+            "sm_count": props["multiProcessorCount"], "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+            "max_threads_per_sm": props["maxThreadsPerMultiProcessor"],
+            "shared_memory_per_sm": props.get("sharedMemPerMultiprocessor"),
+            "registers_per_sm": props.get("regsPerMultiprocessor"), "l2_cache_bytes": props.get("l2CacheSize")}
+
+
+def environment() -> dict:
+    """Driver, CUDA versions, the GPU, library versions, the sanitizer found (check 1)."""
+    import cupy
+    runtime = cupy.cuda.runtime
+    sanitizer = find_sanitizer()
+    return finished({"driver_version": nvidia_smi_driver(),
+                     "cuda_driver_api": cuda_version_text(runtime.driverGetVersion()),
+                     "cuda_runtime": cuda_version_text(runtime.runtimeGetVersion()),
+                     "gpu": gpu_properties(cupy, runtime.getDevice()), "libraries": library_versions(),
+                     "torch_build": torch_build(), "compute_sanitizer": sanitizer,
+                     "compute_sanitizer_version": sanitizer_version(sanitizer) if sanitizer else None,
+                     "failures": []})
+
+
+# ------------------------------------------------------------ tests
+
+def pytest_counts(output: str) -> dict[str, int]:
+    """passed, failed, skipped, errors, deselected from pytest's closing line (zeros where it has none)."""
+    counts = dict.fromkeys(("passed", "failed", "skipped", "errors", "deselected"), 0)
+    for line in reversed(output.splitlines()):
+        found = re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)\b", line)
+        if found and re.search(r" in \d", line):
+            for number, word in found:
+                counts["errors" if word.startswith("error") else word] = int(number)
+            break
+    return counts
+
+
+def run_gpu_tests(arguments=TESTS_COMMAND, timeout_s: float = TESTS_TIMEOUT_S) -> dict:
+    """The tests marked ``gpu``, in a subprocess: counts, exit status, output's tail (check 2)."""
+    command = [sys.executable, *arguments]
+    run = run_command(command, timeout_s)
+    counts = pytest_counts(run["output"])
+    failures = []
+    if run["returncode"] is None:
+        failures.append(f"GPU tests: still running after {timeout_s:g} s, stopped")
+    elif run["returncode"] != 0 or counts["failed"] or counts["errors"]:
+        failures.append(f"GPU tests: {counts['failed']} failed, {counts['errors']} errors, "
+                        f"{counts['passed']} passed (pytest exit status {run['returncode']})")
+    return finished({"command": shown_command(command), "returncode": run["returncode"], "seconds": run["seconds"],
+                     **counts, "tail": run["output"][-OUTPUT_TAIL:], "failures": failures})
+
+
+# ------------------------------------------------------------ training windows
+
+def train_windows(backend, cfg: Config, windows: int = WINDOWS) -> dict:
+    """``windows`` training steps (forward, BPTT, clipping, update, state carried); the launch details after them."""
+    model = LSTMModel(cfg.vocab, cfg.hidden, cfg.layers, backend=backend)
+    optimizer = SGD(lr=LEARNING_RATE, clip=CLIP)
+    state = None
+    for window in range(windows):
+        result = model.loss_and_grads(*random_window(cfg, seed=window), state)
+        optimizer.step(backend, model.params, result.grads)
+        state = result.state
+        del result   # frees the pooled buffers for the next window: the same addresses, so the same CUDA graphs
+    backend.synchronize()
+    return launch_details(backend)
+
+
+# ------------------------------------------------------------ sanitizer
+
+def disable_memory_pools() -> None:
+    """Every CuPy allocation straight from the driver, so memcheck and initcheck see each array's own bounds."""
+    import cupy
+    cupy.cuda.set_allocator(None)
+    cupy.cuda.set_pinned_memory_allocator(None)
+
+
+def sanitizer_workload(spec: str) -> int:
+    """What runs under the sanitizer: training windows of :data:`SANITIZER_SHAPE` on one backend (float32)."""
+    name, options = parse_spec(spec)
+    if name in gpu_backends():
+        disable_memory_pools()
+    details = train_windows(get_backend(name, np.float32, **options), SANITIZER_SHAPE)
+    print(f"{WORKLOAD_DONE}: {spec}, launch mode {details['launch_mode']}", flush=True)
+    return 0
+
+
+def find_sanitizer() -> str | None:
+    """compute-sanitizer on PATH, in a CUDA toolkit (CUDA_HOME, CUDA_PATH, /usr/local/cuda) or an NVIDIA wheel."""
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    candidates = [Path(os.environ[name]) / "bin" / "compute-sanitizer" for name in ("CUDA_HOME", "CUDA_PATH")
+                  if os.environ.get(name)]
+    candidates.append(Path("/usr/local/cuda/bin/compute-sanitizer"))
+    try:
+        import nvidia   # namespace package of NVIDIA's wheels: nvidia/cu13/bin/compute-sanitizer, ...
+        for folder in map(Path, nvidia.__path__):
+            candidates += sorted(folder.glob("*/bin/compute-sanitizer"))
+            candidates += sorted(folder.glob("*/compute-sanitizer/compute-sanitizer"))
+    except ImportError:
+        pass
+    return next((str(path) for path in candidates if path.is_file() and os.access(path, os.X_OK)), None)
+
+
+def sanitizer_version(program: str) -> str | None:
+    run = run_command([program, "--version"], 60)
+    lines = run["output"].strip().splitlines()
+    return lines[-1] if run["returncode"] == 0 and lines else None
+
+
+def sanitizer_command(program: str, tool: str, mode: LaunchMode) -> list[str]:
+    return [program, "--tool", tool, "--error-exitcode", str(SANITIZER_ERROR_EXIT), "--print-limit", "20",
+            sys.executable, str(SCRIPT), "--sanitizer-workload", mode.spec]
+
+
+def sanitizer_verdict(returncode: int | None, output: str) -> tuple[str, int | None]:
+    """(verdict, errors the tool counted): pass, fail (errors found), timeout, or error (the program failed)."""
+    if returncode is None:
+        return "timeout", None
+    counts = [int(a or b) for a, b in ERROR_SUMMARY.findall(output)]
+    errors = max(counts) if counts else None        # racecheck may print both summaries for the same errors
+    if returncode == SANITIZER_ERROR_EXIT or (errors or 0) > 0:
+        return "fail", errors
+    if returncode != 0 or WORKLOAD_DONE not in output:
+        return "error", errors
+    return "pass", errors
+
+
+def sanitizer_report(output: str, limit: int = 12) -> list[str]:
+    """The tool's own lines (``========= ...``) but its banner and summary: the first errors it reported."""
+    lines = [line.strip() for line in output.splitlines() if line.startswith("=========")]
+    return [line for line in lines if line.strip("= ") and "COMPUTE-SANITIZER" not in line
+            and "SUMMARY" not in line][:limit]
+
+
+def run_sanitizer(program: str, tool: str, mode: LaunchMode) -> dict:
+    """One tool on one launch mode's workload, in a subprocess."""
+    command = sanitizer_command(program, tool, mode)
+    run = run_command(command, SANITIZER_TIMEOUT_S)
+    verdict, errors = sanitizer_verdict(run["returncode"], run["output"])
+    failures = [] if verdict == "pass" else [
+        f"sanitizer {tool} on {mode.label}: {verdict}" + (f" ({errors} errors)" if errors else "")]
+    return {"backend": mode.backend, "mode": mode.name, "tool": tool, "verdict": verdict, "errors": errors,
+            "returncode": run["returncode"], "seconds": run["seconds"], "command": shown_command(command),
+            "report": sanitizer_report(run["output"]), "tail": run["output"][-OUTPUT_TAIL:], "failures": failures}
+
+
+def check_sanitizer(modes, program: str | None = None) -> dict:
+    """Every tool on every mode marked ``sanitize``, all at once (check 3); skipped without compute-sanitizer."""
+    program = program or find_sanitizer()
+    if program is None:
+        return skipped(f"compute-sanitizer not found: {SANITIZER_HINT}")
+    jobs = [(tool, mode) for mode in modes if mode.sanitize for tool in SANITIZER_TOOLS]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=SANITIZER_JOBS) as pool:
+        runs = list(pool.map(lambda job: run_sanitizer(program, *job), jobs))
+    return finished({"program": program, "shape": dataclasses.asdict(SANITIZER_SHAPE), "runs": runs,
+                     "failures": [failure for run in runs for failure in run["failures"]]})
+
+
+# ------------------------------------------------------------ parity
+
+def relative_error(actual, expected) -> float:
+    """``max|actual - expected| / max|expected|`` in float64; infinite when ``actual`` holds NaN or infinity."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(f"shape {actual.shape} differs from the reference's {expected.shape}")
+    if not np.isfinite(actual).all():
+        return math.inf
+    scale = max(float(np.abs(expected).max(initial=0.0)), np.finfo(np.float64).tiny)
+    return float(np.abs(actual - expected).max(initial=0.0)) / scale
+
+
+def step_arrays(result, to_numpy) -> dict[str, np.ndarray]:
+    """A window's outputs as host arrays: every gradient, each layer's final state and carried-in state's gradient."""
+    arrays = {f"grads/{name}": to_numpy(g) for name, g in result.grads.items()}
+    for k, ((h, c), (dh, dc)) in enumerate(zip(result.state, result.dstate)):
+        arrays.update({f"state/h{k}": to_numpy(h), f"state/c{k}": to_numpy(c),
+                       f"dstate/h{k}": to_numpy(dh), f"dstate/c{k}": to_numpy(dc)})
+    return arrays
+
+
+def compare_window(result, expected, to_numpy) -> dict:
+    """Relative errors of a backend's window against the reference's: the loss's and every array's."""
+    actual, reference = step_arrays(result, to_numpy), step_arrays(expected, np.asarray)
+    errors = {name: relative_error(actual[name], reference[name]) for name in reference}
+    worst = max(errors, key=errors.get)
+    return {"loss": result.loss, "loss_reference": expected.loss,
+            "loss_error": relative_error(result.loss, expected.loss), "worst": worst, "max_error": errors[worst],
+            "correct": result.correct, "correct_reference": expected.correct, "errors": errors}
+
+
+def bitwise_differences(model, x, y, mask, state) -> list[str]:
+    """The outputs that differ in any bit between two runs of the same window (same parameters and state)."""
+    runs = []
+    for _ in range(2):
+        result = model.loss_and_grads(x, y, mask, state)
+        runs.append({"loss": np.float64(result.loss), **step_arrays(result, model.backend.to_numpy)})
+        del result
+    first, second = runs
+    return [name for name in first if first[name].tobytes() != second[name].tobytes()]
+
+
+def parity_failures(label: str, dtype_name: str, windows: list[dict], differing: list[str],
+                    details: dict, expect: str | None) -> list[str]:
+    tolerance, loss_tolerance = TOLERANCES[dtype_name]
+    failures = []
+    for w in windows:
+        if not w["loss_error"] <= loss_tolerance:
+            failures.append(f"parity {label} {dtype_name} window {w['window']}: loss relative error "
+                            f"{w['loss_error']:.3g} > {loss_tolerance:g}")
+        if not w["max_error"] <= tolerance:
+            failures.append(f"parity {label} {dtype_name} window {w['window']}: {w['worst']} relative error "
+                            f"{w['max_error']:.3g} > {tolerance:g}")
+    if differing:
+        failures.append(f"bitwise {label} {dtype_name}: the same window twice gave different {', '.join(differing)}")
+    if expect is not None and details["launch_mode"] != expect:
+        failures.append(f"launch mode {label} {dtype_name}: ran {details['launch_mode']!r}, not {expect!r} "
+                        f"({details['graph_fallback_reason']})")
+    return failures
+
+
+def parity_run(mode: LaunchMode, dtype, cfg: Config = PAPER, make_backend=build_backend) -> dict:
+    """:data:`WINDOWS` training windows of one launch mode and dtype against the float64 reference, then twice the same.
+
+    Before each window the reference takes the backend's parameters and
+    carried state, so each window's error is that window's own; between
+    windows the backend takes its clipped SGD step.
+    """
+    backend = make_backend(mode, dtype)
+    model = LSTMModel(cfg.vocab, cfg.hidden, cfg.layers, backend=backend)
+    reference = LSTMModel(cfg.vocab, cfg.hidden, cfg.layers, backend="numpy", dtype=np.float64)
+    optimizer = SGD(lr=LEARNING_RATE, clip=CLIP)
+    state, windows = None, []
+    for window in range(WINDOWS):
+        x, y, mask = random_window(cfg, seed=window)
+        reference.load_params(model.state_dict())
+        host_state = None if state is None else [(backend.to_numpy(h), backend.to_numpy(c)) for h, c in state]
+        expected = reference.loss_and_grads(x, y, mask, host_state)
+        result = model.loss_and_grads(x, y, mask, state)
+        windows.append({"window": window, **compare_window(result, expected, backend.to_numpy)})
+        optimizer.step(backend, model.params, result.grads)
+        state = result.state
+        del result   # see train_windows
+    differing = bitwise_differences(model, *random_window(cfg, seed=WINDOWS), state)
+    details = launch_details(backend)
+    dtype_name = np.dtype(dtype).name
+    tolerance, loss_tolerance = TOLERANCES[dtype_name]
+    return finished({"backend": mode.backend, "mode": mode.name, "options": mode.options, "dtype": dtype_name,
+                     "device": backend.device_name(), **details, "tolerance": tolerance,
+                     "loss_tolerance": loss_tolerance, "windows": windows, "bitwise_equal": not differing,
+                     "bitwise_differences": differing,
+                     "failures": parity_failures(mode.label, dtype_name, windows, differing, details, mode.expect)})
+
+
+def check_parity(modes, cfg: Config = PAPER, make_backend=build_backend) -> dict:
+    """Every launch mode in both dtypes against the reference, and bitwise repeatability (check 4)."""
+    runs = []
+    for mode in modes:
+        for dtype in DTYPES:
+            label = f"parity {mode.label} {np.dtype(dtype).name}"
+            runs.append({"backend": mode.backend, "mode": mode.name, "dtype": np.dtype(dtype).name,
+                         **guarded(label, parity_run, mode, dtype, cfg, make_backend)})
+    return finished({"config": dataclasses.asdict(cfg), "windows": WINDOWS, "runs": runs,
+                     "failures": [failure for run in runs for failure in run["failures"]]})
+
+
+# ------------------------------------------------------------ kernels
+
+def block_threads(block) -> int:
+    return math.prod(block) if isinstance(block, tuple) else block
+
+
+def cupy_launch_blocks(cfg: Config) -> dict[str, int]:
+    """Threads per block of each CuPy kernel at ``cfg``'s size."""
+    from ltexec.backends import cupy_backend
+    cell = cupy_backend.CELL_BLOCK
+    return {"lstm_cell_forward": cell, "lstm_cell_backward": cell,
+            "softmax_xent": cupy_backend.softmax_block(cfg.vocab)}
+
+
+def numba_launch_blocks(cfg: Config) -> dict[str, int]:
+    """Threads per block of each Numba kernel at ``cfg``'s size (products: the window's (T*B, 4H) ones)."""
+    from ltexec.backends import numba_cuda_kernels as kernels
+    rows, H = cfg.seq_len * cfg.batch, cfg.hidden
+    recurrent = block_threads(kernels.recurrent_geometry(cfg.batch, H)[1])
+    return {"lstm_forward_step": recurrent, "lstm_backward_step": recurrent,
+            "gemm": block_threads(kernels.gemm_geometry(rows, 4 * H)[1]),
+            "column_sums": block_threads(kernels.column_sums_geometry(rows, 4 * H)[1]),
+            "softmax_xent": block_threads(kernels.softmax_geometry(rows, cfg.vocab)[1]),
+            "embedding_forward": kernels.elementwise_geometry(rows * H)[1],
+            "embedding_backward": kernels.elementwise_geometry(cfg.vocab * H)[1]}
+
+
+def occupancy(active_blocks: int | None, block: int | None, max_threads_per_sm: int) -> float | None:
+    """Share of an SM's warp slots that ``active_blocks`` blocks of ``block`` threads fill."""
+    if active_blocks is None or block is None:
+        return None
+    return round(active_blocks * math.ceil(block / 32) * 32 / max_threads_per_sm, 3)
+
+
+def kernel_row(backend: str, kernel: str, registers: int, shared: int, local: int, max_block: int,
+               block: int | None, active_blocks: int | None, max_threads_per_sm: int) -> dict:
+    return {"backend": backend, "kernel": kernel, "registers": registers, "shared_bytes": shared,
+            "local_bytes": local, "max_threads_per_block": max_block, "block": block,
+            "active_blocks_per_sm": active_blocks, "occupancy": occupancy(active_blocks, block, max_threads_per_sm)}
+
+
+def cupy_kernels(cupy, device_id: int, cfg: Config, max_threads_per_sm: int) -> list[dict]:
+    """The CuPy backend's kernels (every instantiation) as the driver reports them."""
+    from ltexec.backends.cupy_backend import compiled_kernels
+    blocks = cupy_launch_blocks(cfg)
+    rows = []
+    for expression, kernel in compiled_kernels(cupy, device_id).items():
+        block = blocks.get(expression.split("<")[0])
+        active = None if block is None else cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            kernel.kernel.ptr, block, 0)
+        rows.append(kernel_row("cupy", expression, kernel.num_regs, kernel.shared_size_bytes, kernel.local_size_bytes,
+                               kernel.max_threads_per_block, block, active, max_threads_per_sm))
+    return rows
+
+
+def numba_kernels(cfg: Config, sm_count: int, max_threads_per_sm: int) -> list[dict]:
+    """The Numba backend's kernels, every compiled specialisation of both dtypes."""
+    from ltexec.backends import numba_cuda_kernels
+    blocks = numba_launch_blocks(cfg)
+    rows = []
+    for dtype in DTYPES:
+        for name, dispatcher in numba_cuda_kernels.kernels(dtype).items():
+            block = blocks.get(name)
+            for kernel in dispatcher.overloads.values():
+                active = None if block is None else kernel.max_cooperative_grid_blocks(block) // sm_count
+                rows.append(kernel_row("numba_cuda", f"{name}<{np.dtype(dtype).name}>", kernel.regs_per_thread,
+                                       kernel.shared_mem_per_block, kernel.local_mem_per_thread,
+                                       kernel.max_threads_per_block, block, active, max_threads_per_sm))
+    return rows
+
+
+def kernel_resources(backends, cfg: Config = PAPER) -> dict:
+    """Registers, shared and local memory, occupancy of every kernel compiled so far (check 5)."""
+    import cupy
+    device_id = cupy.cuda.runtime.getDevice()
+    gpu = gpu_properties(cupy, device_id)
+    rows = cupy_kernels(cupy, device_id, cfg, gpu["max_threads_per_sm"]) if "cupy" in backends else []
+    if "numba_cuda" in backends:
+        rows += numba_kernels(cfg, gpu["sm_count"], gpu["max_threads_per_sm"])
+    return finished({"blocks_at": cfg.name, "kernels": rows, "failures": []})
+
+
+# ------------------------------------------------------------ timing
+
+def time_steps(step, timer, warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> dict:
+    """Median, minimum and maximum milliseconds of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = [timer(step) for _ in range(steps)]
+    return {"ms_median": round(statistics.median(times), 3), "ms_min": round(min(times), 3),
+            "ms_max": round(max(times), 3), "warmup": warmup, "steps": steps}
+
+
+def cupy_timer():
+    """Milliseconds a call takes between two CUDA events on CuPy's current stream."""
+    import cupy
+
+    def timer(step) -> float:
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return cupy.cuda.get_elapsed_time(start, end)
+    return timer
+
+
+def torch_timer(torch):
+    """Milliseconds a call takes between two CUDA events on torch's current stream."""
+    def timer(step) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    return timer
+
+
+@contextlib.contextmanager
+def tf32(torch, enabled: bool):
+    """TF32 allowed (or not) in cuBLAS products and cuDNN (its LSTM) inside the block; yields the flags in force."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def time_ltexec(mode: LaunchMode, cfg: Config) -> dict:
+    runner = LtexecRunner(mode.backend, cfg, **mode.options)
+    timing = time_steps(runner.step, cupy_timer())
+    return {"runner": mode.label, "backend": mode.backend, "mode": mode.name, "status": "ok", "device": runner.device,
+            **runner.launch_details(), **timing, "chars_per_s": round(cfg.chars / timing["ms_median"] * 1e3)}
+
+
+def time_torch_step(torch, cfg: Config, enabled: bool) -> dict:
+    """torch's step on the GPU with TF32 allowed or not."""
+    with tf32(torch, enabled) as flags:
+        runner = TorchRunner(cfg, device_type="cuda")
+        timing = time_steps(runner.step, torch_timer(torch))
+    return {"mode": "cudnn" if torch.backends.cudnn.enabled else "native", "status": "ok", "device": runner.device,
+            **runner.launch_details(), "tf32": flags, **timing,
+            "chars_per_s": round(cfg.chars / timing["ms_median"] * 1e3)}
+
+
+def time_torch(cfg: Config) -> list[dict]:
+    """torch's step on the GPU (cuDNN's LSTM), TF32 off, then on; one skipped entry without a CUDA torch."""
+    try:
+        import torch
+    except ImportError as exc:
+        return [{"runner": "torch", "status": "skipped", "reason": f"torch is not installed ({exc})"}]
+    if not torch.cuda.is_available():
+        return [{"runner": "torch", "status": "skipped",
+                 "reason": f"torch {torch.__version__} sees no CUDA device (built for CUDA {torch.version.cuda})"}]
+    return [{"runner": f"torch/tf32-{setting}", "backend": "torch",
+             **guarded(f"timing torch TF32 {setting}", time_torch_step, torch, cfg, enabled)}
+            for setting, enabled in (("off", False), ("on", True))]
+
+
+def time_training_steps(modes, cfg: Config = PAPER) -> dict:
+    """A training step of every launch mode and of torch at ``cfg``'s size (check 6)."""
+    runs = [{"runner": mode.label, "backend": mode.backend, "mode": mode.name,
+             **guarded(f"timing {mode.label}", time_ltexec, mode, cfg)} for mode in modes]
+    runs += time_torch(cfg)
+    baseline = next((r["ms_median"] for r in runs if r["runner"] == "torch/tf32-off" and r["status"] == "ok"), None)
+    for run in runs:
+        if run["status"] == "ok":
+            run["vs_torch_tf32_off"] = round(baseline / run["ms_median"], 3) if baseline else None
+    return finished({"config": dataclasses.asdict(cfg), "runs": runs,
+                     "failures": [failure for run in runs for failure in run.get("failures", [])]})
+
+
+# ------------------------------------------------------------ the record
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
+
+
+def default_json_path(gpu_name: str, day: str, folder: Path) -> Path:
+    """``folder/gpu-check-<gpu>-<day>.json``, with -2, -3, ... where that file exists already."""
+    stem = f"gpu-check-{slug(gpu_name)}-{day}"
+    path, number = folder / f"{stem}.json", 2
+    while path.exists():
+        path, number = folder / f"{stem}-{number}.json", number + 1
+    return path
+
+
+def json_safe(value):
+    """``value`` as plain JSON: NumPy scalars as Python numbers, NaN and infinities as None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def write_record(record: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(json_safe(record), out, indent=1, allow_nan=False)
+        out.write("\n")
+
+
+def progress(text: str, started: float) -> None:
+    print(f"gpu_check [{time.perf_counter() - started:5.0f} s]: {text}", file=sys.stderr, flush=True)
+
+
+def run_checks(modes, reasons: dict, quick: bool, skip_tests: bool, command: str, cfg: Config = PAPER) -> dict:
+    """Every check in order, each guarded: the whole record, its failures gathered under ``failures``."""
+    started = time.perf_counter()
+    backends = gpu_backends(modes)
+    record = {"check": "gpu_check", "command": command, "quick": quick, "skip_tests": skip_tests,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "backends": reasons, "launch_modes": [mode.label for mode in modes], "machine": machine()}
+    progress("environment", started)
+    record["environment"] = guarded("environment", environment)
+    progress("GPU tests (pytest -m gpu)", started)
+    record["tests"] = skipped("--skip-tests") if skip_tests else guarded("GPU tests", run_gpu_tests)
+    progress("compute-sanitizer", started)
+    record["sanitizer"] = skipped("--quick") if quick else guarded("sanitizer", check_sanitizer, modes)
+    progress(f"parity at {cfg.name} size", started)
+    record["parity"] = guarded("parity", check_parity, modes, cfg)
+    progress("kernel resources", started)
+    record["kernels"] = guarded("kernels", kernel_resources, backends, cfg)
+    progress("timing", started)
+    record["timing"] = skipped("--quick") if quick else guarded("timing", time_training_steps, modes, cfg)
+    record["failures"] = [failure for name in CHECKS for failure in record[name]["failures"]]
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    return record
+
+
+# ------------------------------------------------------------ summary
+
+def environment_lines(env: dict) -> list[str]:
+    gpu, libraries = env["gpu"], env["libraries"]
+    versions = ", ".join(f"{name} {about['version'] or 'missing'}" for name, about in libraries.items())
+    return [f"GPU: {gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['sm_count']} SMs, "
+            f"{gpu['memory_gib']} GiB); driver {env['driver_version']}, CUDA driver API {env['cuda_driver_api']}, "
+            f"runtime {env['cuda_runtime']}", f"libraries: {versions}"]
+
+
+def tests_lines(tests: dict) -> list[str]:
+    return [f"tests ({tests['command']}): {tests['status']}: {tests['passed']} passed, {tests['failed']} failed, "
+            f"{tests['errors']} errors, {tests['skipped']} skipped in {tests['seconds']} s"]
+
+
+def sanitizer_lines(sanitizer: dict) -> list[str]:
+    return [f"sanitizer {run['tool']:<9} {run['backend']}/{run['mode']}: {run['verdict']}"
+            + (f" ({run['errors']} errors)" if run["errors"] else "") + f" in {run['seconds']} s"
+            for run in sanitizer["runs"]]
+
+
+def parity_lines(parity: dict) -> list[str]:
+    lines = []
+    for run in parity["runs"]:
+        label = f"parity {run['backend']}/{run['mode']} {run['dtype']}"
+        if run["status"] == "error":
+            lines.append(f"{label}: error: {run['error']}")
+            continue
+        worst = max(run["windows"], key=lambda w: w["max_error"])
+        loss = max(w["loss_error"] for w in run["windows"])
+        lines.append(f"{label}: {'FAIL' if run['failures'] else 'pass'}: worst {worst['worst']} "
+                     f"{worst['max_error']:.2g}, loss {loss:.2g}, "
+                     f"bitwise {'equal' if run['bitwise_equal'] else 'DIFFERENT'}, "
+                     f"launch mode {run['launch_mode'] or '-'}")
+    return lines
+
+
+def kernel_lines(kernels: dict) -> list[str]:
+    lines = []
+    for row in kernels["kernels"]:
+        where = "" if row["block"] is None else f", occupancy {row['occupancy']:.0%} at {row['block']} threads"
+        lines.append(f"kernel {row['backend']} {row['kernel']}: {row['registers']} registers, "
+                     f"{row['shared_bytes']} B shared, {row['local_bytes']} B local{where}")
+    return lines
+
+
+def timing_lines(timing: dict) -> list[str]:
+    lines = []
+    for run in timing["runs"]:
+        if run["status"] != "ok":
+            lines.append(f"step {run['runner']}: {run['status']}: {run.get('reason') or run.get('error')}")
+            continue
+        ratio = "" if run.get("vs_torch_tf32_off") is None else f", {run['vs_torch_tf32_off']:.2f}x torch TF32 off"
+        lines.append(f"step {run['runner']}: {run['ms_median']:.2f} ms (min {run['ms_min']:.2f}, max "
+                     f"{run['ms_max']:.2f}), {run['chars_per_s']:,} chars/s{ratio}"
+                     + (f", launch mode {run['launch_mode']}" if run.get("launch_mode") else ""))
+    return lines
+
+
+CHECK_LINES = {"environment": environment_lines, "tests": tests_lines, "sanitizer": sanitizer_lines,
+               "parity": parity_lines, "kernels": kernel_lines, "timing": timing_lines}
+
+
+def summary_lines(record: dict) -> list[str]:
+    """The record in short: one line per GPU, test run, sanitizer run, parity run, kernel, timed step; the verdict."""
+    lines = [f"{name}: unavailable: {reason}" for name, reason in record["backends"].items() if reason]
+    for name in CHECKS:
+        result = record[name]
+        if result["status"] == "skipped":
+            lines.append(f"{name}: skipped ({result['reason']})")
+        elif result["status"] == "error":
+            lines.append(f"{name}: error: {result['error']}")
+        else:
+            lines += CHECK_LINES[name](result)
+    failures = record["failures"]
+    lines += [f"FAILED ({len(failures)}):", *(f"  {failure}" for failure in failures)] if failures else \
+        [f"all checks passed in {record['seconds']:.0f} s"]
+    return lines
+
+
+def no_gpu_lines(reasons: dict) -> list[str]:
+    return [f"gpu_check: {name} unavailable: {reason}" for name, reason in reasons.items()] + \
+        ["gpu_check: no GPU backend can run here; nothing checked, nothing written"]
+
+
+# ------------------------------------------------------------ main
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the sanitizer and the timing")
+    parser.add_argument("--skip-tests", action="store_true", help="skip pytest -m gpu")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write the record to FILE (default: benchmarks/results/gpu-check-<gpu>-<date>.json)")
+    parser.add_argument("--sanitizer-workload", metavar="BACKEND[:KEY=VALUE,...]", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.sanitizer_workload:
+        return sanitizer_workload(args.sanitizer_workload)
+    available = available_backends()
+    reasons = {name: available[name] for name in gpu_backends()}
+    modes = [mode for mode in LAUNCH_MODES if reasons[mode.backend] is None]
+    if not modes:
+        for line in no_gpu_lines(reasons):
+            print(line, file=sys.stderr)
+        return 2
+    command = shlex.join(["python", str(SCRIPT.relative_to(REPOSITORY)), *argv])
+    record = run_checks(modes, reasons, args.quick, args.skip_tests, command, PAPER)
+    gpu = record["environment"].get("gpu", {}).get("name", "unknown GPU")
+    path = Path(args.json) if args.json else default_json_path(gpu, record["date"][:10], RESULTS)
+    write_record(record, path)
+    print("\n".join(summary_lines(record)))
+    print(f"wrote {path}")
+    return 1 if record["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,463 @@
+"""benchmarks/gpu_check.py where there is no GPU: the no-GPU path, the record, the comparisons, the parsers.
+
+What needs a device (CuPy's kernels and events, compute-sanitizer, torch on cuDNN) runs only on a
+GPU machine. Here the NumPy and CPU backends stand in for the GPU backends, fake backends for wrong
+or unrepeatable ones, and small shell scripts for compute-sanitizer.
+"""
+
+import datetime
+import importlib
+import json
+import math
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import gpu_check  # noqa: E402
+from gpu_check import LaunchMode, finished  # noqa: E402
+
+from ltexec.backends import REGISTRY, available_backends, backend_options  # noqa: E402
+from ltexec.backends import cupy_backend, numba_cuda_kernels  # noqa: E402
+from ltexec.backends.numpy_backend import NumpyBackend  # noqa: E402
+
+TINY = gpu_check.Config("tiny", batch=3, hidden=5, layers=2, seq_len=4)
+REFERENCE = LaunchMode("numpy", "reference")
+ONE_LANE = LaunchMode("cpu", "one-lane", {"threads": 1}, sanitize=False)
+RECORD_KEYS = {"check", "command", "quick", "skip_tests", "date", "backends", "launch_modes", "machine",
+               "environment", "tests", "sanitizer", "parity", "kernels", "timing", "failures", "seconds"}
+
+CLEAN_SANITIZER = """#!/bin/sh
+# Stands in for compute-sanitizer: skips its options (each has a value), runs the program, finds nothing.
+while [ "${1#--}" != "$1" ]; do shift 2; done
+"$@"
+status=$?
+echo "========= ERROR SUMMARY: 0 errors"
+exit $status
+"""
+FINDING_SANITIZER = """#!/bin/sh
+# Stands in for compute-sanitizer finding two errors (the program is not run).
+echo "========= Invalid __global__ read of size 4 bytes"
+echo "========= ERROR SUMMARY: 2 errors"
+exit 86
+"""
+
+
+def script(folder: Path, name: str, text: str) -> str:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o755)
+    return str(path)
+
+
+def fake_environment() -> dict:
+    return finished({"driver_version": "999.1", "cuda_driver_api": "13.0", "cuda_runtime": "13.0",
+                     "gpu": {"name": "Fake GPU", "compute_capability": "9.0", "sm_count": 132, "memory_gib": 80.0},
+                     "libraries": gpu_check.library_versions(), "failures": []})
+
+
+def fake_kernels(backends, cfg) -> dict:
+    row = gpu_check.kernel_row("numpy", "lstm_cell_forward<float>", 32, 0, 0, 1024, 256, 8, 2048)
+    return finished({"blocks_at": cfg.name, "kernels": [row], "failures": []})
+
+
+def one_ms(step) -> float:
+    step()
+    return 1.0
+
+
+@pytest.fixture
+def stand_ins(monkeypatch, tmp_path):
+    """The CPU backends as the launch modes, a fake GPU, kernels and timer, the clean stand-in sanitizer."""
+    monkeypatch.setattr(gpu_check, "LAUNCH_MODES", (REFERENCE, ONE_LANE))
+    monkeypatch.setattr(gpu_check, "available_backends", lambda: {"numpy": None, "cpu": None})
+    monkeypatch.setattr(gpu_check, "PAPER", TINY)
+    monkeypatch.setattr(gpu_check, "environment", fake_environment)
+    monkeypatch.setattr(gpu_check, "kernel_resources", fake_kernels)
+    monkeypatch.setattr(gpu_check, "cupy_timer", lambda: one_ms)
+    sanitizer = script(tmp_path, "compute-sanitizer", CLEAN_SANITIZER)
+    monkeypatch.setattr(gpu_check, "find_sanitizer", lambda: sanitizer)
+    monkeypatch.setattr(gpu_check, "RESULTS", tmp_path / "results")
+
+
+# ------------------------------------------------------------ command line
+
+def test_without_a_gpu_it_says_why_for_each_backend_writes_nothing_and_exits_2(tmp_path, capsys):
+    reasons = {name: available_backends()[name] for name in gpu_check.gpu_backends()}
+    if None in reasons.values():
+        pytest.skip("a GPU backend can run here")
+    before = sorted(gpu_check.RESULTS.iterdir())
+    assert gpu_check.main(["--json", str(tmp_path / "record.json")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"gpu_check: {name} unavailable: {reason}" for name, reason in reasons.items()] + \
+        ["gpu_check: no GPU backend can run here; nothing checked, nothing written"]
+    assert not (tmp_path / "record.json").exists() and sorted(gpu_check.RESULTS.iterdir()) == before
+
+
+def test_the_script_runs_as_a_command_up_to_the_no_gpu_exit():
+    if None in (available_backends()[name] for name in gpu_check.gpu_backends()):
+        pytest.skip("a GPU backend can run here")
+    done = subprocess.run([sys.executable, str(gpu_check.SCRIPT), "--quick"], capture_output=True, text=True,
+                          cwd=gpu_check.REPOSITORY, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert [line.split(":")[0] for line in done.stderr.splitlines()] == ["gpu_check"] * 3
+
+
+def test_arguments():
+    args = gpu_check.parse_args([])
+    assert (args.quick, args.skip_tests, args.json, args.sanitizer_workload) == (False, False, None, None)
+    args = gpu_check.parse_args(["--quick", "--skip-tests", "--json", "out.json"])
+    assert (args.quick, args.skip_tests, args.json) == (True, True, "out.json")
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.parse_args(["--fast"])
+    assert exit_info.value.code == 2
+
+
+# ------------------------------------------------------------ launch modes
+
+def test_launch_modes_cover_every_option_of_the_gpu_backends():
+    modes = gpu_check.LAUNCH_MODES
+    assert len({mode.label for mode in modes}) == len(modes)
+    assert gpu_check.gpu_backends() == ("cupy", "numba_cuda")
+    assert {mode.options["graphs"] for mode in modes if mode.backend == "cupy"} == {True, False}
+    assert {mode.options["gemm"] for mode in modes if mode.backend == "numba_cuda"} == \
+        set(numba_cuda_kernels.GEMM_IMPLEMENTATIONS)
+    for name in gpu_check.gpu_backends():
+        assert any(mode.sanitize for mode in modes if mode.backend == name), name
+    classes = dict(REGISTRY)
+    for mode in modes:
+        module, cls = classes[mode.backend].split(":")
+        assert set(mode.options) <= set(backend_options(getattr(importlib.import_module(module), cls))), mode
+        assert gpu_check.parse_spec(mode.spec) == (mode.backend, mode.options)
+
+
+@pytest.mark.parametrize("spec, parsed", [("numpy", ("numpy", {})), ("cupy:graphs=false", ("cupy", {"graphs": False})),
+                                          ("x:a=1,b=true,c=tiled", ("x", {"a": 1, "b": True, "c": "tiled"}))])
+def test_workload_specs_read_backend_and_options(spec, parsed):
+    assert gpu_check.parse_spec(spec) == parsed
+
+
+def test_a_workload_spec_option_without_a_value_is_refused():
+    with pytest.raises(ValueError, match="option 'graphs' of 'cupy:graphs' is not KEY=VALUE"):
+        gpu_check.parse_spec("cupy:graphs")
+
+
+# ------------------------------------------------------------ parity
+
+def test_relative_error_is_the_largest_difference_over_the_largest_reference_value():
+    assert gpu_check.relative_error([1.0, 2.0], [1.0, 4.0]) == 0.5
+    assert gpu_check.relative_error(3.0, 3.0) == 0.0
+    assert gpu_check.relative_error([np.nan, 1.0], [1.0, 1.0]) == math.inf
+    assert gpu_check.relative_error([1e-300], [0.0]) > 1                 # zero reference: any difference is huge
+    with pytest.raises(ValueError, match="shape"):
+        gpu_check.relative_error(np.zeros(2), np.zeros(3))
+
+
+@pytest.mark.parametrize("mode", [REFERENCE, ONE_LANE], ids=lambda mode: mode.label)
+def test_parity_of_the_cpu_backends_passes_in_both_dtypes(mode):
+    parity = gpu_check.check_parity([mode], TINY)
+    assert parity["status"] == "pass" and parity["failures"] == [] and parity["windows"] == 3
+    assert [run["dtype"] for run in parity["runs"]] == ["float32", "float64"]
+    for run in parity["runs"]:
+        assert run["status"] == "pass" and run["bitwise_equal"] and run["bitwise_differences"] == []
+        assert (run["launch_mode"], run["graph_fallback_reason"]) == (None, None)
+        assert [w["window"] for w in run["windows"]] == [0, 1, 2]
+        for window in run["windows"]:
+            assert {"grads/embed", "grads/Wh1", "grads/by", "state/h1", "state/c0", "dstate/h0", "dstate/c1"} <= \
+                set(window["errors"])
+            assert window["max_error"] == max(window["errors"].values()) <= run["tolerance"]
+            assert window["loss_error"] <= run["loss_tolerance"] and window["loss"] > 0
+    json.dumps(gpu_check.json_safe(parity), allow_nan=False)
+
+
+class SkewedOutput(NumpyBackend):
+    """The output layer's weight gradient off by 0.1% of its largest entry."""
+
+    def linear_backward(self, dlogits, hs, W):
+        dhs, dW, db = super().linear_backward(dlogits, hs, W)
+        return dhs, dW + 1e-3 * np.abs(dW).max(), db
+
+
+class Unrepeatable(NumpyBackend):
+    """Each LSTM layer's bias gradient with a different tiny noise on every call."""
+
+    def lstm_backward(self, dhs, dhT, dcT, cache):
+        dxs, dWx, dWh, db, dh0, dc0 = super().lstm_backward(dhs, dhT, dcT, cache)
+        noise = np.random.default_rng().standard_normal(db.shape) * 1e-12 * np.abs(db).max()
+        return dxs, dWx, dWh, db + noise, dh0, dc0
+
+
+class FellBackToPlain(NumpyBackend):
+    launch_mode = "plain"
+    graph_fallback_reason = "stream capture failed (NotImplementedError: cuBLAS during capture)"
+
+
+def test_parity_names_the_array_that_is_off_in_every_window():
+    run = gpu_check.parity_run(REFERENCE, np.float32, TINY, make_backend=lambda mode, dtype: SkewedOutput(dtype))
+    assert run["status"] == "fail" and run["bitwise_equal"]
+    assert [w["worst"] for w in run["windows"]] == ["grads/Wy"] * 3
+    assert len(run["failures"]) == 3
+    assert run["failures"][0].startswith("parity numpy/reference float32 window 0: grads/Wy relative error 0.001")
+
+
+def test_parity_finds_outputs_that_change_between_two_runs_of_the_same_window():
+    run = gpu_check.parity_run(REFERENCE, np.float64, TINY, make_backend=lambda mode, dtype: Unrepeatable(dtype))
+    assert all(w["max_error"] <= 1e-10 for w in run["windows"])           # close enough, but not repeatable
+    assert run["bitwise_differences"] == ["grads/b0", "grads/b1"] and not run["bitwise_equal"]
+    assert run["failures"] == ["bitwise numpy/reference float64: the same window twice gave different "
+                               "grads/b0, grads/b1"]
+
+
+@pytest.mark.parametrize("expect, fails", [("graph", True), ("plain", False), (None, False)])
+def test_a_launch_mode_other_than_the_one_asked_for_fails(expect, fails):
+    mode = LaunchMode("numpy", "graphs", expect=expect)
+    run = gpu_check.parity_run(mode, np.float32, TINY, make_backend=lambda mode, dtype: FellBackToPlain(dtype))
+    assert run["launch_mode"] == "plain" and run["graph_fallback_reason"].startswith("stream capture failed")
+    message = ("launch mode numpy/graphs float32: ran 'plain', not 'graph' "
+               "(stream capture failed (NotImplementedError: cuBLAS during capture))")
+    assert run["failures"] == ([message] if fails else [])
+
+
+def test_a_backend_that_cannot_be_built_is_an_error_and_the_other_runs_go_on():
+    def build(mode, dtype):
+        if dtype == np.float32:
+            raise RuntimeError("no device")
+        return NumpyBackend(dtype)
+
+    parity = gpu_check.check_parity([REFERENCE], TINY, make_backend=build)
+    first, second = parity["runs"]
+    assert (first["status"], first["error"]) == ("error", "RuntimeError: no device")
+    assert "Traceback" in first["traceback"] and second["status"] == "pass"
+    assert parity["status"] == "fail"
+    assert parity["failures"] == ["parity numpy/reference float32: RuntimeError: no device"]
+
+
+# ------------------------------------------------------------ tests
+
+@pytest.mark.parametrize("output, counts", [
+    ("= 2 failed, 110 passed, 4 skipped, 877 deselected, 1 error in 95.31s (0:01:35) =",
+     {"passed": 110, "failed": 2, "skipped": 4, "errors": 1, "deselected": 877}),
+    ("test_x.py::test_a 3 passed\n....\n116 passed, 877 deselected in 40.12s",
+     {"passed": 116, "failed": 0, "skipped": 0, "errors": 0, "deselected": 877}),
+    ("no tests ran in 0.01s", {"passed": 0, "failed": 0, "skipped": 0, "errors": 0, "deselected": 0}),
+])
+def test_pytest_counts_come_from_the_closing_line(output, counts):
+    assert gpu_check.pytest_counts(output) == counts
+
+
+def test_the_test_run_records_counts_exit_status_and_tail():
+    failing = gpu_check.run_gpu_tests(("-c", "print('== 1 failed, 2 passed in 0.1s =='); raise SystemExit(1)"), 120)
+    assert (failing["status"], failing["failed"], failing["passed"], failing["returncode"]) == ("fail", 1, 2, 1)
+    assert failing["failures"] == ["GPU tests: 1 failed, 0 errors, 2 passed (pytest exit status 1)"]
+    assert failing["command"].startswith("python -c ") and "1 failed" in failing["tail"]
+    passing = gpu_check.run_gpu_tests(("-c", "print('3 passed, 5 deselected in 0.2s')"), 120)
+    assert (passing["status"], passing["passed"], passing["failures"]) == ("pass", 3, [])
+
+
+def test_a_test_run_past_its_time_is_stopped_and_fails():
+    stuck = gpu_check.run_gpu_tests(("-c", "import time; time.sleep(60)"), timeout_s=1)
+    assert stuck["returncode"] is None and stuck["status"] == "fail"
+    assert stuck["failures"] == ["GPU tests: still running after 1 s, stopped"]
+
+
+def test_the_test_command_selects_the_gpu_marker():
+    assert gpu_check.TESTS_COMMAND[:4] == ("-m", "pytest", "-m", "gpu")
+
+
+# ------------------------------------------------------------ sanitizer
+
+DONE = gpu_check.WORKLOAD_DONE
+
+
+@pytest.mark.parametrize("returncode, output, verdict", [
+    (0, f"{DONE}: cupy\n========= ERROR SUMMARY: 0 errors", ("pass", 0)),
+    (86, "========= Invalid __global__ read of size 4 bytes\n========= ERROR SUMMARY: 3 errors", ("fail", 3)),
+    (0, f"{DONE}\n========= RACECHECK SUMMARY: 2 hazards displayed (1 error, 1 warning)", ("fail", 1)),
+    (0, f"{DONE}\n========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)", ("pass", 0)),
+    (1, "Traceback (most recent call last):\n========= ERROR SUMMARY: 0 errors", ("error", 0)),
+    (0, "========= ERROR SUMMARY: 0 errors", ("error", 0)),                 # the workload never finished
+    (None, "", ("timeout", None)),
+])
+def test_sanitizer_verdicts(returncode, output, verdict):
+    assert gpu_check.sanitizer_verdict(returncode, output) == verdict
+
+
+def test_the_sanitizer_report_keeps_the_tools_findings_without_banner_and_summary():
+    output = ("========= COMPUTE-SANITIZER\nprogram output\n========= Invalid __global__ read of size 4 bytes\n"
+              "=========     at lstm_cell_forward<float>+0x120\n=========\n========= ERROR SUMMARY: 1 error")
+    assert gpu_check.sanitizer_report(output) == ["========= Invalid __global__ read of size 4 bytes",
+                                                  "=========     at lstm_cell_forward<float>+0x120"]
+
+
+def test_every_tool_runs_on_every_mode_marked_for_it(tmp_path):
+    program = script(tmp_path, "compute-sanitizer", CLEAN_SANITIZER)
+    result = gpu_check.check_sanitizer([REFERENCE, ONE_LANE], program)
+    assert result["status"] == "pass" and result["program"] == program
+    assert [(run["tool"], run["mode"]) for run in result["runs"]] == \
+        [(tool, "reference") for tool in gpu_check.SANITIZER_TOOLS]
+    for run in result["runs"]:
+        assert (run["verdict"], run["errors"], run["returncode"]) == ("pass", 0, 0), run["tail"]
+        assert run["command"].endswith(f"--tool {run['tool']} --error-exitcode 86 --print-limit 20 "
+                                       "python benchmarks/gpu_check.py --sanitizer-workload numpy")
+
+
+def test_sanitizer_findings_fail_the_check(tmp_path):
+    program = script(tmp_path, "compute-sanitizer", FINDING_SANITIZER)
+    result = gpu_check.check_sanitizer([REFERENCE], program)
+    assert result["status"] == "fail"
+    assert result["failures"] == [f"sanitizer {tool} on numpy/reference: fail (2 errors)"
+                                  for tool in gpu_check.SANITIZER_TOOLS]
+    assert result["runs"][0]["report"] == ["========= Invalid __global__ read of size 4 bytes"]
+
+
+def test_without_compute_sanitizer_the_check_is_skipped_saying_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(gpu_check, "find_sanitizer", lambda: None)
+    result = gpu_check.check_sanitizer(gpu_check.LAUNCH_MODES)
+    assert result["status"] == "skipped" and result["failures"] == []
+    assert result["reason"].startswith("compute-sanitizer not found: pip install nvidia-cuda-sanitizer-api")
+
+
+def test_compute_sanitizer_is_found_on_path_then_in_the_cuda_toolkit(tmp_path, monkeypatch):
+    on_path = tmp_path / "path"
+    on_path.mkdir()
+    program = script(on_path, "compute-sanitizer", CLEAN_SANITIZER)
+    monkeypatch.setenv("PATH", str(on_path))
+    assert gpu_check.find_sanitizer() == program
+    toolkit = tmp_path / "cuda" / "bin"
+    toolkit.mkdir(parents=True)
+    program = script(toolkit, "compute-sanitizer", CLEAN_SANITIZER)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda"))
+    assert gpu_check.find_sanitizer() == program
+
+
+def test_the_workload_trains_its_windows_and_says_it_finished(capsys):
+    assert gpu_check.main(["--sanitizer-workload", "cpu:threads=1"]) == 0
+    assert capsys.readouterr().out == f"{DONE}: cpu:threads=1, launch mode None\n"
+
+
+# ------------------------------------------------------------ kernels, timing, environment
+
+def test_launch_blocks_name_kernels_the_backends_have():
+    cupy_names = {kernel for kernels in cupy_backend.KERNELS.values() for kernel in kernels}
+    cupy_blocks = gpu_check.cupy_launch_blocks(gpu_check.PAPER)
+    assert {"lstm_cell_forward", "lstm_cell_backward", "softmax_xent"} <= set(cupy_blocks) <= cupy_names
+    assert cupy_blocks["lstm_cell_forward"] == cupy_backend.CELL_BLOCK and cupy_blocks["softmax_xent"] == 64
+    numba_blocks = gpu_check.numba_launch_blocks(gpu_check.PAPER)
+    assert set(numba_blocks) <= set(numba_cuda_kernels.signatures(np.float32))
+    assert {"lstm_forward_step", "lstm_backward_step", "gemm"} <= set(numba_blocks)
+    assert all(1 <= block <= 1024 for block in {**cupy_blocks, **numba_blocks}.values())
+    tile = numba_cuda_kernels.RECURRENT_TILE_H * numba_cuda_kernels.RECURRENT_TILE_B
+    assert numba_blocks["lstm_forward_step"] == tile
+
+
+def test_occupancy_is_the_share_of_an_sms_warp_slots():
+    assert gpu_check.occupancy(8, 256, 2048) == 1.0
+    assert gpu_check.occupancy(5, 50, 1536) == 0.208                     # 50 threads take two warps
+    assert gpu_check.occupancy(None, 256, 2048) is None and gpu_check.occupancy(4, None, 2048) is None
+    row = gpu_check.kernel_row("cupy", "k<float>", 40, 1024, 0, 1024, 128, 12, 2048)
+    assert (row["occupancy"], row["active_blocks_per_sm"], row["registers"]) == (0.75, 12, 40)
+
+
+def test_time_steps_takes_median_minimum_and_maximum_after_the_warmup():
+    calls, times = [], iter([3.0, 1.0, 2.0])
+    timing = gpu_check.time_steps(lambda: calls.append(1), lambda step: (step(), next(times))[1], warmup=2, steps=3)
+    assert len(calls) == 5
+    assert timing == {"ms_median": 2.0, "ms_min": 1.0, "ms_max": 3.0, "warmup": 2, "steps": 3}
+
+
+def test_tf32_is_set_for_products_and_cudnn_and_restored_after():
+    torch = pytest.importorskip("torch")
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    for enabled in (True, False):
+        with gpu_check.tf32(torch, enabled) as flags:
+            assert flags == {"matmul": enabled, "cudnn": enabled}
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (enabled, enabled)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_torch_without_a_gpu_is_one_skipped_timing_entry():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    [entry] = gpu_check.time_torch(TINY)
+    assert entry["status"] == "skipped" and "sees no CUDA device" in entry["reason"]
+
+
+def test_library_versions_and_cuda_versions():
+    assert gpu_check.cuda_version_text(13000) == "13.0" and gpu_check.cuda_version_text(12080) == "12.8"
+    found = gpu_check.library_versions(gpu_check.LIBRARIES + (("absent", "no_such_module_here", None),))
+    assert found["numba"] == {"version": numba.__version__}
+    assert found["numba-cuda"] == {"version": metadata.version("numba-cuda")}
+    assert found["absent"]["version"] is None and found["absent"]["missing"].startswith("ModuleNotFoundError")
+    assert set(found) == {"cupy", "numba-cuda", "numba", "torch", "cuda-bindings", "absent"}
+
+
+# ------------------------------------------------------------ the record
+
+def test_the_record_names_and_dates_its_file_and_is_plain_json(tmp_path):
+    assert gpu_check.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    first = gpu_check.default_json_path("NVIDIA H200", "2026-12-02", tmp_path)
+    assert first.name == "gpu-check-nvidia-h200-2026-12-02.json"
+    first.write_text("[]")
+    assert gpu_check.default_json_path("NVIDIA H200", "2026-12-02", tmp_path).name == \
+        "gpu-check-nvidia-h200-2026-12-02-2.json"
+    assert gpu_check.json_safe({"a": float("nan"), "b": (np.float32(1.5), math.inf), 3: np.int64(2)}) == \
+        {"a": None, "b": [1.5, None], "3": 2}
+
+
+def test_guarded_turns_an_exception_into_an_error_record():
+    assert gpu_check.guarded("x", lambda value: {"value": value}, 3) == {"value": 3}
+    result = gpu_check.guarded("kernels", lambda: 1 / 0)
+    assert (result["status"], result["failures"]) == ("error", ["kernels: ZeroDivisionError: division by zero"])
+
+
+def test_a_full_run_on_stand_ins_writes_every_check_and_passes(stand_ins, tmp_path, capsys):
+    path = tmp_path / "record.json"
+    assert gpu_check.main(["--skip-tests", "--json", str(path)]) == 0
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert set(record) == RECORD_KEYS and record["failures"] == []
+    assert record["command"] == f"python benchmarks/gpu_check.py --skip-tests --json {path}"
+    assert record["launch_modes"] == ["numpy/reference", "cpu/one-lane"]
+    assert record["backends"] == {"numpy": None, "cpu": None} and record["machine"]["cpu_count"] >= 1
+    assert {name: record[name]["status"] for name in gpu_check.CHECKS} == \
+        {"environment": "pass", "tests": "skipped", "sanitizer": "pass", "parity": "pass", "kernels": "pass",
+         "timing": "pass"}
+    assert [run["tool"] for run in record["sanitizer"]["runs"]] == list(gpu_check.SANITIZER_TOOLS)
+    assert [(run["backend"], run["dtype"]) for run in record["parity"]["runs"]] == \
+        [("numpy", "float32"), ("numpy", "float64"), ("cpu", "float32"), ("cpu", "float64")]
+    runs = {run["runner"]: run for run in record["timing"]["runs"]}
+    assert set(runs) == {"numpy/reference", "cpu/one-lane", "torch"} and runs["torch"]["status"] == "skipped"
+    assert runs["cpu/one-lane"]["ms_median"] == 1.0 and runs["cpu/one-lane"]["steps"] == gpu_check.TIMED_STEPS
+    assert runs["cpu/one-lane"]["chars_per_s"] == TINY.chars * 1000 and runs["cpu/one-lane"]["launch_mode"] is None
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("GPU: Fake GPU (compute capability 9.0, 132 SMs, 80.0 GiB); driver 999.1")
+    assert "tests: skipped (--skip-tests)" in out
+    assert sum(line.startswith("parity ") and ": pass: worst " in line for line in out) == 4
+    assert out[-2].startswith("all checks passed in ") and out[-1] == f"wrote {path}"
+
+
+def test_a_failed_check_makes_the_exit_status_1_and_is_listed(stand_ins, monkeypatch, capsys):
+    def no_driver():
+        raise RuntimeError("no driver")
+
+    monkeypatch.setattr(gpu_check, "environment", no_driver)
+    monkeypatch.setattr(gpu_check, "check_parity",
+                        lambda modes, cfg: finished({"runs": [], "failures": ["parity numpy/reference: off"]}))
+    assert gpu_check.main(["--quick", "--skip-tests"]) == 1
+    day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    [path] = (gpu_check.RESULTS).iterdir()
+    assert path.name == f"gpu-check-unknown-gpu-{day}.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["failures"] == ["environment: RuntimeError: no driver", "parity numpy/reference: off"]
+    assert record["sanitizer"] == record["timing"] == {"status": "skipped", "reason": "--quick", "failures": []}
+    out = capsys.readouterr().out.splitlines()
+    assert "environment: error: RuntimeError: no driver" in out and "sanitizer: skipped (--quick)" in out
+    assert out[-4:] == ["FAILED (2):", "  environment: RuntimeError: no driver", "  parity numpy/reference: off",
+                        f"wrote {path}"]
