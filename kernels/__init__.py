@@ -1,6 +1,8 @@
 """The CUDA C sources of ltexec's GPU kernels, shipped as package data of ``ltexec.kernels``.
 
 * ``lstm_cell.cu``: the fused LSTM cell, one step forward and one step backward.
+* ``lstm_persistent.cu``: the whole LSTM recurrence of a window in one launch,
+  forward or backward (W_h slices in shared memory, a grid-wide barrier).
 * ``softmax_xent.cu``: softmax, masked cross-entropy, its gradient and the argmax count.
 
 They are plain text compiled at run time (by NVRTC, through CuPy's

@@ -4,11 +4,18 @@ The same ``.cu`` text the CuPy backend hands to NVRTC is compiled with g++
 against ``cuda_emulation.h`` (which defines the CUDA subset the kernels use)
 into one shared library, loaded with ctypes. Each source is included inside a
 namespace named after its file, so sources that define the same helper do
-not clash. The library exports one entry point, ``launch_kernel(name, grid,
-block, params)``, with CUDA's own calling convention: the kernel is found by
-its name expression (``lstm_cell_forward<float>``, the strings the backend
-passes to NVRTC; the build instantiates exactly those) and ``params`` is an
-array of pointers to the argument values, as for ``cuLaunchKernel``.
+not clash. The library exports two entry points with CUDA's own calling
+convention: the kernel is found by its name expression
+(``lstm_cell_forward<float>``, the strings the backend passes to NVRTC; the
+build instantiates exactly those) and ``params`` is an array of pointers to
+the argument values, as for ``cuLaunchKernel``:
+
+* ``launch_kernel(name, grid, block, params)`` runs the blocks one after
+  another (function-static ``__shared__`` arrays are then per block);
+* ``launch_kernel_cooperative(name, grid, block, shared_bytes, params)`` runs
+  all blocks at once, each with ``shared_bytes`` of its own dynamic shared
+  memory, as a cooperative launch on the GPU: what kernels with a grid-wide
+  barrier (``lstm_persistent.cu``) need.
 
 :class:`EmulatedDevice` is the CuPy backend's device layer on top of it
 (NumPy arrays, NumPy products, these kernels), so the backend's own window
@@ -39,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 KERNEL_DIR = REPO / "kernels"
 SELFTEST_SOURCE = HERE / "selftest.cu"
-SELFTEST_KERNELS = ["thread_coordinates", "block_sums<float>", "block_sums<double>"]
+SELFTEST_KERNELS = ["thread_coordinates", "block_sums<float>", "block_sums<double>",
+                    "grid_sums<float>", "grid_sums<double>", "shared_is_per_block"]
 GXX_FLAGS = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread"]
 
 _C_SCALARS = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
@@ -63,25 +71,35 @@ def translation_unit(sources: dict[Path, list[str]]) -> str:
     for path in sources:
         lines += [f"namespace {path.stem} {{", f'#include "{path}"', "}", ""]
     lines += [
-        "using Entry = std::function<void(unsigned, unsigned, void**)>;",
+        "// Runs a kernel with (grid, block, dynamic shared bytes, cooperative?, params); 0, or 2 if",
+        "// a block wrote past its dynamic shared memory.",
+        "using Entry = std::function<int(unsigned, unsigned, unsigned, bool, void**)>;",
         "",
         "template <typename... Args, std::size_t... I>",
-        "void call(void (*kernel)(Args...), unsigned grid, unsigned block, void** params,",
-        "          std::index_sequence<I...>)",
+        "int call(void (*kernel)(Args...), unsigned grid, unsigned block, unsigned shared_bytes,",
+        "         bool cooperative, void** params, std::index_sequence<I...>)",
         "{",
         "    const std::tuple<Args...> args{*static_cast<Args*>(params[I])...};",
-        "    launch(grid, block, [&] { std::apply(kernel, args); });",
+        "    const auto run = [&] { std::apply(kernel, args); };",
+        "    if (!cooperative) {",
+        "        launch(grid, block, run);",
+        "        return 0;",
+        "    }",
+        "    return launch_cooperative(grid, block, shared_bytes, run) ? 0 : 2;",
         "}",
         "",
         "template <typename... Args>",
         "Entry entry(void (*kernel)(Args...))",
         "{",
-        "    return [kernel](unsigned grid, unsigned block, void** params) {",
-        "        call(kernel, grid, block, params, std::index_sequence_for<Args...>{});",
+        "    return [kernel](unsigned grid, unsigned block, unsigned shared_bytes, bool cooperative, void** params) {",
+        "        return call(kernel, grid, block, shared_bytes, cooperative, params,",
+        "                    std::index_sequence_for<Args...>{});",
         "    };",
         "}",
         "",
-        'extern "C" int launch_kernel(const char* name, unsigned grid, unsigned block, void** params)',
+        "// Every kernel by name expression; 1 for a name that is not there.",
+        "int run(const char* name, unsigned grid, unsigned block, unsigned shared_bytes, bool cooperative,",
+        "        void** params)",
         "{",
         "    static const std::map<std::string, Entry> kernels = {",
     ]
@@ -90,9 +108,18 @@ def translation_unit(sources: dict[Path, list[str]]) -> str:
     lines += [
         "    };",
         "    const auto found = kernels.find(name);",
-        "    if (found == kernels.end()) return 1;",
-        "    found->second(grid, block, params);",
-        "    return 0;",
+        "    return found == kernels.end() ? 1 : found->second(grid, block, shared_bytes, cooperative, params);",
+        "}",
+        "",
+        'extern "C" int launch_kernel(const char* name, unsigned grid, unsigned block, void** params)',
+        "{",
+        "    return run(name, grid, block, 0, false, params);",
+        "}",
+        "",
+        'extern "C" int launch_kernel_cooperative(const char* name, unsigned grid, unsigned block,',
+        "                                         unsigned shared_bytes, void** params)",
+        "{",
+        "    return run(name, grid, block, shared_bytes, true, params);",
         "}",
     ]
     return "\n".join(lines) + "\n"
@@ -110,6 +137,9 @@ def build(sources: dict[Path, list[str]], directory: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(library))
     lib.launch_kernel.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)]
     lib.launch_kernel.restype = ctypes.c_int
+    lib.launch_kernel_cooperative.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+                                              ctypes.POINTER(ctypes.c_void_p)]
+    lib.launch_kernel_cooperative.restype = ctypes.c_int
     return lib
 
 
@@ -140,14 +170,38 @@ class EmulatedKernels:
                 raise TypeError(f"cannot pass {type(arg).__name__} to a kernel (use an array or a NumPy scalar)")
         return packed
 
-    def launch_packed(self, name: str, grid: int, block: int, packed: list) -> None:
-        params = (ctypes.c_void_p * max(len(packed), 1))(*[ctypes.addressof(value) for value in packed])
-        if self._lib.launch_kernel(name.encode(), grid, block, params) != 0:
+    @staticmethod
+    def _params(packed: list):
+        return (ctypes.c_void_p * max(len(packed), 1))(*[ctypes.addressof(value) for value in packed])
+
+    @staticmethod
+    def _check_result(name: str, result: int) -> None:
+        if result == 1:
             raise KeyError(f"the emulation has no kernel {name!r}")
+        if result == 2:
+            raise RuntimeError(f"kernel {name!r} wrote past the end of its dynamic shared memory")
+
+    def launch_packed(self, name: str, grid: int, block: int, packed: list) -> None:
+        self._check_result(name, self._lib.launch_kernel(name.encode(), grid, block, self._params(packed)))
 
     def launch(self, name: str, grid: int, block: int, args: tuple) -> None:
         """Run kernel ``name`` (a name expression) on a 1-D grid, like ``RawKernel((grid,), (block,), args)``."""
         self.launch_packed(name, grid, block, self.pack(args))
+
+    def launch_cooperative(self, name: str, grid: int, block: int, shared_bytes: int, args: tuple) -> None:
+        """Run kernel ``name`` with all ``grid`` blocks at once, each with ``shared_bytes`` of dynamic shared memory.
+
+        Like a cooperative launch on the GPU (``RawKernel((grid,), (block,),
+        args, shared_mem=shared_bytes)`` from a module built with
+        ``enable_cooperative_groups=True``): kernels with a grid-wide barrier
+        need every block running. One host thread per CUDA thread of the
+        grid, so keep ``grid * block`` to a few hundred.
+        """
+        if shared_bytes < 0:
+            raise ValueError(f"shared_bytes must be >= 0, got {shared_bytes}")
+        result = self._lib.launch_kernel_cooperative(name.encode(), grid, block, shared_bytes,
+                                                     self._params(self.pack(args)))
+        self._check_result(name, result)
 
 
 def array_at(address: int, shape: tuple, dtype) -> np.ndarray:

@@ -51,6 +51,7 @@ from ltexec.backends.common import BufferPool, LstmCache
 
 KERNELS = {
     "lstm_cell.cu": ("lstm_cell_forward", "lstm_cell_backward"),
+    "lstm_persistent.cu": ("lstm_persistent_forward", "lstm_persistent_backward"),
     "softmax_xent.cu": ("softmax_xent",),
 }
 """Every kernel source in the ``ltexec.kernels`` package and the template kernels it defines."""
