@@ -1,30 +1,41 @@
-"""What only the CuPy backend has: launch geometry, the probe, CUDA graphs; without a GPU where possible.
+"""What only the CuPy backend has: launch geometry, the persistent/per-step choice, the probe; without a GPU.
 
-Every operation against the NumPy reference (on the emulated device and on a
-real one) is in tests/backends/test_conformance.py. Here:
+Every operation against the NumPy reference, in both recurrence modes on the
+emulated device and on a real one, is in tests/backends/test_conformance.py.
+Here:
 
-* Pure logic: launch geometry, the device check, the graph policy
-  (:class:`StepGraphs` with fake capture), and the availability probe with
-  fake CuPy modules (not installed, no driver, no device, ROCm, no cuBLAS,
-  kernels that do not compile).
+* Pure logic: launch geometry, the persistent kernels' geometry and every
+  reason it gives for not fitting, the on/off options, the device check,
+  and the availability probe with fake CuPy modules (not installed, no
+  driver, no device, ROCm, no cuBLAS, kernels that do not compile); the
+  device layer's limits, occupancy query and cooperative launch against a
+  fake CuPy.
 * Registry: here ``cupy`` is listed as unavailable with its reason, asking
   for it raises BackendUnavailable, ``auto`` passes it over.
-* Graphs on the CPU: ``CupyBackend`` with the emulated device layer of
-  tests/cuda_emulation runs its real window logic (buffers, step loops,
-  graph keys, products) with the real kernels compiled by g++, compared with
-  the NumPy reference while graphs are run plainly, captured and replayed;
-  the emulated capture replays recorded raw addresses, so a graph replayed
-  on the wrong buffers gives wrong numbers. Pool buffers are poisoned with
-  NaN whenever they are handed out. Error measure ``max|x - ref| /
-  max|ref|``: below 2e-5 in float32 (a window of several steps; one step is
-  held to 1e-5 in test_cupy_kernels.py) and below 1e-12 in float64.
+* The backend on the CPU: ``CupyBackend`` with the emulated device layer of
+  tests/cuda_emulation runs its real window logic (buffers, the choice per
+  layer shape, the launches and products) with the real kernels compiled by
+  g++: the persistent kernels as one cooperative launch of several blocks
+  (H = 37 over the emulated device's 6 SMs: 6 blocks of 7 units, the last
+  of 2), and the per-step kernels. Checked: the numbers against the NumPy
+  reference, which launches and products run, ``launch_mode`` and its
+  reasons, the fallback where the emulated device's limits or occupancy do
+  not fit, the one warning when graphs were asked for, and that the
+  persistent recurrence makes no cuBLAS call (the emulated stream capture
+  refuses one as CuPy does, which the per-step recurrence cannot pass).
+  Pool buffers are poisoned with NaN whenever they are handed out. Error
+  measure ``max|x - ref| / max|ref|``: below 2e-5 in float32 (a window of
+  several steps; one step is held to 1e-5 in test_cupy_kernels.py) and
+  below 1e-12 in float64.
 * On a CUDA device (skipped elsewhere, with the reason): whole training
-  windows with graphs on and off.
+  windows in both modes, and the paper's layer size persistent on a device
+  with enough SMs.
 """
 
 import subprocess
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -34,15 +45,20 @@ from closeness import relative_error as rel_error
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
 from ltexec.backends import cupy_backend
 from ltexec.backends.common import BufferPool
-from ltexec.backends.cupy_backend import (CupyBackend, StepGraphs, check_on_device, graph_key,
-                                          graph_unavailable_reason, graphs_requested, launch_geometry, probe,
-                                          softmax_block)
+from ltexec.backends.cupy_backend import (GRAPHS_ENV, GRAPHS_REFUSED, PER_STEP, PERSISTENT, PERSISTENT_ENV,
+                                          TURNED_OFF, UNDECIDED, CudaDevice, CupyBackend, DeviceLimits,
+                                          PersistentGeometry, PersistentUnfit, check_on_device, launch_geometry,
+                                          persistent_geometry, probe, softmax_block, switch)
 from ltexec.backends.numpy_backend import NumpyBackend
+from ltexec.config import TrainConfig
 from ltexec.model import LSTMModel
+from ltexec.progress import Reporter
 
 TOLERANCE = {np.float32: 2e-5, np.float64: 1e-12}
 DTYPES = [np.float32, np.float64]
 DEVICE_REASON = cupy_backend.probe()
+A100 = DeviceLimits(sms=108, shared_per_block=163 * 1024, cooperative=True)
+H100 = DeviceLimits(sms=132, shared_per_block=227 * 1024, cooperative=True)
 
 needs_gxx = pytest.mark.skipif(emulation.gxx_missing_reason() is not None,
                                reason=emulation.gxx_missing_reason() or "")
@@ -63,8 +79,39 @@ def poisoned_pool(monkeypatch):
     monkeypatch.setattr(BufferPool, "take", poisoned)
 
 
-def emulated(dtype, **device_options):
-    return CupyBackend(dtype, device=emulation.EmulatedDevice(**device_options))
+@pytest.fixture(autouse=True)
+def no_options_from_the_environment(monkeypatch):
+    """The options' environment variables are unset unless a test sets them."""
+    monkeypatch.delenv(PERSISTENT_ENV, raising=False)
+    monkeypatch.delenv(GRAPHS_ENV, raising=False)
+
+
+class RecordingDevice(emulation.EmulatedDevice):
+    """The emulated device, noting every product ("gemm"), launch (its kernel) and occupancy query."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.calls = []
+
+    def gemm(self, *args, **kwargs):
+        self.calls.append("gemm")
+        super().gemm(*args, **kwargs)
+
+    def launch(self, kernel, grid, block, args):
+        self.calls.append(kernel)
+        super().launch(kernel, grid, block, args)
+
+    def launch_cooperative(self, kernel, grid, block, shared_bytes, args):
+        self.calls.append((kernel, grid, block, shared_bytes))
+        super().launch_cooperative(kernel, grid, block, shared_bytes, args)
+
+    def resident_blocks(self, kernel, block, shared_bytes):
+        self.calls.append(("resident", kernel, block, shared_bytes))
+        return super().resident_blocks(kernel, block, shared_bytes)
+
+
+def emulated(dtype, persistent=None, graphs=None, **device_options):
+    return CupyBackend(dtype, persistent=persistent, graphs=graphs, device=RecordingDevice(**device_options))
 
 
 # ---------------------------------------------------------- launch geometry
@@ -100,6 +147,63 @@ def test_name_expressions_cover_every_kernel_and_dtype():
         "lstm_cell_backward<float>", "lstm_cell_backward<double>"]
 
 
+# ------------------------------------------------- persistent kernels' geometry
+
+def one_per_sm(block, shared_bytes):
+    return 1
+
+
+@pytest.mark.parametrize("limits", [A100, H100], ids=["A100", "H100"])
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_paper_size_runs_one_block_of_four_units_per_sm(limits, itemsize):
+    """H = 400, B = 100: 100 blocks of 4 units, 416 threads, 25.6 KB (float) or 51.2 KB (double) of W_h."""
+    assert persistent_geometry(50, 100, 400, itemsize, limits, one_per_sm) == \
+        PersistentGeometry(units=4, grid=100, block=416, shared_bytes=4 * 400 * 4 * itemsize)
+
+
+@pytest.mark.parametrize("T, B, H, sms, geometry", [
+    (7, 5, 37, 6, (7, 6, 64, 4 * 37 * 7 * 4)),      # ragged: five blocks of 7 units, the last of 2
+    (1, 1, 1, 6, (1, 1, 32, 16)),                    # one unit, one row: one warp
+    (3, 2, 5, 132, (1, 5, 32, 80)),                  # fewer units than SMs: one unit per block
+    (2, 300, 400, 132, (4, 100, 1024, 25600)),       # B * units = 1200 pairs: capped at 1024 threads
+    (2, 13, 13, 6, (3, 5, 64, 624)),                 # 39 pairs: the next multiple of 32
+])
+def test_persistent_geometry(T, B, H, sms, geometry):
+    limits = DeviceLimits(sms=sms, shared_per_block=48 * 1024, cooperative=True)
+    asked = []
+    found = persistent_geometry(T, B, H, 4, limits, lambda block, shared: asked.append((block, shared)) or 1)
+    assert found == PersistentGeometry(*geometry)
+    assert found.block % 32 == 0 and found.grid <= sms
+    assert (found.grid - 1) * found.units < H <= found.grid * found.units      # no empty block
+    assert asked == [(found.block, found.shared_bytes)]
+
+
+@pytest.mark.parametrize("T, B, H, limits, resident, fragment", [
+    (5, 4, 16, DeviceLimits(8, 48 * 1024, cooperative=False), 1, "cannot launch cooperative kernels"),
+    (5, 100, 2000, H100, 1, "a block's slice of W_h (16 units of H=2000) needs 512000 B of shared memory, "
+                            "more than the 232448 B a block may have"),
+    (5, 4, 400, H100, 0, "100 blocks of 32 threads and 25600 B of shared memory must all be resident at once, "
+                         "but the device holds 0 per SM x 132 SMs"),
+    (50000, 100, 400, H100, 1, "T*B*4H = 8000000000 values, more than the kernels' 32-bit indexing allows"),
+])
+def test_persistent_geometry_says_why_it_does_not_fit(T, B, H, limits, resident, fragment):
+    with pytest.raises(PersistentUnfit) as unfit:
+        persistent_geometry(T, B, H, 4, limits, lambda block, shared: resident)
+    assert fragment in str(unfit.value)
+
+
+@pytest.mark.parametrize("setting, value", [(None, None), (True, True), (False, False), ("auto", None),
+                                            (" AUTO ", None), ("1", True), ("yes", True), (" On ", True),
+                                            ("0", False), ("false", False), ("OFF", False)])
+def test_switch(setting, value):
+    assert switch(setting, PERSISTENT_ENV) is value
+
+
+def test_switch_rejects_other_values_naming_the_option():
+    with pytest.raises(ValueError, match=f"{GRAPHS_ENV} must be auto, 1/true/yes/on or 0/false/no/off, got 'maybe'"):
+        switch("maybe", GRAPHS_ENV)
+
+
 # ------------------------------------------------------------------ checks
 
 def test_check_on_device():
@@ -109,123 +213,36 @@ def test_check_on_device():
         check_on_device("x", on, 0)
 
 
-# ------------------------------------------------------------- graph policy
-
-@pytest.mark.parametrize("setting, wanted", [(None, True), ("", True), ("1", True), ("yes", True), (" On ", True),
-                                             ("0", False), ("false", False), ("OFF", False), (True, True),
-                                             (False, False)])
-def test_graphs_requested(setting, wanted):
-    assert graphs_requested(setting) is wanted
-
-
-def test_graphs_requested_rejects_other_values():
-    with pytest.raises(ValueError, match=cupy_backend.GRAPHS_ENV):
-        graphs_requested("maybe")
-
-
-@pytest.mark.parametrize("requested, is_hip, has_capture, fragment", [
-    (True, False, True, None), (False, False, True, "turned off"), (True, True, True, "ROCm"),
-    (True, False, False, "no stream capture"), (False, True, False, "turned off")])
-def test_graph_unavailable_reason(requested, is_hip, has_capture, fragment):
-    reason = graph_unavailable_reason(requested, is_hip, has_capture)
-    assert reason is None if fragment is None else fragment in reason
-
-
-def test_graph_key_tells_arrays_apart():
-    a, b = np.zeros((2, 3)), np.zeros((2, 3))
-    key = graph_key("forward", [a, b], lambda x: x.ctypes.data)
-    assert key == graph_key("forward", [a, b], lambda x: x.ctypes.data)
-    assert key != graph_key("forward", [b, a], lambda x: x.ctypes.data)
-    assert key != graph_key("backward", [a, b], lambda x: x.ctypes.data)
-    assert key != graph_key("forward", [a, b.reshape(3, 2)], lambda x: x.ctypes.data)
-    assert key != graph_key("forward", [a, b.astype(np.float32)], lambda x: x.ctypes.data)
-
-
-class FakeCapture:
-    """Stream capture that logs what happens: records run plainly, captured, or graphs launched."""
-
-    def __init__(self, error=None):
-        self.log, self.capturing, self.error = [], False, error
-
-    def record(self):
-        self.log.append("capture" if self.capturing else "run")
-
-    def capture(self, record):
-        if self.error:
-            raise self.error
-        self.capturing = True
-        record()
-        self.capturing = False
-        return f"graph{len(self.log)}"
-
-    def launch(self, graph):
-        self.log.append(graph)
-
-
-def test_step_graphs_run_plain_then_capture_then_replay():
-    fake = FakeCapture()
-    graphs = StepGraphs(fake.capture, fake.launch)
-    for _ in range(4):
-        graphs.run(("a",), 50, fake.record)
-    graphs.run(("b",), 50, fake.record)
-    assert fake.log == ["run", "capture", "graph2", "graph2", "graph2", "run"]
-    assert graphs.stats == {"plain": 2, "captured": 1, "replayed": 2}
-    assert graphs.mode == "graph" and graphs.reason is None
-
-
-def test_step_graphs_leave_short_windows_plain():
-    fake = FakeCapture()
-    graphs = StepGraphs(fake.capture, fake.launch, min_steps=4)
-    for _ in range(3):
-        graphs.run(("a",), 3, fake.record)
-    assert fake.log == ["run"] * 3
-
-
-def test_step_graphs_fall_back_for_good_when_capture_fails():
-    fake = FakeCapture(error=RuntimeError("cudaErrorStreamCaptureUnsupported"))
-    graphs = StepGraphs(fake.capture, fake.launch)
-    for _ in range(3):
-        graphs.run(("a",), 50, fake.record)
-    assert fake.log == ["run"] * 3
-    assert graphs.mode == "plain"
-    assert "stream capture failed (RuntimeError: cudaErrorStreamCaptureUnsupported)" in graphs.reason
-
-
-def test_step_graphs_turned_off_never_capture():
-    fake = FakeCapture()
-    graphs = StepGraphs(fake.capture, fake.launch, reason="turned off")
-    for _ in range(3):
-        graphs.run(("a",), 50, fake.record)
-    assert fake.log == ["run"] * 3 and graphs.mode == "plain"
-
-
-def test_step_graphs_forget_the_least_recently_used():
-    fake = FakeCapture()
-    graphs = StepGraphs(fake.capture, fake.launch, capacity=2)
-    for key in ["a", "a", "b", "b", "a", "c", "c", "a", "b"]:
-        graphs.run((key,), 50, fake.record)
-    # a, b captured; a replayed; c captured evicts b (least recent); a replayed; b starts over
-    assert fake.log == ["run", "capture", "graph2", "run", "capture", "graph5", "graph2",
-                        "run", "capture", "graph9", "graph2", "run"]
-
-
 # ------------------------------------------------------------ availability
 
+class FakeKernel:
+    """A RawKernel stand-in: its shared memory limit, its function pointer, the launches it was given."""
+
+    def __init__(self, name, cooperative):
+        self.name, self.cooperative = name, cooperative
+        self.max_dynamic_shared_size_bytes = 48 * 1024
+        self.kernel = types.SimpleNamespace(ptr=1000 + len(name))
+        self.launches = []
+
+    def __call__(self, grid, block, args, **options):
+        self.launches.append((grid, block, args, options))
+
+
 def fake_cupy(devices=1, is_hip=False, runtime_error=None, compile_error=None):
-    """A stand-in for the cupy module with just what the probe touches."""
+    """A stand-in for the cupy module with what the probe and the device layer's persistent part touch."""
     def device_count():
         if runtime_error:
             raise runtime_error
         return devices
 
     class RawModule:
-        def __init__(self, code, options, name_expressions):
-            self.code = code
+        def __init__(self, code, options, name_expressions, enable_cooperative_groups):
+            self.cooperative = enable_cooperative_groups
 
         def get_function(self, name):
             if compile_error:
                 raise compile_error
-            return name
+            return FakeKernel(name, self.cooperative)
 
     class Device:
         def __init__(self, device_id):
@@ -237,11 +254,51 @@ def fake_cupy(devices=1, is_hip=False, runtime_error=None, compile_error=None):
         def __exit__(self, *exc):
             return False
 
+    attributes = {16: 132, 97: 227 * 1024, 95: 1}   # CUDA's numbers for these attributes
     cupy = types.ModuleType("cupy")   # hashable, as compiled_kernels' cache needs
     cupy.__version__, cupy.RawModule = "99.0", RawModule
-    runtime = types.SimpleNamespace(is_hip=is_hip, getDeviceCount=device_count, getDevice=lambda: 0)
-    cupy.cuda = types.SimpleNamespace(runtime=runtime, Device=Device)
+    cupy.occupancy_queries = []
+    runtime = types.SimpleNamespace(
+        is_hip=is_hip, getDeviceCount=device_count, getDevice=lambda: 0,
+        deviceGetAttribute=lambda attribute, device: attributes[attribute], cudaDevAttrMultiProcessorCount=16,
+        cudaDevAttrMaxSharedMemoryPerBlockOptin=97, cudaDevAttrCooperativeLaunch=95)
+    driver = types.SimpleNamespace(occupancyMaxActiveBlocksPerMultiprocessor=lambda *query:
+                                   cupy.occupancy_queries.append(query) or 2)
+    cupy.cuda = types.SimpleNamespace(runtime=runtime, driver=driver, Device=Device)
     return cupy
+
+
+@pytest.fixture
+def fake_device():
+    """CudaDevice on a fake CuPy (its kernels cached apart from real ones, and forgotten after)."""
+    cupy_backend.compiled_kernels.cache_clear()
+    yield CudaDevice(fake_cupy())
+    cupy_backend.compiled_kernels.cache_clear()
+
+
+def test_device_layer_compiles_only_the_persistent_kernels_for_cooperative_launches(fake_device):
+    cooperative = {name for name, kernel in fake_device._kernels.items() if kernel.cooperative}
+    assert cooperative == set(cupy_backend.name_expressions("lstm_persistent.cu"))
+
+
+def test_device_layer_reads_the_limits_and_raises_the_shared_memory_limit_before_asking_for_occupancy(fake_device):
+    assert fake_device.persistent_limits() == DeviceLimits(sms=132, shared_per_block=227 * 1024, cooperative=True)
+    name = "lstm_persistent_forward<double>"
+    kernel = fake_device._kernels[name]
+    assert fake_device.resident_blocks(name, 416, 25600) == 2
+    assert kernel.max_dynamic_shared_size_bytes == 48 * 1024          # within the default: left alone
+    assert fake_device.resident_blocks(name, 416, 51200) == 2
+    assert kernel.max_dynamic_shared_size_bytes == 51200              # above it: raised first
+    fake_device.resident_blocks(name, 416, 25600)
+    assert kernel.max_dynamic_shared_size_bytes == 51200              # never lowered
+    assert fake_device.xp.occupancy_queries == [(kernel.kernel.ptr, 416, 25600), (kernel.kernel.ptr, 416, 51200),
+                                                (kernel.kernel.ptr, 416, 25600)]
+
+
+def test_device_layer_launches_cooperatively_with_dynamic_shared_memory(fake_device):
+    fake_device.launch_cooperative("lstm_persistent_backward<float>", 100, 416, 25600, ("args",))
+    assert fake_device._kernels["lstm_persistent_backward<float>"].launches == \
+        [((100,), (416,), ("args",), {"shared_mem": 25600})]
 
 
 def importer(module=None, error=None, cublas_error=None):
@@ -353,35 +410,106 @@ class LayerCheck:
             assert rel_error(got, want) < tol, name
 
 
+def per_step(reason):
+    return f"{PER_STEP} ({reason})"
+
+
 @needs_gxx
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T, B, D, H", [(1, 1, 1, 1), (5, 3, 4, 6), (6, 3, 11, 90), (4, 2, 51, 7)])
-def test_step_loops_run_plain_then_captured_then_replayed_and_match_reference(dtype, T, B, D, H):
+@pytest.mark.parametrize("T, B, D, H", [(1, 1, 1, 1), (5, 3, 4, 37), (3, 2, 11, 12)])
+def test_persistent_layer_is_one_launch_each_way_and_matches_reference(dtype, T, B, D, H):
     backend = emulated(dtype)
+    device = backend._device
+    assert backend.launch_mode == UNDECIDED
     check = LayerCheck(backend, T, B, D, H, dtype, seed=T * 1000 + B * 100 + D * 10 + H)
-    for _ in range(3):   # forward and backward: run plainly, captured, replayed (for T >= GRAPH_MIN_STEPS)
-        check()
-    graphed = T >= cupy_backend.GRAPH_MIN_STEPS
-    assert backend.step_graphs.stats == ({"plain": 2, "captured": 2, "replayed": 2} if graphed
-                                         else {"plain": 6, "captured": 0, "replayed": 0})
+    check()
+    geometry = persistent_geometry(T, B, H, np.dtype(dtype).itemsize, emulation.EMULATED_LIMITS, one_per_sm)
+    launch = (geometry.grid, geometry.block, geometry.shared_bytes)
+    real = cupy_backend.REAL_TYPES[np.dtype(dtype)]
+    queries = [("resident", f"{kernel}<{real}>", geometry.block, geometry.shared_bytes)
+               for kernel in cupy_backend.PERSISTENT_KERNELS]
+    assert device.calls == ["gemm", *queries, (f"lstm_persistent_forward<{real}>", *launch),
+                            (f"lstm_persistent_backward<{real}>", *launch), "gemm", "gemm", "gemm"]
+    assert backend.launch_mode == PERSISTENT and backend.persistent_fallback_reason is None
+    np.testing.assert_array_equal(backend._barrier, [0, 2 * T - 1])   # forward T-1 barriers, backward T
+    device.calls.clear()
+    check()                                                           # decided once per shape
+    assert [call for call in device.calls if call[0] == "resident"] == []
 
 
 @needs_gxx
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_graphs_replay_only_on_the_buffers_they_were_captured_on(dtype):
-    """Caches held across calls and two layers with equal shapes: every replay must hit its own buffers."""
+def test_per_step_layer_is_a_product_and_a_cell_kernel_per_step_and_matches_reference(dtype):
+    T = 4
+    backend = emulated(dtype, persistent=False)
+    assert backend.launch_mode == per_step(TURNED_OFF) == backend.launch_mode
+    LayerCheck(backend, T, 3, 4, 37, dtype, seed=7)()
+    real = cupy_backend.REAL_TYPES[np.dtype(dtype)]
+    assert backend._device.calls == ["gemm", *[f"lstm_cell_forward<{real}>", "gemm"][::-1] * T,
+                                     *[f"lstm_cell_backward<{real}>", "gemm"] * T, "gemm", "gemm", "gemm"]
+    assert backend.launch_mode == per_step(TURNED_OFF) and backend.persistent_fallback_reason == TURNED_OFF
+
+
+@needs_gxx
+@pytest.mark.parametrize("device_options, fragment", [
+    ({"resident_per_sm": 0}, "must all be resident at once, but the device holds 0 per SM x 6 SMs"),
+    ({"limits": DeviceLimits(sms=6, shared_per_block=1024, cooperative=True)},
+     "needs 4144 B of shared memory, more than the 1024 B a block may have"),
+    ({"limits": DeviceLimits(sms=6, shared_per_block=48 * 1024, cooperative=False)},
+     "the device cannot launch cooperative kernels"),
+])
+def test_a_shape_that_does_not_fit_runs_per_step_and_says_why(device_options, fragment):
+    backend = emulated(np.float32, **device_options)
+    LayerCheck(backend, 5, 3, 4, 37, np.float32, seed=8)()
+    reason = "persistent kernels do not fit at T=5, B=3, H=37: "
+    assert backend.persistent_fallback_reason.startswith(reason) and fragment in backend.persistent_fallback_reason
+    assert backend.launch_mode == per_step(backend.persistent_fallback_reason)
+    assert all(not isinstance(call, tuple) or call[0] == "resident" for call in backend._device.calls)
+    assert backend.graph_fallback_reason is None                      # graphs were not asked for: no warning
+
+
+@needs_gxx
+def test_persistent_true_refuses_a_shape_that_does_not_fit():
+    backend = emulated(np.float32, persistent=True, resident_per_sm=0)
+    assert backend.launch_mode == PERSISTENT
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"persistent=True, but the persistent kernels cannot run a layer of "
+                                         r"T=2, B=3, H=37: .* but the device holds 0 per SM x 6 SMs"):
+        backend.lstm_forward(*random_layer(rng, 2, 3, 4, 37, np.float32), training=True)
+
+
+@needs_gxx
+def test_the_mode_follows_the_latest_layer_shape():
+    """One shape fits, a wider one does not: each runs its own way, decided once, and launch_mode follows."""
+    limits = DeviceLimits(sms=6, shared_per_block=4 * 12 * 2 * 8, cooperative=True)   # H = 12: 2 units fit
+    backend = emulated(np.float64, limits=limits)
+    narrow, wide = (LayerCheck(backend, 3, 2, 4, H, np.float64, seed=H) for H in (12, 13))
+    narrow()
+    assert backend.launch_mode == PERSISTENT
+    wide()
+    assert backend.launch_mode.startswith(f"{PER_STEP} (persistent kernels do not fit at T=3, B=2, H=13: ")
+    narrow()
+    assert backend.launch_mode == PERSISTENT
+    assert sum(call[0] == "resident" for call in backend._device.calls if isinstance(call, tuple)) == 2
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("persistent", [True, False])
+def test_caches_held_across_calls_keep_their_buffers(dtype, persistent):
+    """Caches held across calls and two layers with equal shapes: the pool never hands out a held buffer."""
     rng = np.random.default_rng(11)
-    T, B, H = 6, 2, 5
-    backend = emulated(dtype)
+    T, B, H = 4, 2, 5
+    backend = emulated(dtype, persistent=persistent)
     ref = NumpyBackend(np.float64)
     layers = [random_layer(rng, T, B, H, H, dtype)[3:] for _ in range(2)]   # (Wx, Wh, b) of two layers
     held = []
-    for call in range(8):
+    for call in range(6):
         Wx, Wh, b = layers[call % 2]
         xs, h0, c0 = (rng.standard_normal(s).astype(dtype) for s in ((T, B, H), (B, H), (B, H)))
         hs, _, _, cache = backend.lstm_forward(xs, h0, c0, Wx, Wh, b, training=True)
-        f64 = [a.astype(np.float64) for a in (xs, h0, c0, Wx, Wh, b)]
-        hs_ref, _, _, cache_ref = ref.lstm_forward(*f64, training=True)
+        hs_ref, _, _, cache_ref = ref.lstm_forward(*[a.astype(np.float64) for a in (xs, h0, c0, Wx, Wh, b)],
+                                                   training=True)
         assert rel_error(hs, hs_ref) < TOLERANCE[dtype]
         if call % 3 == 0:
             held.append((hs, hs_ref, cache, cache_ref))   # kept alive: its buffers must stay untouched
@@ -393,37 +521,6 @@ def test_graphs_replay_only_on_the_buffers_they_were_captured_on(dtype):
         dxs_ref = ref.lstm_backward(dhs.astype(np.float64), zeros.astype(np.float64), zeros.astype(np.float64),
                                     cache_ref)[0]
         assert rel_error(dxs, dxs_ref) < TOLERANCE[dtype]
-    assert backend.step_graphs.stats["replayed"] > 0
-
-
-@needs_gxx
-def test_graph_keys_cover_every_array_a_graph_touches(monkeypatch):
-    """A graph may be replayed whenever its key matches, so the key must name all the memory it uses."""
-    backend = emulated(np.float32)
-    graphs, current_key, captured = backend.step_graphs, [], []
-    run, capture = graphs.run, graphs._capture
-
-    def run_noting_key(key, steps, record):
-        current_key[:] = [key]
-        run(key, steps, record)
-
-    def capture_noting_key(record):
-        graph = capture(record)
-        captured.append((current_key[0], graph))
-        return graph
-
-    monkeypatch.setattr(graphs, "run", run_noting_key)
-    monkeypatch.setattr(graphs, "_capture", capture_noting_key)
-    check = LayerCheck(backend, 5, 2, 3, 4, np.float32, seed=4)
-    for _ in range(3):
-        check()
-    assert {key[0] for key, _ in captured} == {"forward", "backward"}
-    for key, graph in captured:
-        extents = [(address, address + int(np.prod(shape)) * np.dtype(dtype).itemsize)
-                   for address, shape, dtype, _ in key[1:]]
-        for address, nbytes in graph.regions:
-            assert any(low <= address and address + nbytes <= high for low, high in extents), \
-                f"the {key[0]} graph touches memory outside its key"
 
 
 def assert_training_windows_match_reference(backend, hidden, windows, T, B, tolerance, seed):
@@ -449,36 +546,125 @@ def assert_training_windows_match_reference(backend, hidden, windows, T, B, tole
 
 @needs_gxx
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_training_windows_reach_graph_steady_state_and_match_reference(dtype):
+def test_training_windows_run_persistent_and_match_reference(dtype):
     backend = emulated(dtype)
-    assert_training_windows_match_reference(backend, hidden=9, windows=5, T=6, B=4, tolerance=TOLERANCE[dtype],
+    assert_training_windows_match_reference(backend, hidden=9, windows=3, T=6, B=4, tolerance=TOLERANCE[dtype],
                                             seed=3)
-    assert backend.launch_mode == "graph" and backend.step_graphs.stats["replayed"] >= 4
+    assert backend.launch_mode == PERSISTENT
+
+
+# ------------------------------------------------------------------ graphs
+
+def test_graphs_requested_where_the_recurrence_runs_per_step_warn_once_at_construction():
+    with pytest.warns(RuntimeWarning) as caught:
+        backend = emulated(np.float32, persistent=False, graphs=True)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"CUDA graphs were requested (graphs=True or {GRAPHS_ENV}), but {GRAPHS_REFUSED}")
+    assert message.endswith(f"runs as {PER_STEP} because {TURNED_OFF}")
+    assert backend.graph_fallback_reason == GRAPHS_REFUSED
 
 
 @needs_gxx
-def test_failed_capture_falls_back_to_plain_launches():
-    backend = emulated(np.float64, capture_error=RuntimeError("operation not permitted when stream is capturing"))
-    assert backend.launch_mode == "graph"
-    check = LayerCheck(backend, 5, 2, 3, 4, np.float64, seed=2)
-    for _ in range(3):
+def test_graphs_requested_warn_once_per_backend_when_shapes_fall_back():
+    backend = emulated(np.float64, graphs=True, resident_per_sm=0)
+    assert backend.graph_fallback_reason is None                      # nothing has run per step yet
+    with pytest.warns(RuntimeWarning, match="CUDA graphs were requested") as caught:
+        for H in (3, 4, 3):
+            LayerCheck(backend, 2, 2, 3, H, np.float64, seed=H)()
+    assert len(caught) == 1 and "at T=2, B=2, H=3" in str(caught[0].message)
+    assert backend.graph_fallback_reason == GRAPHS_REFUSED
+
+
+@needs_gxx
+@pytest.mark.parametrize("graphs, env", [(True, None), (None, "1"), (None, None)])
+def test_no_warning_where_the_recurrence_runs_persistent(monkeypatch, graphs, env):
+    if env is not None:
+        monkeypatch.setenv(GRAPHS_ENV, env)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend = emulated(np.float64, graphs=graphs)
+        LayerCheck(backend, 2, 2, 3, 5, np.float64, seed=1)()
+    assert backend.launch_mode == PERSISTENT and backend.graph_fallback_reason is None
+
+
+@pytest.mark.parametrize("graphs, env", [(None, None), (None, "0"), (False, "1")])
+def test_no_warning_per_step_where_graphs_were_not_asked_for(monkeypatch, graphs, env):
+    if env is not None:
+        monkeypatch.setenv(GRAPHS_ENV, env)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend = emulated(np.float64, persistent=False, graphs=graphs)
+    assert backend.graph_fallback_reason is None and backend.persistent_fallback_reason == TURNED_OFF
+
+
+def test_the_emulated_capture_refuses_cublas_as_cupy_does():
+    device = emulation.EmulatedDevice()
+    a, out = np.ones((2, 3)), np.empty((2, 2))
+    with device.capturing():
+        with pytest.raises(NotImplementedError, match=emulation.CUBLAS_CAPTURE_ERROR):
+            device.gemm(a, a, out, transpose_b=True)
+    device.gemm(a, a, out, transpose_b=True)
+    np.testing.assert_array_equal(out, np.full((2, 2), 3.0))
+
+
+@needs_gxx
+@pytest.mark.parametrize("persistent", [True, False])
+def test_only_the_persistent_recurrence_could_be_captured(monkeypatch, persistent):
+    """Everything between the window's products runs while the stream captures: no cuBLAS call may happen there.
+
+    The persistent recurrence passes (and still matches the reference); the
+    per-step one calls cuBLAS every step and is refused, as CuPy refuses it,
+    which is why the backend never tries to capture it.
+    """
+    backend = emulated(np.float64, persistent=persistent)
+    device = backend._device
+    def captured(recurrence):
+        def run(*args):
+            with device.capturing():
+                return recurrence(*args)
+        return run
+
+    for name in ("_forward_recurrence", "_backward_recurrence"):
+        monkeypatch.setattr(backend, name, captured(getattr(backend, name)))
+    check = LayerCheck(backend, 4, 3, 2, 37, np.float64, seed=6)
+    if persistent:
         check()
-    assert backend.launch_mode == "plain"
-    assert "operation not permitted" in backend.graph_fallback_reason
-    assert backend.step_graphs.stats == {"plain": 6, "captured": 0, "replayed": 0}
-
-
-@needs_gxx
-@pytest.mark.parametrize("graphs, env, mode", [(False, None, "plain"), (None, "0", "plain"), (None, None, "graph"),
-                                               (True, "0", "graph")])
-def test_graphs_can_be_turned_off(monkeypatch, graphs, env, mode):
-    if env is None:
-        monkeypatch.delenv(cupy_backend.GRAPHS_ENV, raising=False)
     else:
-        monkeypatch.setenv(cupy_backend.GRAPHS_ENV, env)
-    backend = CupyBackend(np.float32, graphs=graphs, device=emulation.EmulatedDevice())
-    assert backend.launch_mode == mode
-    assert (backend.graph_fallback_reason is None) == (mode == "graph")
+        with pytest.raises(NotImplementedError, match=emulation.CUBLAS_CAPTURE_ERROR):
+            check()
+
+
+def test_the_emulated_device_refuses_a_cooperative_launch_that_does_not_fit():
+    device = emulation.EmulatedDevice(resident_per_sm=1)
+    with pytest.raises(RuntimeError, match="cudaErrorCooperativeLaunchTooLarge: 7 blocks"):
+        device.launch_cooperative("lstm_persistent_forward<float>", 7, 32, 64, ())
+
+
+# ------------------------------------------------------------------ options
+
+@pytest.mark.parametrize("persistent, env, mode", [
+    (None, None, UNDECIDED), (None, "auto", UNDECIDED), (None, "1", PERSISTENT), (None, "off", per_step(TURNED_OFF)),
+    (True, "0", PERSISTENT), (False, "1", per_step(TURNED_OFF)), ("auto", "0", UNDECIDED)])
+def test_persistent_option_and_its_environment_variable(monkeypatch, persistent, env, mode):
+    if env is not None:
+        monkeypatch.setenv(PERSISTENT_ENV, env)
+    assert emulated(np.float32, persistent=persistent).launch_mode == mode
+
+
+def test_bad_option_values_are_refused_naming_the_variable(monkeypatch):
+    monkeypatch.setenv(PERSISTENT_ENV, "sometimes")
+    with pytest.raises(ValueError, match=f"{PERSISTENT_ENV} must be auto"):
+        emulated(np.float32)
+    with pytest.raises(ValueError, match=f"{GRAPHS_ENV} must be auto"):
+        emulated(np.float32, persistent=True, graphs="maybe")
+
+
+def test_the_start_up_line_shows_the_launch_mode():
+    lines = []
+    Reporter(lines.append, live=None).started(TrainConfig(task="addition", length=3), 0.25,
+                                              emulated(np.float32, persistent=False))
+    assert lines[0].endswith(f"backend cupy (CPU emulation of the CUDA kernels; {per_step(TURNED_OFF)})")
 
 
 # ------------------------------------------------------ on a CUDA device
@@ -486,13 +672,22 @@ def test_graphs_can_be_turned_off(monkeypatch, graphs, env, mode):
 @pytest.mark.gpu
 @needs_device
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("graphs", [True, False])
-def test_device_training_steps_match_reference(dtype, graphs):
-    backend = CupyBackend(dtype, graphs=graphs)
+@pytest.mark.parametrize("persistent", [None, False])
+def test_device_training_steps_match_reference(dtype, persistent):
+    backend = CupyBackend(dtype, persistent=persistent)
     assert_training_windows_match_reference(backend, hidden=64, windows=4, T=20, B=16, tolerance=1e-4, seed=1)
-    assert backend.launch_mode == ("graph" if graphs else "plain"), backend.graph_fallback_reason
-    if graphs:
-        assert backend.step_graphs.stats["replayed"] > 0
+    assert backend.launch_mode == (PERSISTENT if persistent is None else per_step(TURNED_OFF))
+
+
+@pytest.mark.gpu
+@needs_device
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_runs_the_paper_size_persistent(dtype):
+    backend = CupyBackend(dtype)
+    if backend._limits.sms < 100:
+        pytest.skip(f"{backend._limits.sms} SMs: H = 400 needs more than 4 units per block")
+    LayerCheck(backend, 10, 100, 51, 400, dtype, seed=2)()
+    assert backend.launch_mode == PERSISTENT
 
 
 @pytest.mark.gpu

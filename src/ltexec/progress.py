@@ -59,10 +59,12 @@ class Reporter:
         self._last_live = 0.0
 
     def started(self, config, lr: float, backend) -> None:
-        """The run's configuration, its current learning rate and the backend it runs on."""
+        """The run's configuration, its current learning rate and the backend it runs on (with its launch mode)."""
+        mode = getattr(backend, "launch_mode", None)   # GPU backends: how the LSTM recurrence is launched
+        where = backend.device_name() + (f"; {mode}" if mode else "")
         self.log(f"ltexec train: {config.task} length {config.length} nesting {config.nesting}, "
                  f"{config.strategy} curriculum, {config.layers}x{config.hidden} LSTM, batch {config.batch}, "
-                 f"window {config.window}, lr {lr:g}, backend {backend.name} ({backend.device_name()})")
+                 f"window {config.window}, lr {lr:g}, backend {backend.name} ({where})")
 
     def resumed(self, path, step: int) -> None:
         self.log(f"resumed from {path} at step {step}")

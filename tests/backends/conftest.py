@@ -2,9 +2,10 @@
 
 One :class:`Maker` per backend and kind of machine: the two CPU backends
 (``cpu`` also with two lanes), ``cupy`` on the C++ emulation of its CUDA
-kernels (tests/cuda_emulation, needs g++), ``numba_cuda`` on numba's CUDA
-simulator, and the real ``cupy`` and ``numba_cuda`` on a CUDA device. A maker
-that cannot run here is skipped with its reason.
+kernels (tests/cuda_emulation, needs g++; persistent and per-step
+recurrence), ``numba_cuda`` on numba's CUDA simulator, and the real ``cupy``
+and ``numba_cuda`` on a CUDA device. A maker that cannot run here is skipped
+with its reason.
 
 The simulator has to be chosen before ``numba.cuda`` is first imported, so
 it runs in a subprocess of its own (tests/test_numba_cuda_kernels.py runs
@@ -104,10 +105,12 @@ def _two_lanes_reason() -> str | None:
                              "one lane only: the BLAS cannot be set to one thread (not OpenBLAS)")
 
 
-def _emulated_cupy(dtype):
-    import cuda_emulation
-    from ltexec.backends.cupy_backend import CupyBackend
-    return CupyBackend(dtype, device=cuda_emulation.EmulatedDevice())
+def _emulated_cupy(persistent: bool):
+    def build(dtype):
+        import cuda_emulation
+        from ltexec.backends.cupy_backend import CupyBackend
+        return CupyBackend(dtype, persistent=persistent, device=cuda_emulation.EmulatedDevice())
+    return build
 
 
 def _gxx_reason() -> str | None:
@@ -115,9 +118,11 @@ def _gxx_reason() -> str | None:
     return cuda_emulation.gxx_missing_reason()
 
 
-def _cupy_device(dtype):
-    from ltexec.backends.cupy_backend import CupyBackend
-    return CupyBackend(dtype)
+def _cupy_device(persistent: bool | None):
+    def build(dtype):
+        from ltexec.backends.cupy_backend import CupyBackend
+        return CupyBackend(dtype, persistent=persistent)
+    return build
 
 
 def _numba_cuda(simulator: bool, gemm: str = "tiled"):
@@ -148,10 +153,13 @@ MAKERS = [SIMULATOR] if _simulator_active() else [
     Maker("numpy", _numpy, 1e-5, examples=10, consumes_cache=False),
     Maker("cpu", _cpu(), 1e-4, _cpu_reason),
     Maker("cpu-2lanes", _cpu(threads=2), 1e-4, _two_lanes_reason, examples=5),
-    Maker("cupy-emulated", _emulated_cupy, 2e-5, _gxx_reason, examples=5,
+    Maker("cupy-emulated-persistent", _emulated_cupy(persistent=True), 2e-5, _gxx_reason, examples=5,
+          model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
+    Maker("cupy-emulated-per-step", _emulated_cupy(persistent=False), 2e-5, _gxx_reason, examples=5,
           model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
     dataclasses.replace(SIMULATOR, skip_reason=_simulator_reason),
-    Maker("cupy-device", _cupy_device, 2e-5, _device_reason("cupy"), gpu=True),
+    Maker("cupy-device", _cupy_device(persistent=None), 2e-5, _device_reason("cupy"), gpu=True),
+    Maker("cupy-device-per-step", _cupy_device(persistent=False), 2e-5, _device_reason("cupy"), gpu=True),
     Maker("numba_cuda-device", _numba_cuda(simulator=False), 1e-5, _device_reason("numba_cuda"), gpu=True),
     Maker("numba_cuda-device-cublas", _numba_cuda(simulator=False, gemm="cublas"), 1e-5,
           _device_reason("numba_cuda"), gpu=True),

@@ -19,10 +19,12 @@ the argument values, as for ``cuLaunchKernel``:
 
 :class:`EmulatedDevice` is the CuPy backend's device layer on top of it
 (NumPy arrays, NumPy products, these kernels), so the backend's own window
-logic runs here too. Its stream capture is emulated faithfully enough to
-catch keying mistakes: a captured "graph" is the list of launches and
-products with raw addresses, replayed from those addresses, never from the
-Python arrays of the capture.
+logic runs here too. Its device limits and occupancy are fixed numbers
+(injectable, to drive the backend's fallback); a cooperative launch that
+would not fit them fails, as on a GPU. Stream capture is modelled only as
+far as CuPy refuses it: inside ``capturing()`` a cuBLAS product raises
+CuPy's NotImplementedError, so a test can show that a code path makes no
+library call where a graph would be captured.
 
 The build happens once per test session (per process), in a temporary
 directory removed at exit.
@@ -31,6 +33,7 @@ directory removed at exit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import functools
 import shutil
@@ -181,12 +184,10 @@ class EmulatedKernels:
         if result == 2:
             raise RuntimeError(f"kernel {name!r} wrote past the end of its dynamic shared memory")
 
-    def launch_packed(self, name: str, grid: int, block: int, packed: list) -> None:
-        self._check_result(name, self._lib.launch_kernel(name.encode(), grid, block, self._params(packed)))
-
     def launch(self, name: str, grid: int, block: int, args: tuple) -> None:
         """Run kernel ``name`` (a name expression) on a 1-D grid, like ``RawKernel((grid,), (block,), args)``."""
-        self.launch_packed(name, grid, block, self.pack(args))
+        packed = self.pack(args)   # held until the call returns: the params array holds only addresses
+        self._check_result(name, self._lib.launch_kernel(name.encode(), grid, block, self._params(packed)))
 
     def launch_cooperative(self, name: str, grid: int, block: int, shared_bytes: int, args: tuple) -> None:
         """Run kernel ``name`` with all ``grid`` blocks at once, each with ``shared_bytes`` of dynamic shared memory.
@@ -199,45 +200,35 @@ class EmulatedKernels:
         """
         if shared_bytes < 0:
             raise ValueError(f"shared_bytes must be >= 0, got {shared_bytes}")
-        result = self._lib.launch_kernel_cooperative(name.encode(), grid, block, shared_bytes,
-                                                     self._params(self.pack(args)))
+        packed = self.pack(args)   # held until the call returns: the params array holds only addresses
+        result = self._lib.launch_kernel_cooperative(name.encode(), grid, block, shared_bytes, self._params(packed))
         self._check_result(name, result)
 
 
-def array_at(address: int, shape: tuple, dtype) -> np.ndarray:
-    """A NumPy view of memory at a raw address (what a replayed graph works on)."""
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
-    return np.frombuffer((ctypes.c_char * (count * dtype.itemsize)).from_address(address), dtype).reshape(shape)
+EMULATED_LIMITS = cupy_backend.DeviceLimits(sms=6, shared_per_block=48 * 1024, cooperative=True)
+"""The emulated device: few SMs, so small layers already need several blocks of several units."""
 
-
-class EmulatedGraph:
-    """A captured step loop: operations that replay from raw addresses, and the memory they touch."""
-
-    def __init__(self):
-        self.operations = []   # callables
-        self.regions = []      # (address, nbytes) of every array an operation reads or writes
-
-    def add(self, operation, arrays) -> None:
-        self.operations.append(operation)
-        self.regions += [(a.ctypes.data, a.nbytes) for a in arrays if isinstance(a, np.ndarray)]
+CUBLAS_CAPTURE_ERROR = "calling cuBLAS API during stream capture is currently unsupported"
+"""What CuPy's NotImplementedError says when cuBLAS is called while the current stream captures."""
 
 
 class EmulatedDevice:
     """The CuPy backend's device layer on the CPU: NumPy arrays and products, the emulated kernels.
 
-    ``capture(record)`` runs ``record()`` with every launch and product
-    recorded by raw address instead of executed, into an
-    :class:`EmulatedGraph`; ``launch_graph`` replays it. ``capture_error``,
-    if given, is raised by every capture (to exercise the backend's
-    fallback). New arrays are full of NaN (floats) or the integer minimum.
+    ``limits`` are the device's (:data:`EMULATED_LIMITS` by default) and
+    ``resident_per_sm`` is what its occupancy query answers for every
+    kernel and shape. A cooperative launch with more blocks than fit at once
+    (SMs x ``resident_per_sm``) or more shared memory than a block may have
+    fails, as it does on a GPU. Inside ``capturing()`` a product raises
+    CuPy's NotImplementedError (launches still run at once: no graph is
+    recorded). New arrays are full of NaN (floats) or the integer minimum.
     """
 
     xp = np
 
-    def __init__(self, capture_error: Exception | None = None):
-        self._capture_error = capture_error
-        self._recording = None   # the EmulatedGraph being captured
+    def __init__(self, limits: cupy_backend.DeviceLimits = EMULATED_LIMITS, resident_per_sm: int = 2):
+        self.limits, self.resident_per_sm = limits, resident_per_sm
+        self.is_capturing = False
 
     def name(self) -> str:
         return "CPU emulation of the CUDA kernels"
@@ -247,48 +238,39 @@ class EmulatedDevice:
         array.fill(np.nan if array.dtype.kind == "f" else np.iinfo(array.dtype).min)
         return array
 
-    def address(self, array) -> int:
-        return array.ctypes.data
-
     def check_device(self, name: str, array) -> None:
         """Host arrays have no device to disagree about."""
 
     def gemm(self, a, b, out, transpose_a: bool = False, transpose_b: bool = False) -> None:
-        if self._recording is None:
-            np.matmul(a.T if transpose_a else a, b.T if transpose_b else b, out=out)
-            return
-        operands = [(self.address(x), x.shape, x.dtype) for x in (a, b, out)]
-
-        def replay():
-            ra, rb, rout = (array_at(*operand) for operand in operands)
-            np.matmul(ra.T if transpose_a else ra, rb.T if transpose_b else rb, out=rout)
-
-        self._recording.add(replay, (a, b, out))
+        if self.is_capturing:
+            raise NotImplementedError(CUBLAS_CAPTURE_ERROR)
+        np.matmul(a.T if transpose_a else a, b.T if transpose_b else b, out=out)
 
     def launch(self, kernel: str, grid: int, block: int, args: tuple) -> None:
-        library = kernels()   # built on the first launch, so checks that never launch need no g++
-        packed = library.pack(args)
-        if self._recording is None:
-            library.launch_packed(kernel, grid, block, packed)
-        else:
-            self._recording.add(functools.partial(library.launch_packed, kernel, grid, block, packed), args)
+        kernels().launch(kernel, grid, block, args)   # built on the first launch: checks that never launch need no g++
 
-    def stream_capture_support(self) -> tuple[bool, bool]:
-        return False, True
+    def launch_cooperative(self, kernel: str, grid: int, block: int, shared_bytes: int, args: tuple) -> None:
+        fits = self.limits.sms * self.resident_per_sm
+        if not self.limits.cooperative or grid > fits or shared_bytes > self.limits.shared_per_block:
+            raise RuntimeError(f"cudaErrorCooperativeLaunchTooLarge: {grid} blocks with {shared_bytes} B of "
+                               f"shared memory each, the device holds {fits} at once with at most "
+                               f"{self.limits.shared_per_block} B each")
+        kernels().launch_cooperative(kernel, grid, block, shared_bytes, args)
 
-    def capture(self, record) -> EmulatedGraph:
-        if self._capture_error is not None:
-            raise self._capture_error
-        self._recording = EmulatedGraph()
+    def persistent_limits(self) -> cupy_backend.DeviceLimits:
+        return self.limits
+
+    def resident_blocks(self, kernel: str, block: int, shared_bytes: int) -> int:
+        return self.resident_per_sm
+
+    @contextlib.contextmanager
+    def capturing(self):
+        """The current stream captures: products are refused as CuPy refuses them."""
+        self.is_capturing = True
         try:
-            record()
-            return self._recording
+            yield
         finally:
-            self._recording = None
-
-    def launch_graph(self, graph: EmulatedGraph) -> None:
-        for operation in graph.operations:
-            operation()
+            self.is_capturing = False
 
     def synchronize(self) -> None:
         """Everything ran when it was called."""

@@ -6,43 +6,55 @@ ones, so the layer is arranged like the fast CPU backend, on the GPU:
 * The big products are one cuBLAS call per window and layer: the input
   projection ``X Wx`` for all T steps before the recurrence; ``dWx = X^T dA``,
   ``dWh = H_prev^T dA`` and ``dxs = dA Wx^T`` after it, with ``db`` one
-  column reduction of ``dA``. Per step remain only ``h_{t-1} Wh`` (forward) or
-  ``da_t Wh^T`` (backward) and one fused cell kernel (``lstm_cell.cu``) that
-  does all the gate arithmetic of the step in a single pass.
+  column reduction of ``dA``.
+* The recurrence between them runs in one of two ways (``launch_mode``):
+
+  - **persistent** (``lstm_persistent.cu``): ONE cooperative launch per layer,
+    window and direction. Every block keeps its slice of W_h in shared
+    memory for all T steps and a grid barrier separates the steps, so all
+    blocks must be resident at once. :func:`persistent_geometry` picks the
+    launch (one block per SM at most) and checks it against the device's
+    shared memory and the occupancy API; the barrier's two words are
+    allocated and zeroed once per backend.
+  - **per-step launches** (``lstm_cell.cu``): per step one cuBLAS product
+    (``h_{t-1} Wh`` forward, ``da_t Wh^T`` backward) and one fused cell
+    kernel; where the persistent kernels do not fit, or are turned off.
+
 * The loss is one kernel (``softmax_xent.cu``): softmax, masked
   cross-entropy, its gradient and the argmax count, per row.
-* The per-step loop (50 steps x 2 launches per layer and direction at the
-  paper's size) is launch-bound, so it is recorded once as a CUDA graph
-  (stream capture) and replayed with one launch (:class:`StepGraphs`). A graph
-  replays fixed addresses, so it is keyed by the address and shape of every
-  array it touches and reused only when exactly those arrays come back; the
-  buffer pool (:class:`~.common.BufferPool`) makes that the normal case by
-  handing the same buffers to every window once the previous window's
-  results are dropped.
-  When capture is unavailable or fails, the loop runs as plain launches and
-  ``launch_mode`` / ``graph_fallback_reason`` say so.
+
+CUDA graphs: none are captured. They would remove the per-step launch
+overhead, but each step of the per-step path calls cuBLAS, and CuPy refuses
+cuBLAS calls while a stream captures (``NotImplementedError``, CuPy issue
+6290); the persistent path has no per-step launches to remove. ``graphs=True``
+(or ``LTEXEC_CUDA_GRAPHS=1``) therefore asks only that the recurrence run
+without per-step launches: where it runs per step instead, the backend warns
+once and ``graph_fallback_reason`` says why.
 
 Every operation checks its arrays once on entry (type, dtype, shape,
 C-contiguity, device; the base class's checks), so a bad call raises
 ValueError/TypeError instead of reaching a kernel that does not check; the
-launches of the step loop then run unchecked. Launch geometry, the graph
-policy and the availability probe are plain functions or classes that take
-shapes and injected callables, so they are tested on machines without a
-GPU; the kernels themselves are tested there through a C++ emulation of the
-CUDA subset they use.
+launches then run unchecked. Launch geometry and the availability probe are
+plain functions that take shapes, device limits and injected callables, so
+they are tested on machines without a GPU; the kernels and the backend's
+window logic are tested there through a C++ emulation of the CUDA subset
+they use.
 
 Everything that touches CuPy goes through a device layer (:class:`CudaDevice`):
 CuPy arrays, cuBLAS through ``cupy.cublas.gemm``, the kernels compiled by
 NVRTC through ``cupy.RawModule`` (once per process and device; CuPy also
-caches the binaries on disk), stream capture. This module imports without
-CuPy; ``unavailable_reason()`` says what is missing.
+caches the binaries on disk), cooperative launches, the device's limits and
+the occupancy API. This module imports without CuPy; ``unavailable_reason()``
+says what is missing.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from collections import OrderedDict
+import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -56,6 +68,12 @@ KERNELS = {
 }
 """Every kernel source in the ``ltexec.kernels`` package and the template kernels it defines."""
 
+COOPERATIVE_SOURCES = frozenset({"lstm_persistent.cu"})
+"""Sources compiled with ``enable_cooperative_groups=True``: CuPy launches their kernels cooperatively."""
+
+PERSISTENT_KERNELS = KERNELS["lstm_persistent.cu"]
+"""The kernels a persistent launch uses: both must let the grid be resident at once."""
+
 REAL_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 """The C type each supported dtype instantiates the kernel templates with."""
 
@@ -68,17 +86,37 @@ CELL_BLOCK = 256
 SOFTMAX_MAX_BLOCK = 256
 """Largest block of the softmax kernel: the size of its shared arrays (``SOFTMAX_MAX_BLOCK`` in the .cu)."""
 
+MAX_BLOCK = 1024
+"""Most threads a block may have."""
+
 MAX_LAUNCH_INDEX = 2**31 - 1
 """Kernels index with 32-bit ints, and a grid has at most this many blocks."""
 
-GRAPH_MIN_STEPS = 4
-"""Shorter windows (decoding runs one step at a time) are not worth a graph."""
-
-GRAPH_CAPACITY = 32
-"""Graphs (and keys seen once) kept per backend, least recently used dropped first."""
+PERSISTENT_ENV = "LTEXEC_CUDA_PERSISTENT"
+"""Environment variable for backends built without ``persistent=``: auto, 1/true/yes/on or 0/false/no/off."""
 
 GRAPHS_ENV = "LTEXEC_CUDA_GRAPHS"
-"""Environment variable: 0/false/no/off turns graph capture off for backends built without ``graphs=``."""
+"""Environment variable for backends built without ``graphs=``: 1/true/yes/on requests graphs."""
+
+SWITCH_VALUES = {"auto": None, "1": True, "true": True, "yes": True, "on": True,
+                 "0": False, "false": False, "no": False, "off": False}
+"""What the on/off options accept as text (an environment variable's): None is auto, or not requested."""
+
+PERSISTENT = "persistent"
+"""``launch_mode`` when the latest layer ran its recurrence as one cooperative launch."""
+
+PER_STEP = "per-step launches"
+"""``launch_mode``'s start when the latest layer ran a cuBLAS product and a cell kernel per step."""
+
+UNDECIDED = "persistent where a layer's shape fits, else per-step launches (no layer run yet)"
+"""``launch_mode`` in auto mode before the first layer: the choice is made per layer shape."""
+
+TURNED_OFF = f"persistent kernels turned off: persistent=False or {PERSISTENT_ENV}=0"
+"""Why the recurrence runs per step when the persistent kernels were not wanted."""
+
+GRAPHS_REFUSED = ("each step of the per-step recurrence calls cuBLAS, and CuPy refuses cuBLAS calls "
+                  "during stream capture (CuPy issue 6290), so no CUDA graph is captured")
+"""``graph_fallback_reason`` when graphs were requested and the recurrence runs per step."""
 
 INSTALL_HINT = "pip install 'ltexec[cuda12]' or 'ltexec[cuda13]', matching the CUDA driver's major version"
 
@@ -106,14 +144,16 @@ def compiled_kernels(cupy, device_id: int) -> dict:
     """Every kernel instantiation compiled and loaded for one device: name expression -> RawKernel.
 
     Compiles each source once per process and device (NVRTC through
-    ``cupy.RawModule``); CuPy keeps the binaries in its on-disk cache.
+    ``cupy.RawModule``, one module per source, the persistent one with
+    cooperative groups enabled); CuPy keeps the binaries in its on-disk cache.
     """
     functions = {}
     with cupy.cuda.Device(device_id):
         for source in KERNELS:
             expressions = name_expressions(source)
             module = cupy.RawModule(code=kernel_source(source), options=NVRTC_OPTIONS,
-                                    name_expressions=expressions)
+                                    name_expressions=expressions,
+                                    enable_cooperative_groups=source in COOPERATIVE_SOURCES)
             functions.update({expr: module.get_function(expr) for expr in expressions})
     return functions
 
@@ -122,8 +162,8 @@ def launch_geometry(threads: int, block: int) -> tuple[int, int]:
     """``(grid, block)`` of a 1-D launch that covers ``threads`` threads with blocks of ``block``."""
     if threads < 1:
         raise ValueError(f"a launch needs at least one thread, got {threads}")
-    if not 1 <= block <= 1024:
-        raise ValueError(f"block size must be in 1..1024, got {block}")
+    if not 1 <= block <= MAX_BLOCK:
+        raise ValueError(f"block size must be in 1..{MAX_BLOCK}, got {block}")
     grid = -(-threads // block)
     if grid > MAX_LAUNCH_INDEX:
         raise ValueError(f"{threads} threads need {grid} blocks of {block}, more than a grid holds")
@@ -146,6 +186,82 @@ def check_index_range(name: str, count: int) -> None:
         raise ValueError(f"{name} has {count} elements, more than the kernels' 32-bit indexing allows")
 
 
+# ------------------------------------------------------- persistent kernels
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What a persistent launch must fit in, from the device's attributes."""
+
+    sms: int
+    """Streaming multiprocessors (``MultiProcessorCount``)."""
+    shared_per_block: int
+    """Dynamic shared memory a block may have after opting in (``MaxSharedMemoryPerBlockOptin``), bytes."""
+    cooperative: bool
+    """Whether the device can launch cooperative kernels (``CooperativeLaunch``)."""
+
+
+@dataclass(frozen=True)
+class PersistentGeometry:
+    """One persistent launch: ``grid`` blocks of ``block`` threads, ``units`` hidden units each."""
+
+    units: int
+    grid: int
+    block: int
+    shared_bytes: int
+    """Dynamic shared memory per block: its slice of W_h, 4 * H * units values."""
+
+
+class PersistentUnfit(ValueError):
+    """The persistent kernels cannot run a layer of this shape on this device; the message says why."""
+
+
+def persistent_geometry(T: int, B: int, H: int, itemsize: int, limits: DeviceLimits,
+                        resident_blocks: Callable[[int, int], int]) -> PersistentGeometry:
+    """How the persistent kernels run a layer window of (T, B, H), or PersistentUnfit saying why they cannot.
+
+    Units per block: ceil(H / SMs), the fewest that keep the grid within one
+    block per SM. Every block reads all of h_{t-1} (backward: da_{t+1}) each
+    step and arrives at the grid barrier, so more, emptier blocks would only
+    add traffic and arrivals, while one block per SM already spreads W_h
+    over the whole device. Block: a multiple of 32 near B * units (one (row,
+    unit) pair per thread), at most MAX_BLOCK; threads loop over the rest.
+    Shared memory: the block's slice of W_h, at most the opt-in limit.
+    ``resident_blocks(block, shared_bytes)`` is how many such blocks the
+    occupancy API lets an SM hold at once; times the SM count it must cover
+    the grid, since a block that waits for an SM would hang the barrier.
+    """
+    if not limits.cooperative:
+        raise PersistentUnfit("the device cannot launch cooperative kernels")
+    if T * B * 4 * H > MAX_LAUNCH_INDEX:
+        raise PersistentUnfit(f"the window's gates hold T*B*4H = {T * B * 4 * H} values, "
+                              f"more than the kernels' 32-bit indexing allows")
+    units = -(-H // limits.sms)
+    grid = -(-H // units)
+    block = min(MAX_BLOCK, 32 * -(-B * units // 32))
+    shared = 4 * H * units * itemsize
+    if shared > limits.shared_per_block:
+        raise PersistentUnfit(f"a block's slice of W_h ({units} units of H={H}) needs {shared} B of shared "
+                              f"memory, more than the {limits.shared_per_block} B a block may have")
+    resident = resident_blocks(block, shared)
+    if resident * limits.sms < grid:
+        raise PersistentUnfit(f"{grid} blocks of {block} threads and {shared} B of shared memory must all be "
+                              f"resident at once, but the device holds {resident} per SM x {limits.sms} SMs")
+    return PersistentGeometry(units, grid, block, shared)
+
+
+def switch(setting, variable: str) -> bool | None:
+    """An on/off option as True, False or None (auto, or not requested): a bool or None as given, else text.
+
+    Text (an environment variable's) is one of SWITCH_VALUES, in any case.
+    """
+    if setting is None or isinstance(setting, bool):
+        return setting
+    text = str(setting).strip().lower()
+    if text not in SWITCH_VALUES:
+        raise ValueError(f"{variable} must be auto, 1/true/yes/on or 0/false/no/off, got {setting!r}")
+    return SWITCH_VALUES[text]
+
+
 # --------------------------------------------------------------- validation
 
 def check_on_device(name: str, array, device_id: int) -> None:
@@ -154,115 +270,25 @@ def check_on_device(name: str, array, device_id: int) -> None:
         raise ValueError(f"{name} is on CUDA device {array.device.id}, the backend runs on device {device_id}")
 
 
-# ------------------------------------------------------------ CUDA graphs
-
-def graphs_requested(setting) -> bool:
-    """Whether graph capture is wanted: ``graphs=`` if given, else the environment's value (default on)."""
-    if isinstance(setting, bool):
-        return setting
-    text = "" if setting is None else str(setting).strip().lower()
-    if text in ("", "1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{GRAPHS_ENV} must be one of 1/true/yes/on or 0/false/no/off, got {setting!r}")
-
-
-def graph_unavailable_reason(requested: bool, is_hip: bool, has_stream_capture: bool) -> str | None:
-    """Why the step loop runs as plain launches from the start, or None when graphs may be captured."""
-    if not requested:
-        return f"turned off (graphs=False or {GRAPHS_ENV}=0)"
-    if is_hip:
-        return "CuPy on ROCm has no stream capture"
-    if not has_stream_capture:
-        return "this CuPy has no stream capture (CuPy >= 10 needed)"
-    return None
-
-
-def graph_key(kind: str, arrays, address) -> tuple:
-    """What identifies a captured step loop: its kind and every array it touches (address, shape, dtype, strides)."""
-    return (kind,) + tuple((address(a), tuple(a.shape), a.dtype.str, tuple(a.strides)) for a in arrays)
-
-
-class StepGraphs:
-    """Runs a window's step loop as a replayed CUDA graph where that pays, else as plain launches.
-
-    ``run(key, steps, record)``: ``record()`` issues the loop's launches on
-    the current stream. The first time a key is seen the loop runs plainly
-    (this also loads lazily loaded kernels and initialises cuBLAS outside any
-    capture); the second time it is captured with ``capture(record)`` and
-    launched with ``launch(graph)``; after that the graph is replayed without
-    calling ``record``. Windows shorter than ``min_steps`` always run plainly.
-    If a capture fails, graphs are turned off for good, ``reason`` says why,
-    and the loop runs plainly; ``mode`` is "graph" or "plain".
-    """
-
-    def __init__(self, capture, launch, reason: str | None = None,
-                 min_steps: int = GRAPH_MIN_STEPS, capacity: int = GRAPH_CAPACITY):
-        self._capture, self._launch = capture, launch
-        self.reason = reason
-        self.min_steps, self.capacity = min_steps, capacity
-        self.stats = {"plain": 0, "captured": 0, "replayed": 0}
-        self._seen: OrderedDict = OrderedDict()     # keys run once, plainly
-        self._graphs: OrderedDict = OrderedDict()   # key -> captured graph
-
-    @property
-    def mode(self) -> str:
-        return "plain" if self.reason is not None else "graph"
-
-    def run(self, key: tuple, steps: int, record) -> None:
-        if self.reason is not None or steps < self.min_steps:
-            self._run_plain(record)
-            return
-        graph = self._graphs.get(key)
-        if graph is not None:
-            self._graphs.move_to_end(key)
-            self.stats["replayed"] += 1
-        elif key not in self._seen:
-            self._remember(self._seen, key, None)
-            self._run_plain(record)
-            return
-        else:
-            try:
-                graph = self._capture(record)
-            except Exception as exc:   # any capture failure: fall back to plain launches for good
-                self.reason = f"stream capture failed ({type(exc).__name__}: {exc})"
-                self._graphs.clear()
-                self._run_plain(record)
-                return
-            del self._seen[key]
-            self._remember(self._graphs, key, graph)
-            self.stats["captured"] += 1
-        self._launch(graph)
-
-    def _run_plain(self, record) -> None:
-        record()
-        self.stats["plain"] += 1
-
-    def _remember(self, table: OrderedDict, key: tuple, value) -> None:
-        table[key] = value
-        if len(table) > self.capacity:
-            table.popitem(last=False)
-
-
 # ------------------------------------------------------------ device layer
 
 class CudaDevice:
-    """CuPy's side of the backend: arrays, cuBLAS products, the compiled kernels, stream capture.
+    """CuPy's side of the backend: arrays, cuBLAS products, the compiled kernels, the device's limits.
 
     The backend uses only this interface (``xp``, ``name``, ``empty``,
-    ``address``, ``check_device``, ``gemm``, ``launch``, ``capture``,
-    ``launch_graph``, ``stream_capture_support``, ``synchronize``); the test
-    suite provides the same interface on the CPU.
+    ``check_device``, ``gemm``, ``launch``, ``launch_cooperative``,
+    ``persistent_limits``, ``resident_blocks``, ``synchronize``); the test
+    suite provides the same interface on the CPU. ``cupy``: the CuPy module
+    (default: imported here; tests pass a stand-in).
     """
 
-    def __init__(self):
-        import cupy
+    def __init__(self, cupy=None):
+        if cupy is None:
+            cupy = importlib.import_module("cupy")
+            importlib.import_module("cupy.cublas")   # not imported by ``import cupy``
         self.xp = cupy
-        self._cublas = importlib.import_module("cupy.cublas")   # not imported by ``import cupy``
         self.id = cupy.cuda.runtime.getDevice()
         self._kernels = compiled_kernels(cupy, self.id)
-        self._capture_stream = None
 
     def name(self) -> str:
         props = self.xp.cuda.runtime.getDeviceProperties(self.id)
@@ -272,42 +298,47 @@ class CudaDevice:
     def empty(self, shape: tuple, dtype):
         return self.xp.empty(shape, dtype)
 
-    def address(self, array) -> int:
-        return array.data.ptr
-
     def check_device(self, name: str, array) -> None:
         check_on_device(name, array, self.id)
 
     def gemm(self, a, b, out, transpose_a: bool = False, transpose_b: bool = False) -> None:
         """``out = op(a) @ op(b)`` in one cuBLAS call (contiguous operands: no copies, no allocation)."""
-        self._cublas.gemm("T" if transpose_a else "N", "T" if transpose_b else "N", a, b, out=out)
+        self.xp.cublas.gemm("T" if transpose_a else "N", "T" if transpose_b else "N", a, b, out=out)
 
     def launch(self, kernel: str, grid: int, block: int, args: tuple) -> None:
         self._kernels[kernel]((grid,), (block,), args)
 
-    def stream_capture_support(self) -> tuple[bool, bool]:
-        """``(is_hip, has_stream_capture)`` for :func:`graph_unavailable_reason`."""
-        return bool(self.xp.cuda.runtime.is_hip), hasattr(self.xp.cuda.Stream, "begin_capture")
+    def launch_cooperative(self, kernel: str, grid: int, block: int, shared_bytes: int, args: tuple) -> None:
+        """Launch with every block resident at once and ``shared_bytes`` of dynamic shared memory per block.
 
-    def capture(self, record):
-        """Record ``record()``'s launches into a graph on a side stream; nothing runs yet."""
-        if self._capture_stream is None:
-            self._capture_stream = self.xp.cuda.Stream(non_blocking=True)
-        stream = self._capture_stream
-        with stream:
-            stream.begin_capture()
-            try:
-                record()
-            except BaseException:
-                try:
-                    stream.end_capture()   # leave capture mode; the partial graph is dropped
-                except Exception:          # an invalidated capture ends with an error of its own
-                    pass
-                raise
-            return stream.end_capture()
+        The kernel's module was compiled with cooperative groups enabled, so
+        CuPy launches it with ``cuLaunchCooperativeKernel``, which fails
+        instead of hanging when the grid cannot be resident at once.
+        """
+        self._kernels[kernel]((grid,), (block,), args, shared_mem=shared_bytes)
 
-    def launch_graph(self, graph) -> None:
-        graph.launch()   # on the current stream, ordered with everything else the model queues there
+    def persistent_limits(self) -> DeviceLimits:
+        """The device's SM count, opt-in shared memory per block and cooperative launch support."""
+        runtime = self.xp.cuda.runtime
+
+        def attribute(name: str) -> int:
+            return runtime.deviceGetAttribute(getattr(runtime, f"cudaDevAttr{name}"), self.id)
+
+        return DeviceLimits(sms=attribute("MultiProcessorCount"),
+                            shared_per_block=attribute("MaxSharedMemoryPerBlockOptin"),
+                            cooperative=bool(attribute("CooperativeLaunch")))
+
+    def resident_blocks(self, kernel: str, block: int, shared_bytes: int) -> int:
+        """Blocks of ``kernel`` an SM holds at once (the occupancy API), once it may use ``shared_bytes``.
+
+        Above the default limit (48 KB) the kernel's dynamic shared memory
+        limit is raised first: both the occupancy query and the launch need it.
+        """
+        function = self._kernels[kernel]
+        if shared_bytes > function.max_dynamic_shared_size_bytes:
+            function.max_dynamic_shared_size_bytes = shared_bytes
+        return self.xp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(function.kernel.ptr, block,
+                                                                              shared_bytes)
 
     def synchronize(self) -> None:
         self.xp.cuda.Device(self.id).synchronize()
@@ -351,30 +382,48 @@ def _probe_once() -> str | None:
 
 
 class CupyBackend(Backend):
-    """CuPy arrays, cuBLAS products, the fused kernels of ``kernels/*.cu``, CUDA graphs for the step loop.
+    """CuPy arrays, cuBLAS products, the kernels of ``kernels/*.cu``; the recurrence persistent where it fits.
 
     ``threads``: checked, nothing more; the backend queues its work from the
-    calling host thread only.
-    ``graphs``: capture the per-step loop as CUDA graphs (default: on unless
-    the environment variable ``LTEXEC_CUDA_GRAPHS`` is 0/false/no/off).
+    calling host thread only, on one stream.
+    ``persistent``: None (auto) runs each layer's recurrence as one
+    cooperative launch where the layer's shape fits on the device, else per
+    step; True requires that (ValueError naming why a shape does not fit);
+    False always runs per step. Without ``persistent=``: the environment
+    variable ``LTEXEC_CUDA_PERSISTENT`` (auto, 1/true/yes/on, 0/false/no/off),
+    else auto.
+    ``graphs``: True asks for the recurrence without per-step launches (see
+    the module docstring: no graph is ever captured); where it runs per step,
+    one warning per backend says why. Without ``graphs=``: the environment
+    variable ``LTEXEC_CUDA_GRAPHS`` (1/true/yes/on asks), else not asked.
     ``device``: the device layer; by default :class:`CudaDevice` on the
     current CUDA device (the test suite passes a CPU emulation).
     ``xp`` is ``cupy`` (the device layer's array module). ``launch_mode``,
-    ``graph_fallback_reason`` and ``step_graphs.stats`` (plain runs, captures,
-    replays) show how the step loops ran.
+    ``persistent_fallback_reason`` and ``graph_fallback_reason`` say how the
+    latest layer ran its recurrence.
     """
 
     name = "cupy"
     xp = None   # cupy, bound per instance from the device layer
 
-    def __init__(self, dtype=np.float32, *, threads: int | None = None, graphs=None, device=None):
+    def __init__(self, dtype=np.float32, *, threads: int | None = None, persistent: bool | str | None = None,
+                 graphs: bool | str | None = None, device=None):
         super().__init__(dtype, threads=threads)
-        requested = graphs_requested(option_from_environment(graphs, GRAPHS_ENV))
+        self._persistent = switch(option_from_environment(persistent, PERSISTENT_ENV), PERSISTENT_ENV)
+        self._graphs_requested = bool(switch(option_from_environment(graphs, GRAPHS_ENV), GRAPHS_ENV))
         self._device = CudaDevice() if device is None else device
         self.xp = self._device.xp
         self._pool = BufferPool(self._device.empty)
-        reason = graph_unavailable_reason(requested, *self._device.stream_capture_support())
-        self.step_graphs = StepGraphs(self._device.capture, self._device.launch_graph, reason)
+        self._geometries: dict = {}   # (T, B, H) -> (PersistentGeometry or None, why not)
+        self._warned = False
+        self._fallback_reason = None
+        if self._persistent is False:
+            self._run_per_step(TURNED_OFF)
+        else:
+            self._limits = self._device.persistent_limits()
+            self._barrier = self._device.empty((2,), np.uint32)   # the grid barrier's arrivals and generation;
+            self._barrier[...] = 0                                # every launch leaves the arrivals at 0
+            self._launch_mode = PERSISTENT if self._persistent else UNDECIDED
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -382,13 +431,18 @@ class CupyBackend(Backend):
 
     @property
     def launch_mode(self) -> str:
-        """"graph" while the step loop is captured and replayed, "plain" when it runs as plain launches."""
-        return self.step_graphs.mode
+        """How the latest layer ran its recurrence: PERSISTENT or "per-step launches (why)"; see the docs."""
+        return self._launch_mode
+
+    @property
+    def persistent_fallback_reason(self) -> str | None:
+        """Why the latest layer ran per step (None when it ran persistent)."""
+        return self._fallback_reason
 
     @property
     def graph_fallback_reason(self) -> str | None:
-        """Why the step loop runs as plain launches (None in graph mode)."""
-        return self.step_graphs.reason
+        """Why graphs, requested, do not run the latest layer's recurrence (None when not requested or not needed)."""
+        return GRAPHS_REFUSED if self._graphs_requested and self._fallback_reason is not None else None
 
     def device_name(self) -> str:
         return self._device.name()
@@ -409,51 +463,108 @@ class CupyBackend(Backend):
         gates = take((T, B, 4 * H), dt)     # x_t Wx, then the activations i, f, g, o
         hs = take((T + 1, B, H), dt)        # hs[t] = h_{t-1}
         cs = take((T + 1, B, H), dt)        # cs[t] = c_{t-1}
-        rec = take((B, 4 * H), dt)          # h_{t-1} Wh of the current step
         self._device.gemm(xs.reshape(T * B, D), Wx, gates.reshape(T * B, 4 * H))
         hs[0] = h0
         cs[0] = c0
-
-        def steps():
-            for t in range(T):
-                self._device.gemm(hs[t], Wh, rec)
-                self._cell_forward(gates[t], rec, b, cs[t], cs[t + 1], hs[t + 1])
-
-        self.step_graphs.run(self._key("forward", gates, hs, cs, rec, Wh, b), T, steps)
+        self._forward_recurrence(gates, hs, cs, Wh, b)
         cache = LstmCache(xs, Wx, Wh, gates, hs, cs) if training else None
         return hs[1:], hs[T].copy(), cs[T].copy(), cache
 
     def lstm_backward(self, dhs, dhT, dcT, cache):
         T, B, D, H = LstmCache.check(cache, type(self).__name__)
         self._check_lstm_backward(dhs, dhT, dcT, T, B, H)
-        xs, Wx, Wh, gates, hs, cs = cache.xs, cache.Wx, cache.Wh, cache.gates, cache.hs, cache.cs
-        take, dt, xp = self._pool.take, self.dtype, self.xp
-        dh_next = take((B, H), dt)          # h_t's gradient from step t+1, then dh_{t-1} = da_t Wh^T
-        dc = take((B, H), dt)               # c_t's gradient from step t+1, updated in place
-        dh_next[...] = dhT
-        dc[...] = dcT
-
-        def steps():
-            for t in reversed(range(T)):
-                self._cell_backward(gates[t], cs[t], cs[t + 1], dhs[t], dh_next, dc)
-                self._device.gemm(gates[t], Wh, dh_next, transpose_b=True)
-
+        xs, Wx, Wh, gates, hs = cache.xs, cache.Wx, cache.Wh, cache.gates, cache.hs
         cache.used = True
-        self.step_graphs.run(self._key("backward", gates, cs, dhs, dh_next, dc, Wh), T, steps)
+        dh0, dc0 = self._backward_recurrence(gates, cache.cs, Wh, dhs, dhT, dcT)
         dA = gates.reshape(T * B, 4 * H)                     # every step's da
-        dWx = xp.empty((D, 4 * H), dt)
-        dWh = xp.empty((H, 4 * H), dt)
-        dxs = take((T, B, D), dt)
+        dt = self.dtype
+        dWx = self.xp.empty((D, 4 * H), dt)
+        dWh = self.xp.empty((H, 4 * H), dt)
+        dxs = self._pool.take((T, B, D), dt)
         self._device.gemm(xs.reshape(T * B, D), dA, dWx, transpose_a=True)
         self._device.gemm(hs[:T].reshape(T * B, H), dA, dWh, transpose_a=True)
         self._device.gemm(dA, Wx, dxs.reshape(T * B, D), transpose_b=True)
         db = dA.sum(axis=0)
-        return dxs, dWx, dWh, db, dh_next, dc
+        return dxs, dWx, dWh, db, dh0, dc0
+
+    # ----------------------------------------------------------- recurrence
+    # What lies between the window's cuBLAS products: the arrays were checked on entry.
+
+    def _forward_recurrence(self, gates, hs, cs, Wh, b) -> None:
+        """gates: x_t Wx -> activations; hs[1:], cs[1:] from hs[0], cs[0]: one launch, or two per step."""
+        T, B, H = cs.shape[0] - 1, cs.shape[1], cs.shape[2]
+        geometry = self._persistent_geometry(T, B, H)
+        if geometry is not None:
+            self._launch_persistent("lstm_persistent_forward", geometry, gates, Wh, b, hs[0], cs[0], hs[1:],
+                                    cs[1:], self._barrier, np.int32(T), np.int32(B), np.int32(H),
+                                    np.int32(geometry.units))
+            return
+        rec = self._pool.take((B, 4 * H), self.dtype)   # h_{t-1} Wh of the current step
+        for t in range(T):
+            self._device.gemm(hs[t], Wh, rec)
+            self._cell_forward(gates[t], rec, b, cs[t], cs[t + 1], hs[t + 1])
+
+    def _backward_recurrence(self, gates, cs, Wh, dhs, dhT, dcT):
+        """gates: activations -> da for every step; returns (dh0, dc0): one launch, or two per step."""
+        T, B, H = dhs.shape
+        take, dt = self._pool.take, self.dtype
+        dh0 = take((B, H), dt)   # per step: h_t's gradient from step t+1, then dh_{t-1} = da_t Wh^T
+        dc0 = take((B, H), dt)   # per step: c_t's gradient from step t+1, updated in place
+        geometry = self._persistent_geometry(T, B, H)
+        if geometry is not None:
+            self._launch_persistent("lstm_persistent_backward", geometry, gates, cs[1:], cs[0], Wh, dhs, dhT,
+                                    dcT, dh0, dc0, self._barrier, np.int32(T), np.int32(B), np.int32(H),
+                                    np.int32(geometry.units))
+            return dh0, dc0
+        dh0[...] = dhT
+        dc0[...] = dcT
+        for t in reversed(range(T)):
+            self._cell_backward(gates[t], cs[t], cs[t + 1], dhs[t], dh0, dc0)
+            self._device.gemm(gates[t], Wh, dh0, transpose_b=True)
+        return dh0, dc0
+
+    def _persistent_geometry(self, T: int, B: int, H: int) -> PersistentGeometry | None:
+        """The persistent launch for a layer window of this shape, or None to run it per step.
+
+        Decided once per shape; sets ``launch_mode``. With ``persistent=True``
+        a shape that does not fit raises ValueError.
+        """
+        if self._persistent is False:
+            return None
+        key = (T, B, H)
+        if key not in self._geometries:
+            try:
+                self._geometries[key] = (persistent_geometry(T, B, H, self.dtype.itemsize, self._limits,
+                                                             self._resident_blocks), None)
+            except PersistentUnfit as unfit:
+                if self._persistent:
+                    raise ValueError(f"persistent=True, but the persistent kernels cannot run a layer of T={T}, "
+                                     f"B={B}, H={H}: {unfit}") from None
+                self._geometries[key] = (None, f"persistent kernels do not fit at T={T}, B={B}, H={H}: {unfit}")
+        geometry, reason = self._geometries[key]
+        if geometry is None:
+            self._run_per_step(reason)
+        else:
+            self._launch_mode, self._fallback_reason = PERSISTENT, None
+        return geometry
+
+    def _run_per_step(self, reason: str) -> None:
+        """Record that the recurrence runs per step and why; warn once if graphs were requested."""
+        self._launch_mode, self._fallback_reason = f"{PER_STEP} ({reason})", reason
+        if self._graphs_requested and not self._warned:
+            self._warned = True
+            warnings.warn(f"CUDA graphs were requested (graphs=True or {GRAPHS_ENV}), but {GRAPHS_REFUSED}; "
+                          f"the LSTM recurrence runs as {PER_STEP} because {reason}", RuntimeWarning, stacklevel=2)
+
+    def _resident_blocks(self, block: int, shared_bytes: int) -> int:
+        """Blocks per SM both persistent kernels of this dtype can have resident at once."""
+        return min(self._device.resident_blocks(name_expression(kernel, self.dtype), block, shared_bytes)
+                   for kernel in PERSISTENT_KERNELS)
 
     # ------------------------------------------------------------- output
 
     def linear_backward(self, dlogits, hs, W):
-        """As the base class, with dhs from the buffer pool: it is the top layer's graph input."""
+        """As the base class, with dhs from the buffer pool (no allocation after the first window)."""
         T, B, H, V = self._check_linear(hs, W, dlogits=dlogits)
         dlogits2 = dlogits.reshape(T * B, V)
         dhs = self._pool.take((T, B, H), self.dtype)
@@ -475,7 +586,10 @@ class CupyBackend(Backend):
         return float(row_loss.sum(dtype=np.float64)), dlogits, int(row_correct.sum())
 
     # ------------------------------------------------------- kernel launches
-    # Once per step: the arrays were checked when the window's operation began.
+
+    def _launch_persistent(self, kernel: str, geometry: PersistentGeometry, *args) -> None:
+        self._device.launch_cooperative(name_expression(kernel, self.dtype), geometry.grid, geometry.block,
+                                        geometry.shared_bytes, args)
 
     def _cell_forward(self, gates, rec, b, c_prev, c, h):
         B, H = c.shape
@@ -493,6 +607,3 @@ class CupyBackend(Backend):
 
     def _check_device(self, name: str, a) -> None:
         self._device.check_device(name, a)
-
-    def _key(self, kind: str, *arrays) -> tuple:
-        return graph_key(kind, arrays, self._device.address)
