@@ -20,10 +20,10 @@ backend that finds a shorter way shows more than it executes). Backends that
 cannot run here are listed as skipped with their reason. Every record says
 what it was measured on (``machine.py``: CPU, library versions, the BLAS and
 its kernel, thread settings, git commit), for the ``cpu`` backend its lane
-count, and how the backend launched its step loops (``launch_mode`` and
-``graph_fallback_reason``: the ``cupy`` backend's CUDA graphs or plain
-launches; None for backends without launch modes), so a GPU timing never
-stands for a mode that did not run.
+count, and how the backend ran its recurrence (``launch_mode``: "persistent"
+or "per-step launches (why)" for the GPU backends, None for backends without
+launch modes; ``graph_fallback_reason``: why CUDA graphs, where asked for,
+were not used), so a GPU timing never stands for a mode that did not run.
 
     python benchmarks/bench_lstm.py [--config {paper,small,all}] [--quick] [--repeats N] [--json FILE]
 """
@@ -88,12 +88,12 @@ def random_window(cfg: Config, seed: int = 0):
 
 
 def launch_details(backend) -> dict:
-    """How ``backend`` ran its step loops: ``launch_mode`` and ``graph_fallback_reason``.
+    """How ``backend`` ran its recurrence: ``launch_mode`` and ``graph_fallback_reason``.
 
-    The ``cupy`` backend says "graph" (its CUDA graphs replayed) or "plain"
-    and, when plain, why; backends without launch modes (``numpy``, ``cpu``,
-    ``numba_cuda`` today) give None for both. Read it after the timed steps:
-    a graph capture that fails during them turns the backend to plain launches.
+    The GPU backends say "persistent" (one launch per layer and window) or
+    "per-step launches (why)"; backends without launch modes (``numpy``,
+    ``cpu``) give None for both. Read it after the timed steps: the mode is
+    decided per shape when a layer first runs.
     """
     return {"launch_mode": getattr(backend, "launch_mode", None),
             "graph_fallback_reason": getattr(backend, "graph_fallback_reason", None)}
