@@ -16,7 +16,9 @@
   passes over it, asking for it by name raises ``BackendUnavailable`` naming
   what is missing, and the module imports without numba-cuda or CuPy.
 * The launch geometry (pure functions of the shapes) covers every element
-  with blocks inside the tile limits.
+  with blocks inside the tile limits and grids inside CUDA's limits, also for
+  windows of more than 65535 x 64 rows (T x B), and refuses a grid.y above
+  65535 with a ValueError before any launch.
 """
 
 import os
@@ -211,11 +213,11 @@ sizes = st.integers(1, 5000)
 def test_launch_geometry_covers_every_element_within_the_tiles(B, H, M, N, V):
     nk = pytest.importorskip("ltexec.backends.numba_cuda_kernels", reason="numba.cuda is not importable")
 
-    (grid_h, grid_b), (tile_h, tile_b) = nk.recurrent_geometry(B, H)
+    (grid_b, grid_h), (tile_h, tile_b) = nk.recurrent_geometry(B, H)
     assert tile_h == min(nk.RECURRENT_TILE_H, H) and tile_b == min(nk.RECURRENT_TILE_B, B)
     assert covers(grid_h, tile_h, H) and covers(grid_b, tile_b, B)
 
-    (grid_n, grid_m), (threads_n, threads_m) = nk.gemm_geometry(M, N)
+    (grid_m, grid_n), (threads_n, threads_m) = nk.gemm_geometry(M, N)
     assert 1 <= threads_n <= nk.GEMM_THREADS and 1 <= threads_m <= nk.GEMM_THREADS
     assert covers(grid_n, threads_n * nk.GEMM_MICRO, N) and covers(grid_m, threads_m * nk.GEMM_MICRO, M)
     assert threads_n == nk.GEMM_THREADS or threads_n * nk.GEMM_MICRO < N + nk.GEMM_MICRO   # no idle thread column
@@ -230,3 +232,34 @@ def test_launch_geometry_covers_every_element_within_the_tiles(B, H, M, N, V):
 
     grid, threads = nk.elementwise_geometry(M * V)
     assert threads <= nk.BLOCK_THREADS and covers(grid, threads, M * V)
+
+
+GRID_X_LIMIT = 2**31 - 1
+
+
+def test_a_window_of_millions_of_rows_stays_inside_the_grid_limits():
+    """T x B = 5 million rows (grid.y would need 78,125 blocks of 64 rows): every launch of a training step
+    at that size puts the rows along grid.x."""
+    nk = pytest.importorskip("ltexec.backends.numba_cuda_kernels", reason="numba.cuda is not importable")
+    T, B, H, V = 50, 100_000, 400, 51
+    rows = T * B
+    grids = [nk.recurrent_geometry(B, H)[0], nk.gemm_geometry(rows, 4 * H)[0], nk.gemm_geometry(rows, V)[0],
+             nk.gemm_geometry(rows, H)[0], nk.gemm_geometry(H, 4 * H)[0], nk.column_sums_geometry(rows, 4 * H)[0],
+             nk.softmax_geometry(rows, V)[0], nk.elementwise_geometry(rows * H)[0]]
+    assert nk.gemm_geometry(rows, 4 * H)[0][0] == rows // 64 > nk.MAX_GRID_Y
+    for grid in grids:
+        x, *y = grid if isinstance(grid, tuple) else (grid,)
+        assert x <= GRID_X_LIMIT and all(extent <= nk.MAX_GRID_Y for extent in y), grid
+
+
+def test_a_grid_y_above_the_limit_is_refused_before_launch():
+    nk = pytest.importorskip("ltexec.backends.numba_cuda_kernels", reason="numba.cuda is not importable")
+    assert nk.MAX_GRID_Y == 65535
+    assert nk.gemm_geometry(3, 64 * 65535)[0] == (1, 65535)
+    with pytest.raises(ValueError, match=r"^a product with N=4194241 columns \(64 per block\) needs 65536 blocks "
+                                         r"along grid.y, above CUDA's limit of 65535$"):
+        nk.gemm_geometry(3, 64 * 65535 + 1)
+    assert nk.recurrent_geometry(1, 32 * 65535)[0] == (1, 65535)
+    with pytest.raises(ValueError, match=r"^a launch of the LSTM step kernels at H=2097121 \(32 units per block\) "
+                                         r"needs 65536 blocks along grid.y"):
+        nk.recurrent_geometry(1, 32 * 65535 + 1)

@@ -5,6 +5,11 @@ emulation and real compiles.
   injected ``max_cooperative_grid_blocks``; checked here, including the
   paper's size (H = 400, B = 100) on an A100 (sm_80, 108 SMs) and an
   H100/H200 (sm_90, 132 SMs) in both dtypes.
+* The backend's plan per layer shape (:func:`persistent_plan`): one
+  persistent launch where the grid fits, else per-step launches with the
+  reason (or a ValueError with ``persistent=True``), from an injected SM
+  count and ``max_cooperative_grid_blocks``; and the ``persistent`` option's
+  values, also through ``LTEXEC_NUMBA_CUDA_PERSISTENT``.
 * Several blocks, emulated: the simulator runs grids of one block only
   (tests/numba_cuda/test_persistent.py), so here the kernels' per-item
   functions (their own source, as plain Python: ``step_functions``) run for
@@ -43,6 +48,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from closeness import assert_relative_error_below
+from ltexec.backends.numba_cuda import (PERSISTENT_ENV, TURNED_OFF, NumbaCudaBackend, persistent_plan,
+                                        persistent_requested)
 from ltexec.backends.numpy_backend import cell_backward, cell_forward
 
 P = pytest.importorskip("ltexec.backends.numba_cuda_persistent", reason="numba-cuda is not installed")
@@ -120,6 +127,68 @@ def test_residency_problem_says_why():
     assert P.residency_problem(g, 227 * KB, backward_short) == (
         "lstm_backward_persistent needs 100 co-resident blocks of 400 threads and 25616 bytes of shared memory; "
         "the device holds 64")
+
+
+# -------------------------------------------------------- the backend's plan
+
+def device(cc, sms, shared_per_sm, calls=None):
+    """A device's residency_problem(geometry), as the backend asks it, from the occupancy model above."""
+    max_blocks = modelled_occupancy(shared_per_sm, sms, [] if calls is None else calls)
+    return lambda g: P.residency_problem(g, P.shared_memory_limit(cc), max_blocks)
+
+
+H100 = ((9, 0), 132, 228 * KB)
+
+
+@pytest.mark.parametrize("setting, requested", [(None, None), ("auto", None), (" Auto ", None), (True, True),
+                                                ("1", True), (1, True), ("on", True), ("TRUE", True), ("yes", True),
+                                                (False, False), ("0", False), (0, False), ("off", False),
+                                                ("false", False), ("no", False)])
+def test_persistent_settings(setting, requested):
+    assert persistent_requested(setting) is requested
+
+
+def test_a_bad_persistent_setting_is_refused_naming_the_variable_before_any_device_is_asked(monkeypatch):
+    message = r"persistent must be True, False or None \(auto\), or as text \(LTEXEC_NUMBA_CUDA_PERSISTENT\) .*got 'x'"
+    with pytest.raises(ValueError, match=message):
+        persistent_requested("x")
+    with pytest.raises(ValueError, match=message):
+        NumbaCudaBackend(np.float32, persistent="x")
+    monkeypatch.setenv(PERSISTENT_ENV, "x")
+    with pytest.raises(ValueError, match=message):
+        NumbaCudaBackend(np.float32)
+
+
+@pytest.mark.parametrize("requested", [None, True])
+def test_the_paper_size_plans_one_persistent_launch(requested):
+    calls = []
+    geometry, reason = persistent_plan(requested, 100, 400, np.float32, 132, device(*H100, calls))
+    assert reason is None and (geometry.grid, geometry.units_per_block, geometry.threads) == (100, 4, 400)
+    assert [kernel for kernel, *_ in calls] == list(P.KERNEL_NAMES)
+
+
+def test_a_shape_that_does_not_fit_falls_back_with_the_reason_or_is_refused():
+    """H = 2000 over 132 SMs: 16 units per block need 500 KiB of Wh columns forward; on a device holding 64
+    co-resident blocks the paper's 100 do not fit."""
+    too_wide = ("lstm_forward_persistent needs 512000 bytes of shared memory per block (H=2000, 16 units per block), "
+                "above the device's 232448")
+    assert persistent_plan(None, 100, 2000, np.float32, 132, device(*H100)) == (
+        None, f"persistent kernels do not fit at B=100, H=2000: {too_wide}")
+    with pytest.raises(ValueError, match=re.escape(
+            f"persistent=True, but the persistent kernels cannot run a layer of B=100, H=2000: {too_wide}")):
+        persistent_plan(True, 100, 2000, np.float32, 132, device(*H100))
+    too_many = ("lstm_forward_persistent needs 100 co-resident blocks of 400 threads and 25600 bytes of shared "
+                "memory; the device holds 64")
+    assert persistent_plan(None, 100, 400, np.float32, 132, lambda g: P.residency_problem(
+        g, 227 * KB, lambda kernel, threads, nbytes: 64)) == (None, f"persistent kernels do not fit at B=100, H=400: "
+                                                                     f"{too_many}")
+
+
+def test_persistent_false_plans_per_step_launches_without_asking_the_device():
+    def unasked(geometry):
+        raise AssertionError("the device was asked")
+    assert persistent_plan(False, 100, 400, np.float32, 132, unasked) == (None, TURNED_OFF)
+    assert TURNED_OFF == "persistent kernels turned off: persistent=False or LTEXEC_NUMBA_CUDA_PERSISTENT=0"
 
 
 # --------------------------------------------------------- several blocks

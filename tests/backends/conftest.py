@@ -3,14 +3,14 @@
 One :class:`Maker` per backend and kind of machine: the two CPU backends
 (``cpu`` also with two lanes), ``cupy`` on the C++ emulation of its CUDA
 kernels (tests/cuda_emulation, needs g++; persistent and per-step
-recurrence), ``numba_cuda`` on numba's CUDA simulator, and the real ``cupy``
-and ``numba_cuda`` on a CUDA device. A maker that cannot run here is skipped
-with its reason.
+recurrence), ``numba_cuda`` on numba's CUDA simulator (per-step and
+persistent recurrence), and the real ``cupy`` and ``numba_cuda`` on a CUDA
+device. A maker that cannot run here is skipped with its reason.
 
 The simulator has to be chosen before ``numba.cuda`` is first imported, so
 it runs in a subprocess of its own (tests/test_numba_cuda_kernels.py runs
 this suite there with ``NUMBA_ENABLE_CUDASIM=1``); in that process the
-simulator is the only maker, everywhere else it is skipped.
+simulator's makers are the only ones, everywhere else they are skipped.
 
 Tolerances are each backend's own, as ``max|x - ref| / max|ref|`` per array
 against the float64 reference on the same (rounded) numbers: float64 1e-12
@@ -125,10 +125,10 @@ def _cupy_device(persistent: bool | None):
     return build
 
 
-def _numba_cuda(simulator: bool, gemm: str = "tiled"):
+def _numba_cuda(simulator: bool, gemm: str = "tiled", persistent: bool | None = None):
     def build(dtype):
         from ltexec.backends.numba_cuda import NumbaCudaBackend
-        return NumbaCudaBackend(dtype, gemm=gemm, simulator=simulator)
+        return NumbaCudaBackend(dtype, gemm=gemm, persistent=persistent, simulator=simulator)
     return build
 
 
@@ -146,10 +146,13 @@ def _simulator_reason() -> str | None:
             "(NUMBA_ENABLE_CUDASIM=1)")
 
 
-SIMULATOR = Maker("numba_cuda-simulator", _numba_cuda(simulator=True), 1e-5, examples=2, small=True,
-                  model_cases=((2, 4, 2, 2),))
+SIMULATOR = Maker("numba_cuda-simulator", _numba_cuda(simulator=True, persistent=False), 1e-5, examples=2,
+                  small=True, model_cases=((2, 4, 2, 2),))
+SIMULATORS = [SIMULATOR, dataclasses.replace(SIMULATOR, id="numba_cuda-simulator-persistent",
+                                             build=_numba_cuda(simulator=True, persistent=True))]
+"""Per-step and persistent recurrence; the simulator plans for one SM, so one block covers all units."""
 
-MAKERS = [SIMULATOR] if _simulator_active() else [
+MAKERS = SIMULATORS if _simulator_active() else [
     Maker("numpy", _numpy, 1e-5, examples=10, consumes_cache=False),
     Maker("cpu", _cpu(), 1e-4, _cpu_reason),
     Maker("cpu-2lanes", _cpu(threads=2), 1e-4, _two_lanes_reason, examples=5),
@@ -157,10 +160,12 @@ MAKERS = [SIMULATOR] if _simulator_active() else [
           model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
     Maker("cupy-emulated-per-step", _emulated_cupy(persistent=False), 2e-5, _gxx_reason, examples=5,
           model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
-    dataclasses.replace(SIMULATOR, skip_reason=_simulator_reason),
+    *(dataclasses.replace(maker, skip_reason=_simulator_reason) for maker in SIMULATORS),
     Maker("cupy-device", _cupy_device(persistent=None), 2e-5, _device_reason("cupy"), gpu=True),
     Maker("cupy-device-per-step", _cupy_device(persistent=False), 2e-5, _device_reason("cupy"), gpu=True),
     Maker("numba_cuda-device", _numba_cuda(simulator=False), 1e-5, _device_reason("numba_cuda"), gpu=True),
+    Maker("numba_cuda-device-per-step", _numba_cuda(simulator=False, persistent=False), 1e-5,
+          _device_reason("numba_cuda"), gpu=True),
     Maker("numba_cuda-device-cublas", _numba_cuda(simulator=False, gemm="cublas"), 1e-5,
           _device_reason("numba_cuda"), gpu=True),
 ]

@@ -44,11 +44,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def make_backend():
-    """``make_backend(dtype, gemm="tiled")``: the backend on the simulator or on the device."""
+    """``make_backend(dtype, gemm="tiled", persistent=None)``: the backend on the simulator or on the device."""
     from ltexec.backends.numba_cuda import NumbaCudaBackend
 
-    def make(dtype, gemm="tiled"):
-        return NumbaCudaBackend(dtype, gemm=gemm, simulator=MODE == "simulator")
+    def make(dtype, gemm="tiled", persistent=None):
+        return NumbaCudaBackend(dtype, gemm=gemm, persistent=persistent, simulator=MODE == "simulator")
 
     return make
 

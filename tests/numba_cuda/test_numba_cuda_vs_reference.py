@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from closeness import assert_relative_error_below
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
 from ltexec.backends import numba_cuda_kernels as nk
+from ltexec.backends import numba_cuda_persistent as P
 from ltexec.backends.numba_cuda import NumbaCudaBackend, _simulator_active
 from ltexec.backends.numpy_backend import cell_backward, cell_forward
 from ltexec.model import LSTMModel
@@ -240,30 +241,46 @@ def gemm_choices():
     return ["tiled", "cublas"] if MODE == "device" else ["tiled"]
 
 
-@pytest.mark.parametrize("gemm", gemm_choices())
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_training_step_launches_every_kernel_with_its_signature(make_backend, monkeypatch, dtype, gemm):
-    """A loss_and_grads step launches each kernel, with exactly the argument types ``signatures()``
-    lists (what the compile tests compile). Its numbers: tests/backends."""
-    launched = {}
-    configured = nk.Launcher._configured
+class Recording:
+    """A kernel whose launches add their argument types to ``types``; anything else goes to the kernel."""
 
-    def recording(self, name, grid, block):
-        kernel = configured(self, name, grid, block)
+    def __init__(self, kernel, types: set):
+        self.kernel, self.types = kernel, types
+
+    def __getattr__(self, name):
+        return getattr(self.kernel, name)
+
+    def __getitem__(self, config):
+        configured = self.kernel[config]
 
         def launch(*args):
-            launched.setdefault(name, set()).add(tuple(numba.typeof(a) for a in args))
-            kernel(*args)
+            self.types.add(tuple(numba.typeof(a) for a in args))
+            configured(*args)
         return launch
 
-    monkeypatch.setattr(nk.Launcher, "_configured", recording)
+
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("gemm", gemm_choices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_training_step_launches_every_kernel_with_its_signature(make_backend, dtype, gemm, persistent):
+    """A loss_and_grads step launches each kernel of its recurrence (per-step or persistent) and every
+    other kernel, with exactly the argument types ``signatures()`` lists (what the compile tests
+    compile). Its numbers: tests/backends."""
+    backend = make_backend(dtype, gemm, persistent)
+    launched = {}
+    for launcher in (backend.launcher, backend.persistent_launcher):
+        launcher._k = {name: Recording(kernel, launched.setdefault(name, set()))
+                       for name, kernel in launcher._k.items()}
     V, T, B = 3, 2, 1
-    model = LSTMModel(V, hidden=2, layers=1, backend=make_backend(dtype, gemm), init_scale=0.5, seed=3)
+    model = LSTMModel(V, hidden=2, layers=1, backend=backend, init_scale=0.5, seed=3)
     rng = np.random.default_rng(5)
     x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
     result = model.loss_and_grads(x, y, np.ones((T, B)), None)
     assert np.isfinite(result.loss)
-    signatures = nk.signatures(dtype)
-    assert launched.keys() == signatures.keys() - ({"gemm"} if gemm == "cublas" else set())
+    assert (backend.launch_mode == "persistent") == persistent
+    signatures = {**nk.signatures(dtype), **P.signatures(dtype)}
+    recurrence = set(P.KERNEL_NAMES) if persistent else {"lstm_forward_step", "lstm_backward_step"}
+    expected = nk.signatures(dtype).keys() - {"lstm_forward_step", "lstm_backward_step"} | recurrence
+    assert {name for name, types in launched.items() if types} == expected - ({"gemm"} if gemm == "cublas" else set())
     for name, types in launched.items():
-        assert types == {signatures[name]}, f"{name} was launched with {types}"
+        assert types <= {signatures[name]}, f"{name} was launched with {types}"

@@ -79,6 +79,8 @@ given (:func:`option_from_environment`); these are all of them:
   the CUDA graphs of the step loop off (default on).
 * ``LTEXEC_NUMBA_CUDA_GEMM`` for ``NumbaCudaBackend(gemm=)``: ``tiled``
   (default) or ``cublas``.
+* ``LTEXEC_NUMBA_CUDA_PERSISTENT`` for ``NumbaCudaBackend(persistent=)``:
+  ``auto`` (default), 1/true/yes/on (required) or 0/false/no/off (never).
 
 Housekeeping: ``name``, ``xp``, ``dtype``, ``threads``, ``device_name()``,
 ``asarray(host_array)`` (host to backend; floating data becomes

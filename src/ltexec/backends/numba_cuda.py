@@ -1,15 +1,15 @@
 """The Numba-CUDA backend: the whole training step in CUDA kernels written in Python.
 
 For users who want to read and change GPU kernels without leaving Python.
-Where the CuPy backend calls cuBLAS for every product and a small pointwise
-kernel per step, this backend fuses each LSTM step into one kernel: the
-recurrent product h_{t-1} Wh for a tile of hidden units and all four gates,
-the gate activations and the cell update run in one launch per layer and time
-step, and backwards the product da_{t+1} Wh^T runs in the same launch as the
-step's pointwise backward (:mod:`.numba_cuda_kernels`). Products batched over
-the window (x_t Wx, weight gradients, dxs, the output layer) use a tiled
-shared-memory kernel; softmax, masked cross-entropy, its gradient and the
-argmax count are one kernel.
+Each layer's recurrence is one persistent launch per window and direction
+where it fits (below); otherwise this backend fuses each LSTM step into one
+kernel: the recurrent product h_{t-1} Wh for a tile of hidden units and all
+four gates, the gate activations and the cell update run in one launch per
+layer and time step, and backwards the product da_{t+1} Wh^T runs in the
+same launch as the step's pointwise backward (:mod:`.numba_cuda_kernels`).
+Products batched over the window (x_t Wx, weight gradients, dxs, the output
+layer) use a tiled shared-memory kernel; softmax, masked cross-entropy, its
+gradient and the argmax count are one kernel.
 
 Storage is CuPy: ``xp = cupy``. The model, the optimizer and the base class
 use NumPy-like array methods (slicing, ``*=``, ``argmax``, ``zeros_like``)
@@ -28,6 +28,25 @@ paper's large window products but has not been measured against the tiled
 kernel. Without ``gemm=`` the choice comes from the environment variable
 ``LTEXEC_NUMBA_CUDA_GEMM`` (``tiled`` or ``cublas``).
 
+The recurrence: ``persistent=None`` (auto, the default) runs each layer's
+whole window in ONE launch of the persistent kernels
+(:mod:`.numba_cuda_persistent`: every block keeps its slice of Wh in shared
+memory for all T steps, a grid barrier between steps, and the backward
+kernel forms dh0 itself) wherever their grid fits on the device at once,
+and falls back to the per-step kernels (one launch per time step) where it
+does not; ``persistent=True`` requires the persistent kernels (ValueError
+naming why they do not fit), ``persistent=False`` never uses them. Without
+``persistent=`` the choice comes from ``LTEXEC_NUMBA_CUDA_PERSISTENT``
+(``auto``, 1/true/yes/on = required, 0/false/no/off = never). The decision is
+made once per layer shape (B, H) by :func:`persistent_plan`: one block per
+SM at most (:func:`~.numba_cuda_persistent.persistent_geometry`), then the
+driver's ``max_cooperative_grid_blocks`` and the shared memory limit
+(:func:`~.numba_cuda_persistent.residency_problem`). ``launch_mode`` says how
+the latest layer pass ran ("persistent", or "per-step launches (why)"; the
+same words as the CuPy backend's) and ``persistent_fallback_reason`` gives
+the why alone. The simulator runs cooperative grids of one block only, so
+there the backend plans for one SM: one block covers all units.
+
 The CUDA simulator is not a device: :meth:`unavailable_reason` rejects it, so
 ``auto`` never picks it. Tests run the backend on it explicitly with
 ``NumbaCudaBackend(dtype, simulator=True)`` (``NUMBA_ENABLE_CUDASIM=1`` set
@@ -42,6 +61,18 @@ from ltexec.backends.base import Backend, BackendUnavailable, option_from_enviro
 from ltexec.backends.common import LstmCache
 
 GEMM_ENV = "LTEXEC_NUMBA_CUDA_GEMM"
+PERSISTENT_ENV = "LTEXEC_NUMBA_CUDA_PERSISTENT"
+PERSISTENT_SETTINGS = {"auto": None, "1": True, "true": True, "yes": True, "on": True,
+                       "0": False, "false": False, "no": False, "off": False}
+"""What ``persistent=`` and ``LTEXEC_NUMBA_CUDA_PERSISTENT`` accept as text: None = auto, True = required."""
+PERSISTENT = "persistent"
+"""``launch_mode`` when the latest layer ran its recurrence as one persistent launch per direction."""
+PER_STEP = "per-step launches"
+"""``launch_mode``'s start, "per-step launches (why)", when the latest layer ran one launch per time step."""
+UNDECIDED = "persistent where a layer's shape fits, else per-step launches (no layer run yet)"
+"""``launch_mode`` in auto mode before the first layer: the choice is made per layer shape."""
+TURNED_OFF = f"persistent kernels turned off: persistent=False or {PERSISTENT_ENV}=0"
+"""Why the recurrence runs per step when the persistent kernels were not wanted."""
 INSTALL_HINT = "pip install 'ltexec[cuda12]' or 'ltexec[cuda13]' (numba-cuda and CuPy for your CUDA major version)"
 
 
@@ -51,15 +82,18 @@ class NumbaCudaBackend(Backend):
     ``threads``: checked, nothing more; the backend launches its kernels from
     the calling host thread only. ``gemm``: ``"tiled"`` or ``"cublas"`` (see
     the module docstring; default from ``LTEXEC_NUMBA_CUDA_GEMM``, else
-    tiled). ``simulator``: run on numba's CUDA simulator (tests only).
+    tiled). ``persistent``: None (auto), True (required) or False (never);
+    see the module docstring (default from ``LTEXEC_NUMBA_CUDA_PERSISTENT``,
+    else auto). ``simulator``: run on numba's CUDA simulator (tests only).
     """
 
     name = "numba_cuda"
 
     def __init__(self, dtype=np.float32, *, threads: int | None = None, gemm: str | None = None,
-                 simulator: bool = False):
+                 persistent: bool | str | None = None, simulator: bool = False):
         super().__init__(dtype, threads=threads)
         gemm = option_from_environment(gemm, GEMM_ENV) or "tiled"
+        self.persistent = persistent_requested(option_from_environment(persistent, PERSISTENT_ENV))
         if simulator:
             if not _simulator_active():
                 raise RuntimeError("simulator=True needs NUMBA_ENABLE_CUDASIM=1 set before numba.cuda is imported")
@@ -71,11 +105,28 @@ class NumbaCudaBackend(Backend):
             import cupy
             self.xp = cupy
         from ltexec.backends.numba_cuda_kernels import Launcher
+        from ltexec.backends.numba_cuda_persistent import PersistentLauncher
         self.launcher = Launcher(self.dtype, self.xp, gemm, check=False)   # the operations check on entry
+        self.persistent_launcher = PersistentLauncher(self.dtype)
+        self._plans = {}                                   # (B, H) -> (geometry or None, why not)
+        self._fallback_reason = TURNED_OFF if self.persistent is False else None
+        self._launch_mode = {None: UNDECIDED, True: PERSISTENT, False: f"{PER_STEP} ({TURNED_OFF})"}[self.persistent]
 
     def __repr__(self) -> str:
         where = ", simulator=True" if self.launcher.simulated else ""
-        return f"{type(self).__name__}(dtype={self.dtype.name}, gemm={self.launcher.gemm_impl!r}{where})"
+        return (f"{type(self).__name__}(dtype={self.dtype.name}, gemm={self.launcher.gemm_impl!r}, "
+                f"persistent={self.persistent!r}{where})")
+
+    @property
+    def launch_mode(self) -> str:
+        """How the latest layer pass ran its recurrence: PERSISTENT or "per-step launches (why)"; before the
+        first, what the option implies (UNDECIDED in auto mode). See docs/backends.md."""
+        return self._launch_mode
+
+    @property
+    def persistent_fallback_reason(self) -> str | None:
+        """Why the latest layer pass ran per step (None when it ran persistent, or none has run in auto mode)."""
+        return self._fallback_reason
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -119,26 +170,59 @@ class NumbaCudaBackend(Backend):
 
     # --------------------------------------------------------- LSTM layer
 
+    def _persistent_geometry(self, B: int, H: int):
+        """The persistent launch of a layer with this shape, or None for per-step launches.
+
+        Planned once per shape; records the latest ``launch_mode``. With
+        ``persistent=True`` a shape that does not fit raises ValueError.
+        """
+        if (B, H) not in self._plans:
+            self._plans[B, H] = persistent_plan(self.persistent, B, H, self.dtype, self._multiprocessors(),
+                                                self.persistent_launcher.residency_problem)
+        geometry, self._fallback_reason = self._plans[B, H]
+        self._launch_mode = PERSISTENT if geometry is not None else f"{PER_STEP} ({self._fallback_reason})"
+        return geometry
+
+    def _multiprocessors(self) -> int:
+        """The most blocks a persistent launch spreads over (one per SM); the simulator runs one at a time."""
+        if self.launcher.simulated:
+            return 1
+        from numba import cuda
+        return cuda.get_current_device().MULTIPROCESSOR_COUNT
+
     def lstm_forward(self, xs, h0, c0, Wx, Wh, b, training: bool):
         T, B, D, H = self._check_lstm_forward(xs, h0, c0, Wx, Wh, b)
+        geometry = self._persistent_geometry(B, H)
         k, xp, dt = self.launcher, self.xp, self.dtype
         gates = xp.empty((T, B, 4 * H), dt)                  # x_t Wx, then activations i, f, g, o
         k.gemm(xs.reshape(T * B, D), Wx, gates.reshape(T * B, 4 * H))
         hs = xp.empty((T + 1, B, H), dt)                     # hs[t] = h_{t-1}
         cs = xp.empty((T + 1, B, H), dt)                     # cs[t] = c_{t-1}
         hs[0], cs[0] = h0, c0
-        k.lstm_forward(gates, hs, cs, Wh, b)
+        if geometry is None:
+            k.lstm_forward(gates, hs, cs, Wh, b)
+        else:                                                # gates is xproj on entry
+            self.persistent_launcher.forward(geometry, gates, hs[0], cs[0], Wh, b, hs[1:], cs[1:], gates,
+                                             stream=k.stream())
         cache = LstmCache(xs, Wx, Wh, gates, hs, cs) if training else None
         return hs[1:], hs[T].copy(), cs[T].copy(), cache
 
     def lstm_backward(self, dhs, dhT, dcT, cache):
         T, B, D, H = LstmCache.check(cache, type(self).__name__)
         self._check_lstm_backward(dhs, dhT, dcT, T, B, H)
+        geometry = self._persistent_geometry(B, H)
         k, xp, dt = self.launcher, self.xp, self.dtype
-        xs, Wx, Wh, gates = cache.xs, cache.Wx, cache.Wh, cache.gates
-        dc = dcT.copy()                                      # becomes dc0
+        xs, Wx, Wh, gates, cs = cache.xs, cache.Wx, cache.Wh, cache.gates, cache.cs
         cache.used = True
-        k.lstm_backward(gates, dhs, dhT, dc, cache.cs, Wh)  # gates now hold da for every step
+        dh0 = xp.empty((B, H), dt)
+        if geometry is None:
+            dc = dcT.copy()                                  # becomes dc0
+            k.lstm_backward(gates, dhs, dhT, dc, cs, Wh)     # gates now hold da for every step
+            k.gemm(gates[0], Wh, dh0, trans_b=True)          # da_0 Wh^T
+        else:                                                # da over gates, and dh0, dc0, in one launch
+            dc = xp.empty((B, H), dt)
+            self.persistent_launcher.backward(geometry, gates, cs[1:], cs[0], Wh, dhs, dhT, dcT, gates, dh0, dc,
+                                              stream=k.stream())
         dA = gates.reshape(T * B, 4 * H)
         dWx, dWh = xp.empty((D, 4 * H), dt), xp.empty((H, 4 * H), dt)
         k.gemm(xs.reshape(T * B, D), dA, dWx, trans_a=True)              # X^T dA
@@ -147,8 +231,6 @@ class NumbaCudaBackend(Backend):
         k.column_sums(dA, db)
         dxs = xp.empty((T * B, D), dt)
         k.gemm(dA, Wx, dxs, trans_b=True)                                # dA Wx^T
-        dh0 = xp.empty((B, H), dt)
-        k.gemm(gates[0], Wh, dh0, trans_b=True)                          # da_0 Wh^T
         return dxs.reshape(T, B, D), dWx, dWh, db, dh0, dc
 
     # ----------------------------------------------------- embedding, output
@@ -195,6 +277,40 @@ class NumbaCudaBackend(Backend):
         k.column_sums(row_stats, totals)
         loss_sum, correct = self.to_numpy(totals).tolist()  # hit counts are exact below 2**24 in float32
         return loss_sum, dlogits, int(round(correct))
+
+
+def persistent_requested(setting) -> bool | None:
+    """``persistent=`` (or its environment fallback) as None (auto), True (required) or False (never)."""
+    if setting is None or isinstance(setting, bool):
+        return setting
+    text = str(setting).strip().lower()
+    if text not in PERSISTENT_SETTINGS:
+        raise ValueError(f"persistent must be True, False or None (auto), or as text ({PERSISTENT_ENV}) auto, "
+                         f"1/true/yes/on or 0/false/no/off; got {setting!r}")
+    return PERSISTENT_SETTINGS[text]
+
+
+def persistent_plan(requested: bool | None, B: int, H: int, dtype, multiprocessors: int, residency_problem):
+    """How a layer of this shape runs its recurrence: (geometry, None) for one persistent launch per
+    window and direction, or (None, why not) for per-step launches.
+
+    The grid has one block per SM at most (``multiprocessors``);
+    ``residency_problem(geometry)`` is None when every block of both kernels
+    can be resident at once, else why not (on a device,
+    :meth:`~.numba_cuda_persistent.PersistentLauncher.residency_problem`).
+    ``requested``: None falls back, True raises ValueError with the reason,
+    False never plans a persistent launch.
+    """
+    if requested is False:
+        return None, TURNED_OFF
+    from ltexec.backends.numba_cuda_persistent import persistent_geometry
+    geometry = persistent_geometry(H, B, dtype, multiprocessors)
+    problem = residency_problem(geometry)
+    if problem is None:
+        return geometry, None
+    if requested:
+        raise ValueError(f"persistent=True, but the persistent kernels cannot run a layer of B={B}, H={H}: {problem}")
+    return None, f"persistent kernels do not fit at B={B}, H={H}: {problem}"
 
 
 def _simulator_active() -> bool:

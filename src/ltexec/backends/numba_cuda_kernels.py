@@ -83,20 +83,35 @@ def ceil_div(a: int, b: int) -> int:
 
 
 # ------------------------------------------------------------------ geometry
-# Each returns (grid, block) for a launch; x is the fastest-varying thread index.
+# Each returns (grid, block) for a launch; x is the fastest-varying thread index. Grids put the
+# extent that grows with T*B or B along x (up to 2**31 - 1 blocks); grid.y holds at most
+# MAX_GRID_Y blocks, and the two-dimensional geometries refuse more with a ValueError.
+
+MAX_GRID_Y = 65535
+"""CUDA's limit on grid.y; grid.x goes to 2**31 - 1."""
+
+
+def _check_grid_y(blocks: int, what: str) -> None:
+    if blocks > MAX_GRID_Y:
+        raise ValueError(f"{what} needs {blocks} blocks along grid.y, above CUDA's limit of {MAX_GRID_Y}")
+
 
 def recurrent_geometry(B: int, H: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Step kernels: threads (j, r) over hidden units and batch rows."""
+    """Step kernels: threads (j, r) over hidden units and batch rows; grid (row tiles, unit tiles)."""
     tile_h, tile_b = min(RECURRENT_TILE_H, H), min(RECURRENT_TILE_B, B)
-    return (ceil_div(H, tile_h), ceil_div(B, tile_b)), (tile_h, tile_b)
+    grid = (ceil_div(B, tile_b), ceil_div(H, tile_h))
+    _check_grid_y(grid[1], f"a launch of the LSTM step kernels at H={H} ({tile_h} units per block)")
+    return grid, (tile_h, tile_b)
 
 
 def gemm_geometry(M: int, N: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """:func:`gemm` for C (M,N): threads (n, m), each covering GEMM_MICRO strided rows and columns."""
+    """:func:`gemm` for C (M,N): threads (n, m), each covering GEMM_MICRO strided rows and columns;
+    grid (row tiles, column tiles), since M (T*B for the window's products) is the extent that grows."""
     threads_n = min(GEMM_THREADS, ceil_div(N, GEMM_MICRO))
     threads_m = min(GEMM_THREADS, ceil_div(M, GEMM_MICRO))
-    return ((ceil_div(N, threads_n * GEMM_MICRO), ceil_div(M, threads_m * GEMM_MICRO)),
-            (threads_n, threads_m))
+    grid = (ceil_div(M, threads_m * GEMM_MICRO), ceil_div(N, threads_n * GEMM_MICRO))
+    _check_grid_y(grid[1], f"a product with N={N} columns ({threads_n * GEMM_MICRO} per block)")
+    return grid, (threads_n, threads_m)
 
 
 def softmax_geometry(R: int, V: int) -> tuple[int, tuple[int, int]]:
@@ -146,8 +161,8 @@ def _build(dtype: np.dtype) -> dict:
         B, H = hs.shape[1], hs.shape[2]
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tile_h, tile_b = cuda.blockDim.x, cuda.blockDim.y
-        j = cuda.blockIdx.x * tile_h + tx
-        r = cuda.blockIdx.y * tile_b + ty
+        j = cuda.blockIdx.y * tile_h + tx
+        r = cuda.blockIdx.x * tile_b + ty
         h_s = cuda.shared.array((RECURRENT_TILE_B, RECURRENT_TILE_H), real)      # h_{t-1}[rows, k chunk]
         w_s = cuda.shared.array((RECURRENT_TILE_H, _GATE_COLUMNS), real)  # Wh[k chunk, i|f|g|o of the tile]
         a_i = real(0)
@@ -194,9 +209,9 @@ def _build(dtype: np.dtype) -> dict:
         T, B, H = dhs.shape
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tile_h, tile_b = cuda.blockDim.x, cuda.blockDim.y
-        j0 = cuda.blockIdx.x * tile_h
+        j0 = cuda.blockIdx.y * tile_h
         j = j0 + tx
-        r = cuda.blockIdx.y * tile_b + ty
+        r = cuda.blockIdx.x * tile_b + ty
         da_s = cuda.shared.array((RECURRENT_TILE_B, RECURRENT_TILE_H), real)     # da_{t+1}[rows, k chunk]
         w_s = cuda.shared.array((RECURRENT_TILE_H, _PADDED_TILE_H), real)     # Wh[units, k chunk]
         dh_next = real(0)                      # da_{t+1} Wh^T for (r, j)
@@ -254,7 +269,7 @@ def _build(dtype: np.dtype) -> dict:
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         nx, ny = cuda.blockDim.x, cuda.blockDim.y
         tile_m, tile_n = ny * GEMM_MICRO, nx * GEMM_MICRO
-        m0, n0 = cuda.blockIdx.y * tile_m, cuda.blockIdx.x * tile_n
+        m0, n0 = cuda.blockIdx.x * tile_m, cuda.blockIdx.y * tile_n
         tid, threads = ty * nx + tx, nx * ny
         a_s = cuda.shared.array((GEMM_TILE_K, _PADDED_GEMM_TILE), real)   # op(A)^T tile [kk, m]
         b_s = cuda.shared.array((GEMM_TILE_K, _PADDED_GEMM_TILE), real)   # op(B) tile [kk, n]
@@ -537,10 +552,10 @@ class Launcher:
         """
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Grid size .* under-utilization")
-            return self._k[name][grid, block, self._stream()]
+            return self._k[name][grid, block, self.stream()]
 
-    def _stream(self):
-        """The numba stream for CuPy's current stream (0 under the simulator)."""
+    def stream(self):
+        """The numba stream for CuPy's current stream (0 under the simulator): where every launch goes."""
         if self.simulated:
             return 0
         ptr = self.xp.cuda.get_current_stream().ptr
