@@ -106,8 +106,10 @@ class LaunchMode:
 LAUNCH_MODES = (
     LaunchMode("cupy", "persistent", {"persistent": True}, expect="persistent"),
     LaunchMode("cupy", "per-step", {"persistent": False}, expect="per-step launches"),
-    LaunchMode("numba_cuda", "tiled", {"gemm": "tiled"}),
-    LaunchMode("numba_cuda", "cublas", {"gemm": "cublas"}, sanitize=False),
+    LaunchMode("numba_cuda", "persistent", {"persistent": True}, expect="persistent"),
+    LaunchMode("numba_cuda", "per-step-tiled", {"persistent": False, "gemm": "tiled"}, expect="per-step launches"),
+    LaunchMode("numba_cuda", "per-step-cublas", {"persistent": False, "gemm": "cublas"}, expect="per-step launches",
+               sanitize=False),
 )
 """Every launch mode of every GPU backend; each is checked for parity and timed. A new mode is one
 more entry. ``sanitize=False``: its hand-written kernels are those of an entry that is sanitized

@@ -125,7 +125,8 @@ def test_launch_modes_cover_every_option_of_the_gpu_backends():
     modes = gpu_check.LAUNCH_MODES
     assert len({mode.label for mode in modes}) == len(modes)
     assert gpu_check.gpu_backends() == ("cupy", "numba_cuda")
-    assert {True, False} <= {mode.options.get("persistent") for mode in modes if mode.backend == "cupy"}
+    for name in gpu_check.gpu_backends():
+        assert {True, False} <= {mode.options.get("persistent") for mode in modes if mode.backend == name}
     assert set(numba_cuda_kernels.GEMM_IMPLEMENTATIONS) <= \
         {mode.options.get("gemm") for mode in modes if mode.backend == "numba_cuda"}
     for name in gpu_check.gpu_backends():
