@@ -75,8 +75,11 @@ start no threads of their own run on the calling thread and only check it.
 A backend option may fall back to an environment variable when it is not
 given (:func:`option_from_environment`); these are all of them:
 
-* ``LTEXEC_CUDA_GRAPHS`` for ``CupyBackend(graphs=)``: 0/false/no/off turns
-  the CUDA graphs of the step loop off (default on).
+* ``LTEXEC_CUDA_PERSISTENT`` for ``CupyBackend(persistent=)``: ``auto``
+  (default), 1/true/yes/on (required) or 0/false/no/off (never).
+* ``LTEXEC_CUDA_GRAPHS`` for ``CupyBackend(graphs=)``: 1/true/yes/on asks for
+  a recurrence without per-step launches, and warns once where a layer has
+  to run per step (default off).
 * ``LTEXEC_NUMBA_CUDA_GEMM`` for ``NumbaCudaBackend(gemm=)``: ``tiled``
   (default) or ``cublas``.
 * ``LTEXEC_NUMBA_CUDA_PERSISTENT`` for ``NumbaCudaBackend(persistent=)``:
