@@ -190,7 +190,10 @@ def test_first_layer_on_the_embedding_matches_reference(maker, dtype, bk, draw, 
     grads = bk.embedding_lstm_backward(*grads_in, cache, ids, V)
     dxs_ref, *grads_ref = REFERENCE.lstm_backward(*grads_in_ref, cache_ref)
     grads_ref = [REFERENCE.embedding_backward(dxs_ref, ids_host, V)] + grads_ref
-    check_all(maker, EMBEDDING_LAYER_GRADS, grads, grads_ref, dtype)
+    # dE sums the rows of dxs by id (all T*B of them when V is 1): measured against the size of
+    # those rows, so that cancellation in a small sum is not taken for an error.
+    check(maker, "dE", grads[0], grads_ref[0], dtype, floor=float(np.abs(dxs_ref).max()))
+    check_all(maker, EMBEDDING_LAYER_GRADS[1:], grads[1:], grads_ref[1:], dtype)
     check_dtypes(bk, grads, EMBEDDING_LAYER_GRADS)
 
 
@@ -200,7 +203,8 @@ def test_first_layer_on_the_embedding_matches_reference(maker, dtype, bk, draw, 
 def test_embedding_matches_reference(maker, dtype, bk, draw, T, B, D, V):
     (E, E_ref), (x, x_host), (dxs, dxs_ref) = draw.uniform((V, D)), draw.ids(V, (T, B)), draw.uniform((T, B, D))
     check(maker, "xs", bk.embedding_forward(E, x), REFERENCE.embedding_forward(E_ref, x_host), dtype)
-    check(maker, "dE", bk.embedding_backward(dxs, x, V), REFERENCE.embedding_backward(dxs_ref, x_host, V), dtype)
+    check(maker, "dE", bk.embedding_backward(dxs, x, V), REFERENCE.embedding_backward(dxs_ref, x_host, V), dtype,
+          floor=float(np.abs(dxs_ref).max()))    # a sum of rows by id: measured against their size
 
 
 @each_example(T=6, B=13, H=13, V=13)
