@@ -175,20 +175,8 @@ def _compose_program(length: int, nesting: int, rng: random.Random,
     """
     randrange = rng.randrange
     fraction = rng.random
-    if number_length is None:
-        numbers, small = 10 ** length, 4 * length
-
-        def number() -> int:
-            return randrange(numbers) + 1
-
-        def count() -> int:
-            return int(fraction() * small) + 1
-    else:
-        def number() -> int:
-            return randrange(10 ** number_length()) + 1
-
-        def count() -> int:
-            return int(fraction() * 4 * number_length()) + 1
+    numbers, small = 10 ** length, 4 * length
+    per_number = number_length is not None   # checked inline: a call per number would cost ~10%
     lines: list[str] = []
     operations: list[int] = []
     letters_used = ""
@@ -202,15 +190,15 @@ def _compose_program(length: int, nesting: int, rng: random.Random,
         # random position, fresh numbers at the others.
         arity = _ARITY[kind]
         slot = int(fraction() * arity) if expression is not None else -1
-        a_value = value if slot == 0 else number()
+        a_value = value if slot == 0 else (randrange(10 ** number_length() if per_number else numbers) + 1)
         a = expression if slot == 0 else str(a_value)
         if arity > 1:
-            b_value = value if slot == 1 else number()
+            b_value = value if slot == 1 else (randrange(10 ** number_length() if per_number else numbers) + 1)
             b = expression if slot == 1 else str(b_value)
         if arity > 2:
-            c_value = value if slot == 2 else number()
+            c_value = value if slot == 2 else (randrange(10 ** number_length() if per_number else numbers) + 1)
             c = expression if slot == 2 else str(c_value)
-            d_value = value if slot == 3 else number()
+            d_value = value if slot == 3 else (randrange(10 ** number_length() if per_number else numbers) + 1)
             d = expression if slot == 3 else str(d_value)
 
         if kind == _VARIABLE or kind == _LOOP:
@@ -226,7 +214,7 @@ def _compose_program(length: int, nesting: int, rng: random.Random,
             else:
                 expression, value = f"({a}-{b})", a_value - b_value
         elif kind == _MULTIPLICATION:
-            factor = count()
+            factor = int(fraction() * (4 * number_length() if per_number else small)) + 1
             expression = f"({a}*{factor})" if fraction() < 0.5 else f"({factor}*{a})"
             value = a_value * factor
         elif kind == _EQUALITY:
@@ -237,7 +225,7 @@ def _compose_program(length: int, nesting: int, rng: random.Random,
             else:
                 expression, value = f"({name}-{b})", a_value - b_value
         elif kind == _LOOP:
-            repeats = count()
+            repeats = int(fraction() * (4 * number_length() if per_number else small)) + 1
             if fraction() < 0.5:
                 lines.append(f"for x in range({repeats}):{name}+={b}")
                 value = a_value + repeats * b_value
