@@ -149,7 +149,7 @@ def test_persistent_settings(setting, requested):
 
 
 def test_a_bad_persistent_setting_is_refused_naming_the_variable_before_any_device_is_asked(monkeypatch):
-    message = r"persistent must be True, False or None \(auto\), or as text \(LTEXEC_NUMBA_CUDA_PERSISTENT\) .*got 'x'"
+    message = r"LTEXEC_NUMBA_CUDA_PERSISTENT must be auto, 1/true/yes/on or 0/false/no/off, got 'x'"
     with pytest.raises(ValueError, match=message):
         persistent_requested("x")
     with pytest.raises(ValueError, match=message):

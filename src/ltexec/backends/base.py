@@ -131,6 +131,33 @@ def check_threads(threads) -> int | None:
     return None if threads is None else check_int("threads", threads, minimum=1)
 
 
+SWITCH_VALUES = {"auto": None, "1": True, "true": True, "yes": True, "on": True,
+                 "0": False, "false": False, "no": False, "off": False}
+"""What the on/off options accept as text (an environment variable's): None is auto, or not requested."""
+
+PERSISTENT = "persistent"
+"""A GPU backend's ``launch_mode`` when the latest layer ran its recurrence as one launch per direction."""
+
+PER_STEP = "per-step launches"
+"""The start of a GPU backend's ``launch_mode``, "per-step launches (why)", when it ran a launch per step."""
+
+UNDECIDED = "persistent where a layer's shape fits, else per-step launches (no layer run yet)"
+"""A GPU backend's ``launch_mode`` in auto mode before the first layer: the choice is made per layer shape."""
+
+
+def switch(setting, variable: str) -> bool | None:
+    """An on/off option as True, False or None (auto, or not requested): a bool or None as given, else text.
+
+    Text (an environment variable's, ``variable``) is one of SWITCH_VALUES, in any case.
+    """
+    if setting is None or isinstance(setting, bool):
+        return setting
+    text = str(setting).strip().lower()
+    if text not in SWITCH_VALUES:
+        raise ValueError(f"{variable} must be auto, 1/true/yes/on or 0/false/no/off, got {setting!r}")
+    return SWITCH_VALUES[text]
+
+
 def option_from_environment(value, variable: str):
     """A constructor option: ``value`` when given (not None), else the environment variable's text.
 

@@ -58,7 +58,8 @@ from typing import Callable
 
 import numpy as np
 
-from ltexec.backends.base import Backend, option_from_environment
+from ltexec.backends.base import (PER_STEP, PERSISTENT, UNDECIDED, Backend, option_from_environment,
+                                  switch)
 from ltexec.backends.common import BufferPool, LstmCache
 
 KERNELS = {
@@ -97,19 +98,6 @@ PERSISTENT_ENV = "LTEXEC_CUDA_PERSISTENT"
 
 GRAPHS_ENV = "LTEXEC_CUDA_GRAPHS"
 """Environment variable for backends built without ``graphs=``: 1/true/yes/on requests graphs."""
-
-SWITCH_VALUES = {"auto": None, "1": True, "true": True, "yes": True, "on": True,
-                 "0": False, "false": False, "no": False, "off": False}
-"""What the on/off options accept as text (an environment variable's): None is auto, or not requested."""
-
-PERSISTENT = "persistent"
-"""``launch_mode`` when the latest layer ran its recurrence as one cooperative launch."""
-
-PER_STEP = "per-step launches"
-"""``launch_mode``'s start when the latest layer ran a cuBLAS product and a cell kernel per step."""
-
-UNDECIDED = "persistent where a layer's shape fits, else per-step launches (no layer run yet)"
-"""``launch_mode`` in auto mode before the first layer: the choice is made per layer shape."""
 
 TURNED_OFF = f"persistent kernels turned off: persistent=False or {PERSISTENT_ENV}=0"
 """Why the recurrence runs per step when the persistent kernels were not wanted."""
@@ -247,19 +235,6 @@ def persistent_geometry(T: int, B: int, H: int, itemsize: int, limits: DeviceLim
         raise PersistentUnfit(f"{grid} blocks of {block} threads and {shared} B of shared memory must all be "
                               f"resident at once, but the device holds {resident} per SM x {limits.sms} SMs")
     return PersistentGeometry(units, grid, block, shared)
-
-
-def switch(setting, variable: str) -> bool | None:
-    """An on/off option as True, False or None (auto, or not requested): a bool or None as given, else text.
-
-    Text (an environment variable's) is one of SWITCH_VALUES, in any case.
-    """
-    if setting is None or isinstance(setting, bool):
-        return setting
-    text = str(setting).strip().lower()
-    if text not in SWITCH_VALUES:
-        raise ValueError(f"{variable} must be auto, 1/true/yes/on or 0/false/no/off, got {setting!r}")
-    return SWITCH_VALUES[text]
 
 
 # --------------------------------------------------------------- validation

@@ -57,20 +57,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ltexec.backends.base import Backend, BackendUnavailable, option_from_environment
+from ltexec.backends.base import (PER_STEP, PERSISTENT, UNDECIDED, Backend, BackendUnavailable,
+                                  option_from_environment, switch)
 from ltexec.backends.common import LstmCache
 
 GEMM_ENV = "LTEXEC_NUMBA_CUDA_GEMM"
 PERSISTENT_ENV = "LTEXEC_NUMBA_CUDA_PERSISTENT"
-PERSISTENT_SETTINGS = {"auto": None, "1": True, "true": True, "yes": True, "on": True,
-                       "0": False, "false": False, "no": False, "off": False}
-"""What ``persistent=`` and ``LTEXEC_NUMBA_CUDA_PERSISTENT`` accept as text: None = auto, True = required."""
-PERSISTENT = "persistent"
-"""``launch_mode`` when the latest layer ran its recurrence as one persistent launch per direction."""
-PER_STEP = "per-step launches"
-"""``launch_mode``'s start, "per-step launches (why)", when the latest layer ran one launch per time step."""
-UNDECIDED = "persistent where a layer's shape fits, else per-step launches (no layer run yet)"
-"""``launch_mode`` in auto mode before the first layer: the choice is made per layer shape."""
 TURNED_OFF = f"persistent kernels turned off: persistent=False or {PERSISTENT_ENV}=0"
 """Why the recurrence runs per step when the persistent kernels were not wanted."""
 INSTALL_HINT = "pip install 'ltexec[cuda12]' or 'ltexec[cuda13]' (numba-cuda and CuPy for your CUDA major version)"
@@ -281,13 +273,7 @@ class NumbaCudaBackend(Backend):
 
 def persistent_requested(setting) -> bool | None:
     """``persistent=`` (or its environment fallback) as None (auto), True (required) or False (never)."""
-    if setting is None or isinstance(setting, bool):
-        return setting
-    text = str(setting).strip().lower()
-    if text not in PERSISTENT_SETTINGS:
-        raise ValueError(f"persistent must be True, False or None (auto), or as text ({PERSISTENT_ENV}) auto, "
-                         f"1/true/yes/on or 0/false/no/off; got {setting!r}")
-    return PERSISTENT_SETTINGS[text]
+    return switch(setting, PERSISTENT_ENV)
 
 
 def persistent_plan(requested: bool | None, B: int, H: int, dtype, multiprocessors: int, residency_problem):
