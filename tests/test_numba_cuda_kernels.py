@@ -26,7 +26,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import numpy as np
@@ -72,33 +71,6 @@ def test_kernels_and_backend_match_the_reference_on_the_simulator():
 
 # -------------------------------------------------------------------- compile
 
-@pytest.fixture(scope="module")
-def compile_ptx():
-    """``compile_ptx(kernel, signature, cc)`` -> PTX text, or skip when NVVM cannot be found.
-
-    Device functions are compiled for the current device's compute capability,
-    which numba asks the driver for; without a device the fake device below
-    answers with the capability being compiled for.
-    """
-    cuda = numba_cuda()
-    from numba.cuda import dispatcher
-
-    def compile_for(kernel, signature, cc):
-        original = dispatcher.get_current_device
-        dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
-        try:
-            return cuda.compile_ptx(kernel.py_func, signature, cc=cc)[0]
-        finally:
-            dispatcher.get_current_device = original
-
-    def probe(x):
-        x[0] = 1.0
-
-    try:
-        cuda.compile_ptx(probe, "void(float32[::1])", cc=(8, 0))
-    except Exception as exc:
-        pytest.skip(f"numba-cuda cannot compile here (NVVM/libdevice missing?): {type(exc).__name__}: {exc}")
-    return compile_for
 
 
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)])

@@ -38,7 +38,6 @@ emulation and real compiles.
 
 import re
 import subprocess
-import types
 from collections import defaultdict
 
 import numpy as np
@@ -347,33 +346,6 @@ def test_the_race_check_catches_a_read_of_this_steps_output():
 
 # -------------------------------------------------------------------- compile
 
-@pytest.fixture(scope="module")
-def compile_ptx():
-    """``compile_ptx(kernel, signature, cc)`` -> PTX text, or skip when NVVM cannot be found.
-
-    The kernels call device functions, which numba compiles for the current
-    device's compute capability; without a device a fake one answers with the
-    capability being compiled for.
-    """
-    from numba import cuda
-    from numba.cuda import dispatcher
-
-    def compile_for(kernel, signature, cc):
-        original = dispatcher.get_current_device
-        dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
-        try:
-            return cuda.compile_ptx(kernel.py_func, signature, cc=cc)[0]
-        finally:
-            dispatcher.get_current_device = original
-
-    def probe(x):
-        x[0] = 1.0
-
-    try:
-        cuda.compile_ptx(probe, "void(float32[::1])", cc=(8, 0))
-    except Exception as exc:
-        pytest.skip(f"numba-cuda cannot compile here (NVVM/libdevice missing?): {type(exc).__name__}: {exc}")
-    return compile_for
 
 
 def ptxas_report(ptx_file, arch: str) -> str:
