@@ -459,9 +459,10 @@ def compare_window(result, expected, to_numpy) -> dict:
     actual, reference = step_arrays(result, to_numpy), step_arrays(expected, np.asarray)
     errors = {name: relative_error(actual[name], reference[name]) for name in reference}
     worst = max(errors, key=errors.get)
-    return {"loss": result.loss, "loss_reference": expected.loss,
-            "loss_error": relative_error(result.loss, expected.loss), "worst": worst, "max_error": errors[worst],
-            "correct": result.correct, "correct_reference": expected.correct, "errors": errors}
+    loss, loss_reference = float(result.loss), float(expected.loss)   # backend scalars: read them here
+    return {"loss": loss, "loss_reference": loss_reference,
+            "loss_error": relative_error(loss, loss_reference), "worst": worst, "max_error": errors[worst],
+            "correct": int(result.correct), "correct_reference": int(expected.correct), "errors": errors}
 
 
 def bitwise_differences(model, x, y, mask, state) -> list[str]:
@@ -469,7 +470,7 @@ def bitwise_differences(model, x, y, mask, state) -> list[str]:
     runs = []
     for _ in range(2):
         result = model.loss_and_grads(x, y, mask, state)
-        runs.append({"loss": np.float64(result.loss), **step_arrays(result, model.backend.to_numpy)})
+        runs.append({"loss": np.float64(float(result.loss)), **step_arrays(result, model.backend.to_numpy)})
         del result
     first, second = runs
     return [name for name in first if first[name].tobytes() != second[name].tobytes()]

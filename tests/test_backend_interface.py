@@ -203,9 +203,11 @@ def test_norm_scale_and_update(backend):
     np.testing.assert_array_equal(grads["a"], [1.5, 0.0])
     params = {"a": np.array([1.0, 1.0]), "b": np.array([[1.0]])}
     velocity = {"a": np.array([1.0, -1.0]), "b": np.array([[0.0]])}
-    backend.sgd_update_(params, grads, velocity, lr=0.1, momentum=0.5)
+    norm = backend.clipped_sgd_update_(params, grads, velocity, lr=0.1, momentum=0.5, clip=100.0)   # no clip
+    assert norm == pytest.approx(2.5, rel=1e-15)
     np.testing.assert_allclose(velocity["a"], [2.0, -0.5])
     np.testing.assert_allclose(params["a"], [0.8, 1.05])
     np.testing.assert_allclose(params["b"], [[0.8]])
-    backend.sgd_update_(params, grads, None, lr=1.0, momentum=0.0)
-    np.testing.assert_allclose(params["a"], [-0.7, 1.05])
+    backend.clipped_sgd_update_(params, grads, None, lr=1.0, momentum=0.0, clip=1.25)   # half the step
+    np.testing.assert_allclose(params["a"], [0.05, 1.05])
+    np.testing.assert_allclose(params["b"], [[-0.2]])

@@ -84,7 +84,9 @@ def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, 
 
     monkeypatch.setattr(trainer.model, "loss_and_grads", poisoned)
     before = None
-    with pytest.raises(TrainingDiverged, match=r"step 8 .*last good checkpoint") as info:
+    with pytest.raises(TrainingDiverged, match=r"^the gradient norm was not finite in 3 of steps 6-10, which left "
+                                               r"the parameters unchanged \(learning rate 0.5\); "
+                                               r"the last good checkpoint is ") as info:
         trainer.run()
     assert CHECKPOINT_NAME in str(info.value)
     _, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,16 +29,16 @@ from ltexec.validation import check_float, check_int
 class StepResult:
     """What one training window gives: loss, gradients, state and accuracy counts."""
 
-    loss: float
-    """Masked cross-entropy summed over the window, divided by the batch size."""
+    loss: Any
+    """Masked cross-entropy summed over the window, divided by the batch size (a backend scalar)."""
     grads: dict
     """Gradient of ``loss`` for every parameter, keyed like ``LSTMModel.params``."""
     state: list
     """The final (h, c) of every layer, to carry into the next window."""
     dstate: list
     """Gradient of ``loss`` with respect to the carried-in (h, c) of every layer."""
-    correct: int
-    """Masked positions whose argmax prediction equals the target."""
+    correct: Any
+    """Masked positions whose argmax prediction equals the target (a backend scalar: ``int()`` reads it)."""
     count: int
     """Masked positions (target characters) in the window."""
 
@@ -101,7 +102,9 @@ class LSTMModel:
         x, y (T,B) int ids (the characters read and the characters to
         predict), mask (T,B) of 0/1 (1 where y is a target character),
         ``state`` the carried-in state (a list like :meth:`zero_state`'s, or
-        None for zeros).
+        None for zeros). The ids and the mask are checked on the host and
+        handed to the backend as they are (it uploads them); nothing is read
+        back from a device: loss and correct are backend scalars.
         """
         x = self._check_ids("x", x)
         y = self._check_ids("y", y, x.shape)
@@ -109,10 +112,9 @@ class LSTMModel:
         batch = x.shape[1]
         state = self._check_state(state, batch)
         bk, P = self.backend, self.params
-        x_dev = bk.asarray(x)
 
-        logits, top, new_state, caches = self._run(x_dev, state, training=True)
-        loss_sum, dlogits, correct = bk.softmax_xent(logits, bk.asarray(y), bk.asarray(mask))
+        logits, top, new_state, caches = self._run(x, state, training=True)
+        loss_sum, dlogits, correct = bk.softmax_xent(logits, y, bk.asarray(mask))
         dlogits *= 1.0 / batch
 
         grads = {}
@@ -124,7 +126,7 @@ class LSTMModel:
                 dh, *no_grad[k], caches[k])
             dstate[k] = (dh0, dc0)
         grads["embed"], grads["Wx0"], grads["Wh0"], grads["b0"], dh0, dc0 = bk.embedding_lstm_backward(
-            dh, *no_grad[0], caches[0], x_dev, self.vocab_size)
+            dh, *no_grad[0], caches[0], x, self.vocab_size)
         dstate[0] = (dh0, dc0)
 
         return StepResult(loss=loss_sum / batch, grads={name: grads[name] for name in P},
@@ -136,7 +138,7 @@ class LSTMModel:
         """Logits (T,B,V) as a NumPy array and the final state, without keeping a cache."""
         x = self._check_ids("x", x)
         state = self._check_state(state, x.shape[1])
-        logits, _, new_state, _ = self._run(self.backend.asarray(x), state, training=False)
+        logits, _, new_state, _ = self._run(x, state, training=False)
         return self.backend.to_numpy(logits), new_state
 
     def greedy_decode(self, prompts, lengths, max_answer_len: int, stop_id: int) -> list[np.ndarray]:
@@ -159,7 +161,7 @@ class LSTMModel:
         first = int(lengths.min()) - 1
         state = self.zero_state(batch)
         if first > 0:
-            _, _, state, _ = self._run(bk.asarray(prompts[:first]), state, training=False)
+            _, _, state, _ = self._run(prompts[:first], state, training=False)
 
         answers = [[] for _ in range(batch)]
         produced = np.zeros(batch, dtype=np.int64)
@@ -167,7 +169,7 @@ class LSTMModel:
         tokens = prompts[first]
         step = first
         while not done.all():
-            logits, _, state, _ = self._run(bk.asarray(tokens[None]), state, training=False)
+            logits, _, state, _ = self._run(tokens[None], state, training=False)
             predicted = bk.to_numpy(logits[0].argmax(axis=-1)).astype(np.int64)   # (B,)
             answering = (step >= lengths - 1) & ~done
             for b in np.flatnonzero(answering):
@@ -180,7 +182,7 @@ class LSTMModel:
         return [np.array(a, dtype=np.int64) for a in answers]
 
     def _run(self, x, state, training: bool):
-        """Forward through every layer on the backend: ``(logits, top hs, new state, caches)``."""
+        """Forward through every layer on the backend: ``(logits, top hs, new state, caches)``; x: checked host ids."""
         bk, P = self.backend, self.params
         new_state, caches = [], []
         for k, (h0, c0) in enumerate(state):
@@ -235,7 +237,7 @@ class LSTMModel:
         outside = (ids < 0) | (ids >= self.vocab_size)
         if outside.any():
             raise ValueError(f"{name} holds ids outside [0, {self.vocab_size}), e.g. {ids[outside][0]}")
-        return ids.astype(np.int64)
+        return np.ascontiguousarray(ids, dtype=np.int64)
 
     def _check_mask(self, mask, shape) -> np.ndarray:
         """``mask`` as a 0/1 host array of the model's dtype with the shape of x."""

@@ -5,14 +5,15 @@ Each step measures the norm of all gradients together, scales them by
 updates the parameters in place with PyTorch's momentum convention
 (``v = momentum*v + g; p -= lr*v``; no dampening, no Nesterov), so it can be
 checked against ``torch.nn.utils.clip_grad_norm_`` + ``torch.optim.SGD``.
-The arithmetic runs on the model's backend; the optimizer only keeps the
-velocity (with momentum) and the hyper-parameters. ``lr`` is a plain attribute
-the trainer decays.
+The arithmetic runs on the model's backend as one operation
+(``clipped_sgd_update_``), which decides the clip and skips a step whose
+norm is not finite where the gradients are: on a GPU nothing is read back,
+and the norm it returns is a backend scalar the caller reads when it wants
+to. The optimizer only keeps the velocity (with momentum) and the
+hyper-parameters. ``lr`` is a plain attribute the trainer decays.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -38,18 +39,17 @@ class SGD:
     def lr(self, value: float) -> None:
         self._lr = check_float("lr", value, minimum=0, inclusive_min=False)
 
-    def step(self, backend, params: dict, grads: dict) -> float:
-        """Clip ``grads`` in place, update ``params`` in place; return the norm before clipping."""
+    def step(self, backend, params: dict, grads: dict):
+        """Update ``params`` in place with the clipped ``grads``; return the norm before clipping (a backend scalar).
+
+        Where the norm is not finite, parameters and velocity stay as they
+        were; the returned norm says so (``math.isfinite(float(norm))``).
+        ``grads`` are clipped in place.
+        """
         if grads.keys() != params.keys():
             raise ValueError(f"grads and params name different arrays: {sorted(grads)} vs {sorted(params)}")
-        norm = backend.global_norm(grads)
-        if not math.isfinite(norm):
-            raise FloatingPointError(f"gradient norm is {norm}; parameters left unchanged")
-        if norm > self.clip:
-            backend.scale_(grads, self.clip / norm)
         velocity = self._velocity_on(backend, params) if self.momentum else None
-        backend.sgd_update_(params, grads, velocity, self.lr, self.momentum)
-        return norm
+        return backend.clipped_sgd_update_(params, grads, velocity, self.lr, self.momentum, self.clip)
 
     def _velocity_on(self, backend, params: dict) -> dict:
         """The velocity as arrays of ``backend``: zeros at first, moved there after loading."""

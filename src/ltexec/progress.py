@@ -13,31 +13,59 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from ltexec import vocab
 
 
 @dataclass
 class TrainingFigures:
-    """Training figures accumulated since the last evaluation."""
+    """Training figures accumulated since the last evaluation.
 
-    loss: float = 0.0
-    correct: int = 0
+    ``loss``, ``correct``, ``norm`` and ``non_finite`` are sums of backend
+    scalars (see :mod:`ltexec.backends.base`): :meth:`add` keeps them where
+    the backend computed them, so on a GPU a step reads nothing back; the
+    properties read them, which waits for the queued steps.
+    """
+
+    loss: Any = 0.0
+    correct: Any = 0
+    norm: Any = 0.0          # gradient norms before clipping
+    non_finite: Any = 0      # steps whose gradient norm was not finite (the optimizer skipped them)
     count: int = 0
     steps: int = 0
     chars: int = 0
     seconds: float = 0.0
 
+    def add(self, loss, correct, norm, count: int, chars: int, xp) -> None:
+        """One training step's figures; ``xp`` is the array module of the backend scalars."""
+        self.loss = self.loss + loss
+        self.correct = self.correct + correct
+        self.norm = self.norm + norm
+        self.non_finite = self.non_finite + ~xp.isfinite(norm)
+        self.count += count
+        self.steps += 1
+        self.chars += chars
+
     @property
     def mean_loss(self) -> float:
         """Mean loss per step."""
-        return self.loss / max(self.steps, 1)
+        return float(self.loss) / max(self.steps, 1)
+
+    @property
+    def mean_norm(self) -> float:
+        """Mean gradient norm (before clipping) per step."""
+        return float(self.norm) / max(self.steps, 1)
+
+    @property
+    def non_finite_steps(self) -> int:
+        """Steps whose gradient norm was not finite."""
+        return int(self.non_finite)
 
     @property
     def char_acc(self) -> float:
         """Teacher-forced accuracy on the training answers' characters."""
-        return self.correct / max(self.count, 1)
+        return int(self.correct) / max(self.count, 1)
 
     @property
     def chars_per_s(self) -> float:

@@ -30,15 +30,24 @@ after every good evaluation the trainer keeps in memory a copy of the state a
 checkpoint holds (:func:`~ltexec.checkpoint.run_state`). An evaluation
 interval whose mean training loss exceeds ``spike_factor`` times the lowest
 interval mean so far (reset when the curriculum advances, since a harder level
-has a higher loss), or a non-finite loss or gradient, which ends the interval
-at once, is a spike: its evaluation is recorded with the event ``"spike"``,
+has a higher loss), or in which the loss or the gradient norm was not finite,
+is a spike: its evaluation is recorded with the event ``"spike"``,
 then the parameters, velocity, carried state, batch streams, curriculum and
 training generator go back to that copy and the learning rate is multiplied
 by ``spike_lr_factor``. The step counter and the elapsed time keep counting
 (the steps since the copy are redone on the same data at the lower rate), so
 budgets and metrics stay monotonic. Repeated spikes end the run once the
 learning rate falls below ``min_lr``. Without recovery, a non-finite loss or
-gradient raises :class:`TrainingDiverged`.
+gradient raises :class:`TrainingDiverged` at the end of its interval, before
+anything is saved.
+
+No step waits for the device. The loss, the correct count and the gradient
+norm of every step stay backend scalars (on a GPU, on the device), summed
+in :class:`~ltexec.progress.TrainingFigures`; the optimizer clips on the
+device and skips a step whose norm is not finite (the parameters stay as
+they were). The trainer reads the sums only when it evaluates (and, on a
+terminal, for the live line once a second), which is where a non-finite
+step is noticed.
 """
 
 from __future__ import annotations
@@ -115,42 +124,25 @@ class Trainer:
     def train_step(self) -> None:
         """One window: forward, BPTT, clip, SGD update; in stream mode the LSTM state is carried.
 
-        Raises :class:`TrainingDiverged`, the parameters left as they were, if the loss or gradient is not finite.
+        Reads nothing from the backend: the step's figures are added to the
+        interval's (a step with a non-finite gradient norm leaves the
+        parameters unchanged, and the next evaluation reports it).
         """
-        problem = self._try_step()
-        if problem is not None:
-            raise TrainingDiverged(f"{problem} (learning rate {self.optimizer.lr:g}); "
-                                   f"the parameters were not updated")
-
-    def _try_step(self) -> str | None:
-        """:meth:`train_step`, returning what went non-finite (and where) instead of raising."""
         if self.config.mode == "stream":
             window = self.batcher.next_window()
         else:
             window = pack_examples([self._next_training_example() for _ in range(self.config.batch)],
                                    self.config.transform)
             self.state = None        # every example starts from a zero state
+        backend = self.model.backend
         result = self.model.loss_and_grads(window.x, window.y, window.mask, self.state)
         if self.config.loss_scale == "chars" and result.count:
             # The mean over answer characters instead of the sum over a batch column.
-            self.model.backend.scale_(result.grads, self.config.batch / result.count)
-        problem = None if math.isfinite(result.loss) else f"the loss became {result.loss}"
-        if problem is None:
-            try:
-                self.optimizer.step(self.model.backend, self.model.params, result.grads)
-            except FloatingPointError as error:
-                problem = str(error)
-        if problem is not None:
-            return f"{problem} at step {self.step + 1}"
+            backend.scale_(result.grads, self.config.batch / result.count)
+        norm = self.optimizer.step(backend, self.model.params, result.grads)
         self.state = result.state
         self.step += 1
-        figures = self._since_eval
-        figures.loss += result.loss
-        figures.correct += result.correct
-        figures.count += result.count
-        figures.steps += 1
-        figures.chars += window.x.size
-        return None
+        self._since_eval.add(result.loss, result.correct, norm, result.count, window.x.size, backend.xp)
 
     def run(self, stop_when: Callable[[dict], str | None] | None = None) -> dict:
         """Train until the learning rate, step or time budget runs out; return the final summary.
@@ -175,19 +167,17 @@ class Trainer:
                 if reason:
                     break
                 started = time.perf_counter()
-                if self._last_good is None:
-                    self.train_step()
-                    diverged = None
-                else:
-                    diverged = self._try_step()
+                self.train_step()
                 spent = time.perf_counter() - started
                 self._since_eval.seconds += spent
                 self.elapsed += spent
                 self.report.live(self.step, self._since_eval, cfg.eval_every)
-                if diverged or self.step % cfg.eval_every == 0:
-                    reason = self._evaluate_and_checkpoint(diverged)
+                if self.step % cfg.eval_every == 0:
+                    reason = self._evaluate_and_checkpoint()
                     if reason:
                         break
+            if self._since_eval.steps:
+                self._evaluate_and_checkpoint()
         except TrainingDiverged as error:
             kept = checkpoint_path(self.out_dir) if self.out_dir is not None else None
             where = f"; the last good checkpoint is {kept}" if kept and kept.exists() else ""
@@ -195,8 +185,6 @@ class Trainer:
         finally:
             if previous_handler is signal.default_int_handler:
                 signal.signal(signal.SIGINT, previous_handler)
-        if self._since_eval.steps:
-            self._evaluate_and_checkpoint()
         self.report.stopped(self.step, reason)
         return self.summary(reason)
 
@@ -217,14 +205,19 @@ class Trainer:
         return None
 
     # ----------------------------------------------------------- evaluation
-    def _evaluate_and_checkpoint(self, diverged: str | None = None) -> str | None:
-        """Evaluate, record, report and checkpoint; recover from a spike; return a reason to stop, if any.
+    def _evaluate_and_checkpoint(self) -> str | None:
+        """Read the interval's figures, evaluate, record, report and checkpoint; recover from a spike.
 
-        ``diverged`` says what went non-finite in the step that ended the interval early.
+        Returns a reason to stop, if any. Raises :class:`TrainingDiverged`
+        (without recovery) if a step of the interval was not finite.
         """
         cfg = self.config
+        self._wait_for_steps()
         started = time.perf_counter()
         figures = self._since_eval
+        diverged = self._non_finite(figures)
+        if diverged and cfg.spike_factor is None:
+            raise TrainingDiverged(f"{diverged} (learning rate {self.optimizer.lr:g})")
         train_acc = figures.char_acc
         level = self.curriculum.level
         val = evaluate(self.model, self._eval_set("val", self.curriculum.validation_level()), cfg.transform,
@@ -236,6 +229,7 @@ class Trainer:
             "elapsed_s": round(self.elapsed, 3),
             "chars_per_s": round(figures.chars_per_s, 1),
             "loss": figures.mean_loss,
+            "grad_norm": figures.mean_norm,
             "lr": self.optimizer.lr,
             "level": list(level),
             "train_char_acc": train_acc,
@@ -267,6 +261,25 @@ class Trainer:
         if self.out_dir is not None:
             save_run(self, record, state)
         return stop
+
+    def _wait_for_steps(self) -> None:
+        """Wait for the interval's queued steps (a GPU runs them behind the host), counted as training time."""
+        started = time.perf_counter()
+        self.model.backend.synchronize()
+        waited = time.perf_counter() - started
+        self._since_eval.seconds += waited
+        self.elapsed += waited
+
+    def _non_finite(self, figures: TrainingFigures) -> str | None:
+        """What was not finite in the interval the figures sum up (and which steps those were), or None."""
+        skipped, loss = figures.non_finite_steps, figures.mean_loss
+        if not skipped and math.isfinite(loss):
+            return None
+        steps = f"steps {self.step - figures.steps + 1}-{self.step}"
+        if skipped:
+            return (f"the gradient norm was not finite in {skipped} of {steps}, "
+                    f"which left the parameters unchanged")
+        return f"the loss was not finite in {steps}"
 
     def _follow_curriculum(self, val_acc: float, train_acc: float, loss: float) -> str | None:
         """Let the curriculum advance or decay the learning rate; keep the spike rule's reference."""

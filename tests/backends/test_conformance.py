@@ -233,7 +233,9 @@ def test_softmax_xent_matches_reference(maker, dtype, bk, draw, T, B, V, ties):
     loss, dlogits, correct = bk.softmax_xent(bk.asarray(logits), bk.asarray(y), bk.asarray(mask))
     loss_ref, dlogits_ref, correct_ref = REFERENCE.softmax_xent(logits.astype(np.float64), y,
                                                                 mask.astype(np.float64))
-    assert isinstance(loss, float) and isinstance(correct, int)
+    assert np.ndim(loss) == np.ndim(correct) == 0          # backend scalars, read here
+    assert np.dtype(loss.dtype).kind == "f" and np.dtype(correct.dtype).kind == "i"
+    loss, correct = float(loss), int(correct)
     assert correct == correct_ref
     check(maker, "loss", loss, loss_ref, dtype, floor=1.0)
     check(maker, "dlogits", dlogits, dlogits_ref, dtype)
@@ -242,8 +244,9 @@ def test_softmax_xent_matches_reference(maker, dtype, bk, draw, T, B, V, ties):
 # ----------------------------------------------------------------- optimizer
 
 @each_example(n=st.lists(st.integers(1, 13), min_size=1, max_size=4), momentum=st.sampled_from([0.0, 0.9]),
-              factor=st.floats(0.01, 2.0))
-def test_optimizer_ops_match_reference(maker, dtype, bk, draw, n, momentum, factor):
+              factor=st.floats(0.01, 2.0), clip=st.sampled_from([0.05, 1.0, 100.0]))
+def test_optimizer_ops_match_reference(maker, dtype, bk, draw, n, momentum, factor, clip):
+    """The norm, scaling, and the clipped update (clipping or not, with and without momentum)."""
     shapes = [(size,) if k % 2 else (size, n[0]) for k, size in enumerate(n)]
     arrays = [{f"p{k}": draw.uniform(s) for k, s in enumerate(shapes)} for _ in range(3)]
     params, grads, velocity = ({name: pair[0] for name, pair in d.items()} for d in arrays)
@@ -252,12 +255,34 @@ def test_optimizer_ops_match_reference(maker, dtype, bk, draw, n, momentum, fact
     check(maker, "norm", bk.global_norm(grads), REFERENCE.global_norm(grads_ref), dtype)
     bk.scale_(grads, factor)
     REFERENCE.scale_(grads_ref, factor)
-    bk.sgd_update_(params, grads, velocity if momentum else None, 0.3, momentum)
-    REFERENCE.sgd_update_(params_ref, grads_ref, velocity_ref if momentum else None, 0.3, momentum)
     for name in params:
         check(maker, f"grads[{name}]", grads[name], grads_ref[name], dtype)
+    norm = bk.clipped_sgd_update_(params, grads, velocity if momentum else None, 0.3, momentum, clip)
+    norm_ref = REFERENCE.clipped_sgd_update_(params_ref, grads_ref, velocity_ref if momentum else None, 0.3,
+                                             momentum, clip)
+    assert np.ndim(norm) == 0
+    check(maker, "norm of the update", float(norm), float(norm_ref), dtype)
+    for name in params:
+        check(maker, f"clipped grads[{name}]", grads[name], grads_ref[name], dtype)
         check(maker, f"params[{name}]", params[name], params_ref[name], dtype)
         check(maker, f"velocity[{name}]", velocity[name], velocity_ref[name], dtype)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_non_finite_norm_skips_the_update(maker, bad, momentum):
+    """Parameters, velocity and gradients keep every bit; the returned norm says why."""
+    bk = maker.backend(np.float32)
+    draw = Draw(bk, np.float32, seed=1)
+    params, grads, velocity = ({"w": draw.uniform((3, 4))[0], "b": draw.uniform((4,))[0]} for _ in range(3))
+    grads["b"][1:2] = bad
+    arrays = {**{f"p{k}": a for k, a in params.items()}, **{f"g{k}": a for k, a in grads.items()},
+              **{f"v{k}": a for k, a in velocity.items()}}
+    kept = {name: bk.to_numpy(a).copy() for name, a in arrays.items()}
+    norm = bk.clipped_sgd_update_(params, grads, velocity if momentum else None, 0.5, momentum, 1.0)
+    assert not np.isfinite(float(norm))
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(bk.to_numpy(a), kept[name], err_msg=name)
 
 
 # ---------------------------------------------------------------- whole model
@@ -343,15 +368,19 @@ def test_held_results_survive_later_steps(maker):
 
 # ------------------------------------------------------------------ bad input
 
+@pytest.mark.parametrize("given", ["backend", "host"])
 @pytest.mark.parametrize("bad", [5, 9, -1])
-def test_ids_outside_the_vocabulary_are_a_value_error_naming_the_id(maker, bad):
-    """Wherever ids enter a backend: the embedding, the first layer (both ways) and the loss's targets."""
+def test_ids_outside_the_vocabulary_are_a_value_error_naming_the_id(maker, bad, given):
+    """Wherever ids enter a backend: the embedding, the first layer (both ways) and the loss's targets.
+
+    Ids may come as backend arrays or as host arrays (checked on the host, then uploaded).
+    """
     bk = maker.backend(np.float32)
     draw = Draw(bk, np.float32, seed=0)
     T, B, V, H = 2, 3, 5, 4
     x_host = np.array([[0, 1, 2], [3, 4, 0]])
     x_host[1, 2] = bad
-    x = bk.asarray(x_host)
+    x = bk.asarray(x_host) if given == "backend" else x_host
     message = rf"x holds ids outside \[0, {V}\): {bad}$"
     E = draw.uniform((V, H))[0]
     (_, *state_and_weights), _ = draw.layer(T, B, H, H)
@@ -435,7 +464,7 @@ def test_output_and_optimizer_ops_reject_bad_input(maker):
     with pytest.raises(TypeError, match=r"grads\['w'\] must have dtype float32"):
         bk.global_norm({"w": params["w"].astype(np.float64)})
     with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(3, 2\), expected \(2, 3\)"):
-        bk.sgd_update_(params, {"w": draw.uniform((3, 2))[0]}, None, 0.1, 0.0)
+        bk.clipped_sgd_update_(params, {"w": draw.uniform((3, 2))[0]}, None, 0.1, 0.0, 5.0)
     with pytest.raises(ValueError, match="contiguous"):
         bk.scale_({"w": draw.uniform((3, 4))[0][:, ::2]}, 0.5)
 

@@ -274,3 +274,86 @@ class EmulatedDevice:
 
     def synchronize(self) -> None:
         """Everything ran when it was called."""
+
+
+class DeviceRead(AssertionError):
+    """A device array was read on the host while :meth:`ReadGuardedDevice.no_reads` was in force."""
+
+
+class DeviceArray(np.ndarray):
+    """A NumPy array standing in for a CuPy device array, for :class:`ReadGuardedDevice`.
+
+    Results of arithmetic on it are DeviceArrays too, reductions included
+    (kept as 0-d arrays, as CuPy keeps them), and every way CuPy lets the host
+    read one (``float``, ``int``, ``bool``, ``item``, ``tolist``, ``get``,
+    ``cupy.asnumpy``) raises :class:`DeviceRead` while reads are forbidden.
+    """
+
+    reads_forbidden = False
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        return array.view(DeviceArray)
+
+    def _read(self, how: str):
+        if DeviceArray.reads_forbidden:
+            raise DeviceRead(f"{how} of a device array of shape {self.shape} read it back to the host")
+        return self.view(np.ndarray)
+
+    def __float__(self):
+        return float(self._read("float()"))
+
+    def __int__(self):
+        return int(self._read("int()"))
+
+    def __index__(self):
+        return self._read("an index").__index__()
+
+    def __bool__(self):
+        return bool(self._read("bool()"))
+
+    def item(self, *args):
+        return self._read("item()").item(*args)
+
+    def tolist(self):
+        return self._read("tolist()").tolist()
+
+    def get(self):
+        return self._read("get()").copy()
+
+
+class _GuardedArrayModule:
+    """NumPy, except that every array a function returns is a DeviceArray and ``asnumpy`` is a device read."""
+
+    ndarray = DeviceArray
+
+    def __getattr__(self, name):
+        value = getattr(np, name)
+        if not callable(value) or isinstance(value, type):
+            return value
+
+        @functools.wraps(value)
+        def on_device(*args, **kwargs):
+            result = value(*args, **kwargs)
+            return result.view(DeviceArray) if isinstance(result, np.ndarray) else result
+        return on_device
+
+    def asnumpy(self, a):
+        return a.get() if isinstance(a, DeviceArray) else np.asarray(a)
+
+
+class ReadGuardedDevice(EmulatedDevice):
+    """The emulated device, with DeviceArrays that raise :class:`DeviceRead` on a host read inside ``no_reads()``."""
+
+    xp = _GuardedArrayModule()
+
+    def empty(self, shape: tuple, dtype):
+        return super().empty(shape, dtype).view(DeviceArray)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def no_reads():
+        DeviceArray.reads_forbidden = True
+        try:
+            yield
+        finally:
+            DeviceArray.reads_forbidden = False

@@ -10,7 +10,15 @@ V vocabulary size):
 
 * Every array is an array of ``self.xp`` (NumPy here, CuPy for GPU backends),
   C-contiguous. Floating arrays have dtype ``self.dtype`` (float32 or float64);
-  token ids are int64.
+  token ids are int64, and may also be given as host (NumPy) arrays: a GPU
+  backend checks those on the host and uploads them, while ids already on
+  the device cost two small reductions read back by the host to check.
+* A *backend scalar* (a loss, a count, a norm) is a 0-d array of ``self.xp``
+  (a NumPy scalar on the CPU backends): it stays where it was computed, and
+  ``float()`` or ``int()`` reads it, which on a GPU waits for the queued work.
+  The operations below never read one themselves, so a training step
+  (:meth:`ltexec.model.LSTMModel.loss_and_grads` and
+  :meth:`ltexec.optim.SGD.step`) queues its work without waiting for it.
 * Sequences are time-major: ``xs[t]`` is the (B, D) input of step ``t``.
 * The LSTM gate blocks along the 4H axis are ordered i, f, g, o (as in
   ``torch.nn.LSTM``); one layer computes, for each step ``t``::
@@ -48,14 +56,21 @@ Operations (what a backend must provide):
 ``linear_forward(hs, W, b) -> logits`` and ``linear_backward(dlogits, hs, W) -> (dhs, dW, db)``
     hs (T,B,H), W (H,V), b (V,), logits (T,B,V).
 ``softmax_xent(logits, y, mask) -> (loss_sum, dlogits, correct)``
-    y (T,B) ids, mask (T,B) of 0/1 in ``self.dtype``. ``loss_sum`` (a Python
-    float) is the cross-entropy summed over positions with mask 1, ``dlogits``
-    its gradient, ``correct`` (a Python int) the number of those positions
-    whose argmax (first maximum) equals y.
-``global_norm(grads) -> float``, ``scale_(grads, factor)``, ``sgd_update_(params, grads, velocity, lr, momentum)``
-    On dicts of arrays: the Euclidean norm of all gradients together; scaling
-    every gradient in place; the in-place SGD update ``v = momentum*v + g;
-    p -= lr*v`` (``velocity`` may be None when momentum is 0).
+    y (T,B) ids, mask (T,B) of 0/1 in ``self.dtype``. ``loss_sum`` (a
+    float64 backend scalar) is the cross-entropy summed over positions with
+    mask 1, ``dlogits`` its gradient, ``correct`` (an integer backend scalar)
+    the number of those positions whose argmax (first maximum) equals y.
+``global_norm(grads) -> norm``, ``scale_(grads, factor)``
+    On dicts of arrays: the Euclidean norm of all gradients together (a
+    backend scalar); scaling every gradient in place.
+``clipped_sgd_update_(params, grads, velocity, lr, momentum, clip) -> norm``
+    One optimizer step in place, decided on the device: with ``norm`` the
+    global norm of ``grads`` and ``s = clip / max(norm, clip)`` (1 unless the
+    norm exceeds ``clip``), ``v = momentum*v + s*g; p -= lr*v`` (``velocity``
+    may be None when momentum is 0; ``grads`` are scaled by s in place, as
+    ``torch.nn.utils.clip_grad_norm_`` does). Where ``norm`` is not finite,
+    parameters, velocity and gradients are left unchanged.
+    Returns ``norm`` (a backend scalar): reading it is the caller's choice.
 
 Every returned gradient is a fresh array (never a view of a parameter, an
 input or another gradient), because the optimizer scales gradients in place.
@@ -232,12 +247,12 @@ class Backend:
 
     def embedding_forward(self, E, x):
         """Rows of E for every id: (T,B) ids -> (T,B,D)."""
-        self._check_embedding_forward(E, x)
+        x = self._check_embedding_forward(E, x)[0]
         return E[x]
 
     def embedding_backward(self, dxs, x, V: int):
         """Gradient of E: the rows of dxs summed per id, as a one-hot product (V is small)."""
-        T, B, D = self._check_embedding_backward(dxs, x, V)
+        x, T, B, D = self._check_embedding_backward(dxs, x, V)
         one_hot = self._one_hot(x.reshape(T * B), V)           # (T*B, V)
         return one_hot.T @ dxs.reshape(T * B, D)                # (V, D)
 
@@ -256,8 +271,8 @@ class Backend:
         return dhs, dW, db
 
     def softmax_xent(self, logits, y, mask):
-        """Masked summed cross-entropy, its gradient and the count of correct argmaxes."""
-        self._check_softmax_xent(logits, y, mask)
+        """Masked summed cross-entropy, its gradient and the count of correct argmaxes (backend scalars)."""
+        y = self._check_softmax_xent(logits, y, mask)[0]
         xp = self.xp
         shifted = logits - logits.max(axis=-1, keepdims=True)   # largest logit is 0: exp cannot overflow
         log_z = xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
@@ -267,7 +282,7 @@ class Backend:
         one_hot = self._one_hot(y, logits.shape[-1])
         dlogits = (xp.exp(log_p) - one_hot) * mask[..., None]
         correct = ((logits.argmax(axis=-1) == y) & (mask != 0)).sum()
-        return float(loss_sum), dlogits, int(correct)
+        return loss_sum.astype(np.float64), dlogits, correct
 
     def _one_hot(self, ids, V: int):
         """Float one-hot rows for an integer id array: ids.shape + (V,)."""
@@ -275,11 +290,13 @@ class Backend:
 
     # ------------------------------------------------------------- optimizer
 
-    def global_norm(self, grads: dict) -> float:
-        """Euclidean norm of all gradient arrays taken together."""
+    def global_norm(self, grads: dict):
+        """Euclidean norm of all gradient arrays taken together (a backend scalar)."""
         self._check_arrays("grads", grads)
-        total = sum((g * g).sum() for g in grads.values())
-        return float(self.xp.sqrt(total))
+        return self._global_norm(grads)
+
+    def _global_norm(self, grads: dict):
+        return self.xp.sqrt(sum((g * g).sum() for g in grads.values()))
 
     def scale_(self, grads: dict, factor: float) -> None:
         """Multiply every gradient by ``factor`` in place."""
@@ -287,17 +304,31 @@ class Backend:
         for g in grads.values():
             g *= factor
 
-    def sgd_update_(self, params: dict, grads: dict, velocity, lr: float, momentum: float) -> None:
-        """In-place SGD with PyTorch's momentum convention: v = momentum*v + g; p -= lr*v."""
+    def clipped_sgd_update_(self, params: dict, grads: dict, velocity, lr: float, momentum: float, clip: float):
+        """Clipped SGD in place (PyTorch's momentum convention), skipped where the norm is not finite; the norm.
+
+        Written with array expressions only, so on a GPU nothing is read back:
+        the skip is a select on the device.
+        """
         self._check_sgd_update(params, grads, velocity, momentum)
-        for name, p in params.items():
-            step = grads[name]
-            if momentum:
-                v = velocity[name]
-                v *= momentum
-                v += step
-                step = v
-            p -= lr * step
+        xp, dtype = self.xp, self.dtype
+        norm = self._global_norm(grads)
+        finite = xp.isfinite(norm)
+        norm64 = xp.asarray(norm, dtype=np.float64)
+        scale = xp.asarray(clip / xp.maximum(norm64, clip), dtype=dtype)   # 1 unless the norm exceeds clip
+        zero, one = xp.zeros((), dtype), xp.ones((), dtype)
+        scale = xp.where(finite, scale, one)
+        with np.errstate(invalid="ignore", over="ignore"):              # inf * 0 where the step is skipped
+            for name, p in params.items():
+                g = grads[name]
+                g *= scale                                             # the clip, in place
+                step = xp.where(finite, g, zero)                       # a NaN gradient moves nothing
+                if momentum:
+                    v = velocity[name]
+                    v[...] = xp.where(finite, momentum * v + step, v)
+                    step = v
+                p -= xp.where(finite, lr * step, zero)
+        return norm
 
     # ------------------------------------------------------------ validation
     # Every operation calls one of these first, so each checks its arguments once per call.
@@ -315,10 +346,17 @@ class Backend:
         """Raise ValueError unless ``a`` lives where this backend computes (a hook for multi-device backends)."""
 
     def _check_ids(self, name: str, ids, V: int, shape: tuple | None) -> tuple:
-        """ids' shape, once ids is an int64 array of this backend, that shape, every id in [0, V)."""
+        """(ids on this backend, their shape), once ids has that shape and every id lies in [0, V).
+
+        ids is an int64 array of this backend, or a host (NumPy) one, which is
+        checked on the host and then uploaded (no device read on a GPU).
+        """
+        if isinstance(ids, np.ndarray) and self.xp is not np:
+            found = check_ids(name, ids, V, shape, np.ndarray)
+            return self.asarray(ids), found
         found = check_ids(name, ids, V, shape, self.xp.ndarray)
         self._check_device(name, ids)
-        return found
+        return ids, found
 
     def _check_lstm_forward(self, xs, h0, c0, Wx, Wh, b) -> tuple[int, int, int, int]:
         """(T, B, D, H) of ``lstm_forward``'s arguments, once they fit together."""
@@ -326,11 +364,11 @@ class Backend:
         H = self._check("Wh", Wh, (None, None))[0]
         return (T, B) + self._check_lstm_state_and_weights(h0, c0, Wx, Wh, b, B, D, H)
 
-    def _check_embedding_lstm_forward(self, E, x, h0, c0, Wx, Wh, b) -> tuple[int, int, int, int, int]:
-        """(T, B, V, D, H) of ``embedding_lstm_forward``'s arguments, once they fit together."""
-        T, B, V, D = self._check_embedding_forward(E, x)
+    def _check_embedding_lstm_forward(self, E, x, h0, c0, Wx, Wh, b) -> tuple:
+        """(x on this backend, T, B, V, D, H) of ``embedding_lstm_forward``'s arguments, once they fit together."""
+        x, T, B, V, D = self._check_embedding_forward(E, x)
         H = self._check("Wh", Wh, (None, None))[0]
-        return (T, B, V) + self._check_lstm_state_and_weights(h0, c0, Wx, Wh, b, B, D, H)
+        return (x, T, B, V) + self._check_lstm_state_and_weights(h0, c0, Wx, Wh, b, B, D, H)
 
     def _check_lstm_state_and_weights(self, h0, c0, Wx, Wh, b, B: int, D: int, H: int) -> tuple[int, int]:
         self._check("h0", h0, (B, H))
@@ -346,17 +384,17 @@ class Backend:
         self._check("dhT", dhT, (B, H))
         self._check("dcT", dcT, (B, H))
 
-    def _check_embedding_forward(self, E, x) -> tuple[int, int, int, int]:
-        """(T, B, V, D) of ``embedding_forward(E, x)``."""
+    def _check_embedding_forward(self, E, x) -> tuple:
+        """(x on this backend, T, B, V, D) of ``embedding_forward(E, x)``."""
         V, D = self._check("E", E, (None, None))
-        T, B = self._check_ids("x", x, V, (None, None))
-        return T, B, V, D
+        x, (T, B) = self._check_ids("x", x, V, (None, None))
+        return x, T, B, V, D
 
-    def _check_embedding_backward(self, dxs, x, V: int) -> tuple[int, int, int]:
-        """(T, B, D) of ``embedding_backward(dxs, x, V)``."""
+    def _check_embedding_backward(self, dxs, x, V: int) -> tuple:
+        """(x on this backend, T, B, D) of ``embedding_backward(dxs, x, V)``."""
         T, B, D = self._check("dxs", dxs, (None, None, None))
-        self._check_ids("x", x, check_int("V", V, minimum=1), (T, B))
-        return T, B, D
+        x = self._check_ids("x", x, check_int("V", V, minimum=1), (T, B))[0]
+        return x, T, B, D
 
     def _check_linear(self, hs, W, b=None, dlogits=None) -> tuple[int, int, int, int]:
         """(T, B, H, V) of ``linear_forward(hs, W, b)`` or ``linear_backward(dlogits, hs, W)``."""
@@ -368,12 +406,12 @@ class Backend:
             self._check("dlogits", dlogits, (T, B, V))
         return T, B, H, V
 
-    def _check_softmax_xent(self, logits, y, mask) -> tuple[int, int, int]:
-        """(T, B, V) of ``softmax_xent(logits, y, mask)``."""
+    def _check_softmax_xent(self, logits, y, mask) -> tuple:
+        """(y on this backend, T, B, V) of ``softmax_xent(logits, y, mask)``."""
         T, B, V = self._check("logits", logits, (None, None, None))
-        self._check_ids("y", y, V, (T, B))
+        y = self._check_ids("y", y, V, (T, B))[0]
         self._check("mask", mask, (T, B))
-        return T, B, V
+        return y, T, B, V
 
     def _check_arrays(self, name: str, arrays: dict, like: dict | None = None) -> None:
         """Every ``arrays[key]``: an array of this backend (with the shape of ``like[key]``, if given)."""

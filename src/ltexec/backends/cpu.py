@@ -270,7 +270,7 @@ class CpuBackend(Backend):
 
     def embedding_lstm_forward(self, E, x, h0, c0, Wx, Wh, b, training: bool):
         """On ``E Wx`` where that is less work than a lookup and ``X Wx`` (2V <= T*B), else the same as those."""
-        T, B, V, D, H = self._check_embedding_lstm_forward(E, x, h0, c0, Wx, Wh, b)
+        x, T, B, V, D, H = self._check_embedding_lstm_forward(E, x, h0, c0, Wx, Wh, b)
         if 2 * V > T * B:
             xs = self._gather(E, x, D)
             return self._lstm_forward(xs, h0, c0, Wx, Wh, b, training, T, B, D, H)
@@ -364,7 +364,7 @@ class CpuBackend(Backend):
     # ----------------------------------------------------- embedding, output
 
     def embedding_forward(self, E, x):
-        D = self._check_embedding_forward(E, x)[3]
+        x, _, _, _, D = self._check_embedding_forward(E, x)
         return self._gather(E, x, D)
 
     def _gather(self, E, x, D: int):
@@ -372,7 +372,7 @@ class CpuBackend(Backend):
         return np.take(E, x, axis=0, out=self._pool.take(x.shape + (D,), self.dtype), mode="clip")
 
     def embedding_backward(self, dxs, x, V: int):
-        T, B, D = self._check_embedding_backward(dxs, x, V)
+        x, T, B, D = self._check_embedding_backward(dxs, x, V)
         return self._sum_rows_by_id(dxs.reshape(T * B, D), x.reshape(T * B), V)
 
     def _sum_rows_by_id(self, src, ids, V: int):
@@ -401,7 +401,7 @@ class CpuBackend(Backend):
         return dhs, dW, db
 
     def softmax_xent(self, logits, y, mask):
-        T, B, V = self._check_softmax_xent(logits, y, mask)
+        y, T, B, V = self._check_softmax_xent(logits, y, mask)
         dlogits = self._pool.take((T, B, V), self.dtype)
         blocks = self.lanes.blocks(T * B, 256)
         sums = [None] * len(blocks)                           # each lane's (loss, correct)
@@ -412,19 +412,27 @@ class CpuBackend(Backend):
             sums[lane] = kernel(*args, lo, hi)
 
         self.lanes.run(job, blocks)
-        return float(sum(loss for loss, _ in sums)), dlogits, int(sum(correct for _, correct in sums))
+        return np.float64(sum(loss for loss, _ in sums)), dlogits, np.int64(sum(correct for _, correct in sums))
 
     # ------------------------------------------------------------- optimizer
 
-    def global_norm(self, grads: dict) -> float:
-        self._check_arrays("grads", grads)
-        return float(np.sqrt(sum(self._k.sum_of_squares(g.reshape(-1)) for g in grads.values())))
+    def _global_norm(self, grads: dict):
+        return np.sqrt(sum(self._k.sum_of_squares(g.reshape(-1)) for g in grads.values()))
 
-    def sgd_update_(self, params: dict, grads: dict, velocity, lr: float, momentum: float) -> None:
+    def clipped_sgd_update_(self, params: dict, grads: dict, velocity, lr: float, momentum: float, clip: float):
+        """The norm is on the host already, so the skip and the clip are plain branches."""
         self._check_sgd_update(params, grads, velocity, momentum)
+        norm = self._global_norm(grads)
+        if not np.isfinite(norm):
+            return norm
+        if norm > clip:
+            factor = float(clip / norm)                       # a Python float: g keeps its dtype's arithmetic
+            for g in grads.values():
+                g *= factor
         for name, p in params.items():
             if momentum:
                 self._k.sgd_momentum_update(p.reshape(-1), grads[name].reshape(-1), velocity[name].reshape(-1),
                                             lr, momentum)
             else:
                 self._k.sgd_update(p.reshape(-1), grads[name].reshape(-1), lr)
+        return norm

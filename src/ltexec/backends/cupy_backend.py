@@ -549,7 +549,7 @@ class CupyBackend(Backend):
         return dhs, dW, dlogits2.sum(axis=0)
 
     def softmax_xent(self, logits, y, mask):
-        T, B, V = self._check_softmax_xent(logits, y, mask)
+        y, T, B, V = self._check_softmax_xent(logits, y, mask)
         N = T * B
         check_index_range("logits", N * V)
         xp = self.xp
@@ -558,7 +558,7 @@ class CupyBackend(Backend):
         row_correct = xp.empty(N, np.int32)
         self._device.launch(name_expression("softmax_xent", self.dtype), N, softmax_block(V),
                             (logits, y, mask, dlogits, row_loss, row_correct, np.int32(N), np.int32(V)))
-        return float(row_loss.sum(dtype=np.float64)), dlogits, int(row_correct.sum())
+        return row_loss.sum(dtype=np.float64), dlogits, row_correct.sum(dtype=np.int64)   # left on the device
 
     # ------------------------------------------------------- kernel launches
 

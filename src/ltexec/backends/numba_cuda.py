@@ -228,13 +228,13 @@ class NumbaCudaBackend(Backend):
     # ----------------------------------------------------- embedding, output
 
     def embedding_forward(self, E, x):
-        T, B, _, D = self._check_embedding_forward(E, x)
+        x, T, B, _, D = self._check_embedding_forward(E, x)
         xs = self.xp.empty((T, B, D), self.dtype)
         self.launcher.embedding_forward(E, x.reshape(T * B), xs.reshape(T * B, D))
         return xs
 
     def embedding_backward(self, dxs, x, V: int):
-        T, B, D = self._check_embedding_backward(dxs, x, V)
+        x, T, B, D = self._check_embedding_backward(dxs, x, V)
         dE = self.xp.empty((V, D), self.dtype)
         self.launcher.embedding_backward(dxs.reshape(T * B, D), x.reshape(T * B), dE)
         return dE
@@ -258,8 +258,8 @@ class NumbaCudaBackend(Backend):
         return dhs, dW, db
 
     def softmax_xent(self, logits, y, mask):
-        """One fused kernel per row, then one reduction: the only host transfer is the two totals."""
-        T, B, V = self._check_softmax_xent(logits, y, mask)
+        """One fused kernel per row, then one reduction into the two totals, which stay on the device."""
+        y, T, B, V = self._check_softmax_xent(logits, y, mask)
         k, xp, dt = self.launcher, self.xp, self.dtype
         dlogits = xp.empty((T, B, V), dt)
         row_stats = xp.empty((T * B, 2), dt)                 # per row: masked loss, masked hit
@@ -267,8 +267,8 @@ class NumbaCudaBackend(Backend):
                        dlogits.reshape(T * B, V), row_stats)
         totals = xp.empty(2, dt)
         k.column_sums(row_stats, totals)
-        loss_sum, correct = self.to_numpy(totals).tolist()  # hit counts are exact below 2**24 in float32
-        return loss_sum, dlogits, int(round(correct))
+        # Backend scalars, left on the device; hit counts are exact below 2**24 in float32.
+        return totals[0].astype(np.float64), dlogits, xp.rint(totals[1]).astype(np.int64)
 
 
 def persistent_requested(setting) -> bool | None:
