@@ -100,10 +100,13 @@ def launch_details(backend) -> dict:
 
 
 class LtexecRunner:
-    """One training step of LSTMModel on an ltexec backend, through the public API; ``options`` go to the backend."""
+    """One training step of LSTMModel on an ltexec backend, through the public API; ``options`` go to the backend.
 
-    def __init__(self, backend_name: str, cfg: Config, **options):
-        self.name = backend_name
+    ``label`` names the runner in the records (default: the backend's name).
+    """
+
+    def __init__(self, backend_name: str, cfg: Config, label: str | None = None, **options):
+        self.name = label or backend_name
         self.backend = get_backend(backend_name, cfg.dtype, **options)
         self.device = self.backend.device_name()
         self.lanes = self.backend.lanes.count if backend_name == "cpu" else None
@@ -119,7 +122,7 @@ class LtexecRunner:
         self.backend.synchronize()
 
     def launch_details(self) -> dict:
-        return launch_details(self.backend)
+        return {**launch_details(self.backend), "step_products": getattr(self.backend, "step_products", None)}
 
 
 class TorchRunner:
@@ -166,7 +169,7 @@ class TorchRunner:
 
     @staticmethod
     def launch_details() -> dict:
-        return {"launch_mode": None, "graph_fallback_reason": None}
+        return {"launch_mode": None, "graph_fallback_reason": None, "step_products": None}
 
 
 def torch_device_name(torch, device_type: str) -> str:
@@ -262,6 +265,9 @@ def runner_factories() -> tuple[dict, dict[str, str]]:
     for name, reason in available_backends().items():
         if reason is None:
             factories[name] = lambda cfg, name=name: LtexecRunner(name, cfg)
+            if name == "cpu":     # the BLAS per-step products beside the default choice, for a same-run ratio
+                factories["cpu-blas-steps"] = lambda cfg: LtexecRunner("cpu", cfg, "cpu-blas-steps",
+                                                                       step_products="blas")
         else:
             skipped[name] = reason
     try:

@@ -1,7 +1,8 @@
 """The backends the conformance suite runs, each as a maker: how to build it here, or why it cannot run.
 
 One :class:`Maker` per backend and kind of machine: the two CPU backends
-(``cpu`` also with two lanes), ``cupy`` on the C++ emulation of its CUDA
+(``cpu`` also with two lanes, and with each way of running its per-step
+products whatever this CPU would choose), ``cupy`` on the C++ emulation of its CUDA
 kernels (tests/cuda_emulation, needs g++; persistent and per-step
 recurrence), ``numba_cuda`` on numba's CUDA simulator (per-step and
 persistent recurrence), and the real ``cupy`` and ``numba_cuda`` on a CUDA
@@ -87,10 +88,10 @@ def _numpy(dtype):
     return NumpyBackend(dtype)
 
 
-def _cpu(threads=None):
+def _cpu(threads=None, step_products="auto"):
     def build(dtype):
         from ltexec.backends.cpu import CpuBackend
-        return CpuBackend(dtype, threads=threads)
+        return CpuBackend(dtype, threads=threads, step_products=step_products)
     return build
 
 
@@ -156,6 +157,8 @@ MAKERS = SIMULATORS if _simulator_active() else [
     Maker("numpy", _numpy, 1e-5, examples=10, consumes_cache=False),
     Maker("cpu", _cpu(), 1e-4, _cpu_reason),
     Maker("cpu-2lanes", _cpu(threads=2), 1e-4, _two_lanes_reason, examples=5),
+    Maker("cpu-blas-steps", _cpu(step_products="blas"), 1e-4, _cpu_reason, examples=5),
+    Maker("cpu-tiled-steps", _cpu(step_products="tiled"), 1e-4, _cpu_reason, examples=5),
     Maker("cupy-emulated-persistent", _emulated_cupy(persistent=True), 2e-5, _gxx_reason, examples=5,
           model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
     Maker("cupy-emulated-per-step", _emulated_cupy(persistent=False), 2e-5, _gxx_reason, examples=5,

@@ -18,6 +18,12 @@ and keeps everything else out of their way:
   the two products and writes the activations over the projection in place;
   backwards, one pass turns them into ``da`` in place and accumulates ``db``.
   Softmax, loss, argmax and the logits gradient are one pass as well.
+* The per-step products (``h_{t-1} Wh``, ``da_t Wh^T``) take ~50 rows per
+  lane, a shape the BLAS runs far below the core's peak, repacking the weight
+  matrix on every call. With ``step_products="tiled"`` (the default for
+  float32 on CPUs with AVX-512) the matrix is packed once per window and a
+  register-blocked Numba kernel (:mod:`.cpu_step_kernels`) runs each step's
+  product; ``"blas"`` (the default elsewhere) calls ``np.matmul``.
 * The cores work in :class:`Lanes`: a layer's recurrence is split by batch
   columns (independent sequences, so lanes never wait for each other inside
   a window) and large products by rows, each lane with a single-threaded BLAS.
@@ -44,6 +50,13 @@ import numpy as np
 
 from ltexec.backends.base import Backend
 from ltexec.backends.common import BufferPool, LstmCache
+from ltexec.validation import check_choice
+
+STEP_PRODUCTS = ("auto", "blas", "tiled")
+"""How the recurrence's per-step products run: see :func:`choose_step_products`."""
+
+TILE_ROWS = 5
+"""Rows of a tile of the tiled per-step product (5 x 64 or 5 x 80 floats: 20 or 25 AVX-512 registers)."""
 
 MIN_LANE_ROWS = 32
 """Fewest batch columns per lane in the recurrence: thinner per-step products lose too much speed."""
@@ -229,12 +242,45 @@ class CpuLstmCache(LstmCache):
         self.E, self.x = E, x                         # copies of E (V,D) and the ids (T,B), or None
 
 
+def choose_step_products(choice: str, dtype) -> str:
+    """``"blas"`` or ``"tiled"``: ``choice`` itself, or for ``"auto"`` tiled where its tiles fit the registers.
+
+    The tiled kernel keeps its float32 tiles in AVX-512's 32 vector registers;
+    without AVX-512, or in float64, they would spill, so auto takes the BLAS.
+    """
+    choice = check_choice("step_products", choice, STEP_PRODUCTS)
+    if choice != "auto":
+        return choice
+    from ltexec.backends.cpu_step_kernels import host_has_avx512
+    return "tiled" if np.dtype(dtype) == np.float32 and host_has_avx512() else "blas"
+
+
+def per_step_product(W, how: str):
+    """``step(a, out)``: ``out = a @ W`` for the ~50-row blocks of one lane and step, W fixed for the window.
+
+    ``"blas"``: ``np.matmul`` on W, copied to be contiguous if it is not (a
+    transposed view: the product runs faster on a contiguous copy).
+    ``"tiled"``: W packed once into column panels for the register-blocked kernel.
+    """
+    n = W.shape[1]
+    if how == "blas":
+        W = np.ascontiguousarray(W)
+        return lambda a, out: np.matmul(a, W, out=out)
+    from ltexec.backends.cpu_step_kernels import pack_columns, step_product
+    width = 80 if n % 80 == 0 else 64                      # the faster tile where it leaves no padded panel
+    panels, product = pack_columns(W, width), step_product(TILE_ROWS, width)
+    return lambda a, out: product(a, panels, out, n)
+
+
 class CpuBackend(Backend):
     """NumPy arrays, BLAS products in lanes, Numba pointwise kernels.
 
     ``threads``: the most threads that share the work, i.e. the most lanes
     (default: one per usable core where the BLAS allows it, see
     :class:`Lanes`); ``lanes`` is the resulting :class:`Lanes`.
+    ``step_products``: ``"auto"`` (default), ``"blas"`` or ``"tiled"``, how
+    the recurrence's per-step products run (:func:`choose_step_products`; the
+    module docstring says why); ``self.step_products`` is the choice made.
 
     ``embedding_lstm_forward`` computes with ``E Wx`` and ``E^T S`` where that
     is less work than with X; its cache keeps copies of E and x, so the
@@ -244,8 +290,9 @@ class CpuBackend(Backend):
     name = "cpu"
     xp = np
 
-    def __init__(self, dtype=np.float32, *, threads: int | None = None):
+    def __init__(self, dtype=np.float32, *, threads: int | None = None, step_products: str = "auto"):
         super().__init__(dtype, threads=threads)
+        self.step_products = choose_step_products(step_products, self.dtype)
         from ltexec.backends import cpu_kernels   # compiles (or loads cached) kernels on first use
         self._k = cpu_kernels
         self._pool = BufferPool()
@@ -299,10 +346,11 @@ class CpuBackend(Backend):
         tanh_c = take((T, B, H), dt)                          # tanh(c_t)
         rec = take((B, 4 * H), dt)                            # h_{t-1} Wh
         hs[0], cs[0] = h0, c0
+        times_Wh = per_step_product(Wh, self.step_products)
 
         def recurrence(lane, r0, r1):                         # columns r0..r1-1 over the window
             for t in range(T):
-                np.matmul(hs[t, r0:r1], Wh, out=rec[r0:r1])
+                times_Wh(hs[t, r0:r1], rec[r0:r1])
                 cell_forward(gates, rec, b, cs, tanh_c, hs, t, r0, r1, table, ids)
 
         self.lanes.run(recurrence, self.lanes.blocks(B, MIN_LANE_ROWS))
@@ -329,8 +377,7 @@ class CpuBackend(Backend):
         Wx, Wh, gates, cs, tanh_c = cache.Wx, cache.Wh, cache.gates, cache.cs, cache.tanh_c
         cache.used = True                                     # gates become da below
         take, dt, cell_backward = self._pool.take, self.dtype, self._k.cell_backward
-        WhT = take((4 * H, H), dt)                            # contiguous: the per-step product runs faster
-        np.copyto(WhT, Wh.T)
+        times_WhT = per_step_product(Wh.T, self.step_products)
         dh_next = take((B, H), dt)                            # h_t's gradient from step t+1
         dc = take((B, H), dt)                                 # c_t's gradient from step t+1
         dh_next[...], dc[...] = dhT, dcT
@@ -340,7 +387,7 @@ class CpuBackend(Backend):
         def recurrence(lane, r0, r1):                         # columns r0..r1-1, last step first
             for t in reversed(range(T)):
                 cell_backward(gates, dhs, dh_next, dc, cs, tanh_c, lane_db[lane], t, r0, r1)
-                np.matmul(gates[t, r0:r1], WhT, out=dh_next[r0:r1])    # da_t Wh^T
+                times_WhT(gates[t, r0:r1], dh_next[r0:r1])            # da_t Wh^T
 
         self.lanes.run(recurrence, blocks)
         dA = gates.reshape(T * B, 4 * H)                       # every step's da
