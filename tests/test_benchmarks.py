@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_lstm  # noqa: E402
 import bench_sampler  # noqa: E402
+import bench_step_product  # noqa: E402
 import machine  # noqa: E402
 import time_to_accuracy  # noqa: E402
 from flops import PAPER_STEP_GFLOP, check_paper_count, step_flops  # noqa: E402
@@ -81,6 +82,30 @@ def test_bench_lstm_times_every_runner_and_lists_the_others_as_skipped(capsys):
     for record in records:
         line = next(line for line in lines if line.split()[:2] == ["tiny", record["backend"]])
         assert ("skipped: " in line) == (record["status"] == "skipped")
+
+
+def test_bench_lstm_times_the_cpu_backends_blas_per_step_products_beside_its_default():
+    factories, _ = bench_lstm.runner_factories()
+    if "cpu" not in factories:
+        pytest.skip("the cpu backend cannot run here")
+    tiny = bench_lstm.Config("tiny", batch=4, hidden=8, layers=1, seq_len=3)
+    blas = factories["cpu-blas-steps"](tiny)
+    assert blas.name == "cpu-blas-steps" and blas.launch_details()["step_products"] == "blas"
+    assert factories["cpu"](tiny).launch_details()["step_products"] in ("tiled", "blas")
+
+
+def test_bench_step_product_checks_and_times_every_block_and_records_the_machine(tmp_path, capsys):
+    out = tmp_path / "records.json"
+    assert bench_step_product.main(["--seconds", "0.005", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    variants = {r["variant"] for r in records}
+    assert {"np.matmul", "step_product 5x64", "np.copyto(WhT, Wh.T)"} <= variants
+    timed = [r for r in records if r["gflops"] is not None]
+    assert {(r["config"], r["part"]) for r in timed} == {(c, d) for c in ("small", "paper")
+                                                         for d in ("forward", "backward")}
+    assert all(r["us"] > 0 and r["speedup_vs_matmul"] > 0 for r in timed)
+    check_machine(records[0]["machine"])
+    assert "| forward | small | 50 x 128 x 512 | np.matmul |" in capsys.readouterr().out
 
 
 def test_bench_lstm_records_say_how_the_backend_launched(monkeypatch):
