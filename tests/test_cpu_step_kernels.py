@@ -39,6 +39,16 @@ def test_pack_columns_layout(N):
         assert not wp[-1, :, N % nr:].any() and wp[-1, :, :N % nr].all()
 
 
+@pytest.mark.parametrize("N", [70, 64])
+def test_pack_columns_into_a_used_buffer_overwrites_all_of_it(N):
+    """A reused buffer (here full of NaN) ends up equal to a fresh packing, padding included."""
+    W = np.random.default_rng(N).standard_normal((5, N)).astype(np.float32)
+    fresh = pack_columns(W, 32)
+    used = np.full(fresh.shape, np.nan, np.float32)
+    assert pack_columns(W, 32, out=used) is used
+    np.testing.assert_array_equal(used, fresh)
+
+
 def test_pack_columns_of_a_transposed_view():
     """Wh.T (a Fortran-ordered view) packs like its contiguous copy."""
     Wh = np.random.default_rng(0).standard_normal((37, 148)).astype(np.float32)

@@ -255,20 +255,25 @@ def choose_step_products(choice: str, dtype) -> str:
     return "tiled" if np.dtype(dtype) == np.float32 and host_has_avx512() else "blas"
 
 
-def per_step_product(W, how: str):
+def per_step_product(W, how: str, take):
     """``step(a, out)``: ``out = a @ W`` for the ~50-row blocks of one lane and step, W fixed for the window.
 
     ``"blas"``: ``np.matmul`` on W, copied to be contiguous if it is not (a
     transposed view: the product runs faster on a contiguous copy).
     ``"tiled"``: W packed once into column panels for the register-blocked kernel.
+    Copies and panels go into buffers from ``take(shape, dtype)`` (the backend's pool).
     """
     n = W.shape[1]
     if how == "blas":
-        W = np.ascontiguousarray(W)
+        if not W.flags.c_contiguous:
+            contiguous = take(W.shape, W.dtype)
+            np.copyto(contiguous, W)
+            W = contiguous
         return lambda a, out: np.matmul(a, W, out=out)
     from ltexec.backends.cpu_step_kernels import pack_columns, step_product
     width = 80 if n % 80 == 0 else 64                      # the faster tile where it leaves no padded panel
-    panels, product = pack_columns(W, width), step_product(TILE_ROWS, width)
+    panels = pack_columns(W, width, take((-(-n // width), W.shape[0], width), W.dtype))
+    product = step_product(TILE_ROWS, width)
     return lambda a, out: product(a, panels, out, n)
 
 
@@ -346,7 +351,7 @@ class CpuBackend(Backend):
         tanh_c = take((T, B, H), dt)                          # tanh(c_t)
         rec = take((B, 4 * H), dt)                            # h_{t-1} Wh
         hs[0], cs[0] = h0, c0
-        times_Wh = per_step_product(Wh, self.step_products)
+        times_Wh = per_step_product(Wh, self.step_products, take)
 
         def recurrence(lane, r0, r1):                         # columns r0..r1-1 over the window
             for t in range(T):
@@ -377,7 +382,7 @@ class CpuBackend(Backend):
         Wx, Wh, gates, cs, tanh_c = cache.Wx, cache.Wh, cache.gates, cache.cs, cache.tanh_c
         cache.used = True                                     # gates become da below
         take, dt, cell_backward = self._pool.take, self.dtype, self._k.cell_backward
-        times_WhT = per_step_product(Wh.T, self.step_products)
+        times_WhT = per_step_product(Wh.T, self.step_products, take)
         dh_next = take((B, H), dt)                            # h_t's gradient from step t+1
         dc = take((B, H), dt)                                 # c_t's gradient from step t+1
         dh_next[...], dc[...] = dhT, dcT

@@ -58,16 +58,19 @@ def host_has_avx512() -> bool:
     return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
 
 
-def pack_columns(W, nr: int):
-    """(P, K, nr) column panels of W (K, N), P = ceil(N / nr), the last one zero-padded."""
+def pack_columns(W, nr: int, out=None):
+    """(P, K, nr) column panels of W (K, N), P = ceil(N / nr), the last one zero-padded.
+
+    Written into ``out`` (a (P, K, nr) array of W's dtype) when given, so a
+    caller can pack into a reused buffer every window.
+    """
     K, N = W.shape
     P = -(-N // nr)
-    if N % nr == 0:
-        return np.ascontiguousarray(W.reshape(K, P, nr).transpose(1, 0, 2))
-    wp = np.zeros((P, K, nr), W.dtype)
+    wp = np.empty((P, K, nr), W.dtype) if out is None else out
     for p in range(P):
         c0, c1 = p * nr, min(N, (p + 1) * nr)
         wp[p, :, :c1 - c0] = W[:, c0:c1]
+    wp[P - 1, :, N - (P - 1) * nr:] = 0
     return wp
 
 
