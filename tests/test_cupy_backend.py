@@ -44,11 +44,12 @@ import cuda_emulation as emulation
 from closeness import relative_error as rel_error
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
 from ltexec.backends import cupy_backend
+from ltexec.backends.base import PERSISTENT, UNDECIDED
 from ltexec.backends.common import BufferPool
-from ltexec.backends.cupy_backend import (GRAPHS_ENV, GRAPHS_REFUSED, PER_STEP, PERSISTENT, PERSISTENT_ENV,
-                                          TURNED_OFF, UNDECIDED, CudaDevice, CupyBackend, DeviceLimits,
-                                          PersistentGeometry, PersistentUnfit, check_on_device, launch_geometry,
-                                          persistent_geometry, probe, softmax_block, switch)
+from ltexec.backends.cupy_backend import (GRAPHS_ENV, GRAPHS_REFUSED, PER_STEP, PERSISTENT_ENV, TURNED_OFF,
+                                          CudaDevice, CupyBackend, DeviceLimits, PersistentGeometry,
+                                          PersistentUnfit, check_on_device, launch_geometry, persistent_geometry,
+                                          probe, softmax_block, switch)
 from ltexec.backends.numpy_backend import NumpyBackend
 from ltexec.config import TrainConfig
 from ltexec.model import LSTMModel

@@ -58,8 +58,8 @@ from typing import Callable
 
 import numpy as np
 
-from ltexec.backends.base import (PER_STEP, PERSISTENT, UNDECIDED, Backend, option_from_environment,
-                                  switch)
+from ltexec.backends.base import (PER_STEP, Backend, LaunchModes, option_from_environment, recurrence_plan,
+                                  switch, turned_off_reason)
 from ltexec.backends.common import BufferPool, LstmCache
 
 KERNELS = {
@@ -99,7 +99,7 @@ PERSISTENT_ENV = "LTEXEC_CUDA_PERSISTENT"
 GRAPHS_ENV = "LTEXEC_CUDA_GRAPHS"
 """Environment variable for backends built without ``graphs=``: 1/true/yes/on requests graphs."""
 
-TURNED_OFF = f"persistent kernels turned off: persistent=False or {PERSISTENT_ENV}=0"
+TURNED_OFF = turned_off_reason(PERSISTENT_ENV)
 """Why the recurrence runs per step when the persistent kernels were not wanted."""
 
 GRAPHS_REFUSED = ("each step of the per-step recurrence calls cuBLAS, and CuPy refuses cuBLAS calls "
@@ -389,16 +389,14 @@ class CupyBackend(Backend):
         self._device = CudaDevice() if device is None else device
         self.xp = self._device.xp
         self._pool = BufferPool(self._device.empty)
-        self._geometries: dict = {}   # (T, B, H) -> (PersistentGeometry or None, why not)
+        self._modes = LaunchModes(self._persistent, TURNED_OFF)
         self._warned = False
-        self._fallback_reason = None
         if self._persistent is False:
-            self._run_per_step(TURNED_OFF)
+            self._warn_if_graphs_requested()
         else:
             self._limits = self._device.persistent_limits()
             self._barrier = self._device.empty((2,), np.uint32)   # the grid barrier's arrivals and generation;
             self._barrier[...] = 0                                # every launch leaves the arrivals at 0
-            self._launch_mode = PERSISTENT if self._persistent else UNDECIDED
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -407,17 +405,17 @@ class CupyBackend(Backend):
     @property
     def launch_mode(self) -> str:
         """How the latest layer ran its recurrence: PERSISTENT or "per-step launches (why)"; see the docs."""
-        return self._launch_mode
+        return self._modes.launch_mode
 
     @property
     def persistent_fallback_reason(self) -> str | None:
         """Why the latest layer ran per step (None when it ran persistent)."""
-        return self._fallback_reason
+        return self._modes.fallback_reason
 
     @property
     def graph_fallback_reason(self) -> str | None:
         """Why graphs, requested, do not run the latest layer's recurrence (None when not requested or not needed)."""
-        return GRAPHS_REFUSED if self._graphs_requested and self._fallback_reason is not None else None
+        return GRAPHS_REFUSED if self._graphs_requested and self._modes.fallback_reason is not None else None
 
     def device_name(self) -> str:
         return self._device.name()
@@ -504,32 +502,25 @@ class CupyBackend(Backend):
         Decided once per shape; sets ``launch_mode``. With ``persistent=True``
         a shape that does not fit raises ValueError.
         """
-        if self._persistent is False:
-            return None
-        key = (T, B, H)
-        if key not in self._geometries:
+        def find():
             try:
-                self._geometries[key] = (persistent_geometry(T, B, H, self.dtype.itemsize, self._limits,
-                                                             self._resident_blocks), None)
+                return persistent_geometry(T, B, H, self.dtype.itemsize, self._limits, self._resident_blocks), None
             except PersistentUnfit as unfit:
-                if self._persistent:
-                    raise ValueError(f"persistent=True, but the persistent kernels cannot run a layer of T={T}, "
-                                     f"B={B}, H={H}: {unfit}") from None
-                self._geometries[key] = (None, f"persistent kernels do not fit at T={T}, B={B}, H={H}: {unfit}")
-        geometry, reason = self._geometries[key]
+                return None, str(unfit)
+
+        geometry = self._modes.geometry((T, B, H), lambda: recurrence_plan(
+            self._persistent, f"T={T}, B={B}, H={H}", TURNED_OFF, find))
         if geometry is None:
-            self._run_per_step(reason)
-        else:
-            self._launch_mode, self._fallback_reason = PERSISTENT, None
+            self._warn_if_graphs_requested()
         return geometry
 
-    def _run_per_step(self, reason: str) -> None:
-        """Record that the recurrence runs per step and why; warn once if graphs were requested."""
-        self._launch_mode, self._fallback_reason = f"{PER_STEP} ({reason})", reason
+    def _warn_if_graphs_requested(self) -> None:
+        """Once per backend, where graphs were requested and the recurrence runs per step: why."""
         if self._graphs_requested and not self._warned:
             self._warned = True
             warnings.warn(f"CUDA graphs were requested (graphs=True or {GRAPHS_ENV}), but {GRAPHS_REFUSED}; "
-                          f"the LSTM recurrence runs as {PER_STEP} because {reason}", RuntimeWarning, stacklevel=2)
+                          f"the LSTM recurrence runs as {PER_STEP} because {self._modes.fallback_reason}",
+                          RuntimeWarning, stacklevel=2)
 
     def _resident_blocks(self, block: int, shared_bytes: int) -> int:
         """Blocks per SM both persistent kernels of this dtype can have resident at once."""

@@ -57,13 +57,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ltexec.backends.base import (PER_STEP, PERSISTENT, UNDECIDED, Backend, BackendUnavailable,
-                                  option_from_environment, switch)
+from ltexec.backends.base import (Backend, BackendUnavailable, LaunchModes, option_from_environment,
+                                  recurrence_plan, switch, turned_off_reason)
 from ltexec.backends.common import LstmCache
 
 GEMM_ENV = "LTEXEC_NUMBA_CUDA_GEMM"
 PERSISTENT_ENV = "LTEXEC_NUMBA_CUDA_PERSISTENT"
-TURNED_OFF = f"persistent kernels turned off: persistent=False or {PERSISTENT_ENV}=0"
+TURNED_OFF = turned_off_reason(PERSISTENT_ENV)
 """Why the recurrence runs per step when the persistent kernels were not wanted."""
 INSTALL_HINT = "pip install 'ltexec[cuda12]' or 'ltexec[cuda13]' (numba-cuda and CuPy for your CUDA major version)"
 
@@ -100,9 +100,7 @@ class NumbaCudaBackend(Backend):
         from ltexec.backends.numba_cuda_persistent import PersistentLauncher
         self.launcher = Launcher(self.dtype, self.xp, gemm, check=False)   # the operations check on entry
         self.persistent_launcher = PersistentLauncher(self.dtype)
-        self._plans = {}                                   # (B, H) -> (geometry or None, why not)
-        self._fallback_reason = TURNED_OFF if self.persistent is False else None
-        self._launch_mode = {None: UNDECIDED, True: PERSISTENT, False: f"{PER_STEP} ({TURNED_OFF})"}[self.persistent]
+        self._modes = LaunchModes(self.persistent, TURNED_OFF)
 
     def __repr__(self) -> str:
         where = ", simulator=True" if self.launcher.simulated else ""
@@ -113,12 +111,12 @@ class NumbaCudaBackend(Backend):
     def launch_mode(self) -> str:
         """How the latest layer pass ran its recurrence: PERSISTENT or "per-step launches (why)"; before the
         first, what the option implies (UNDECIDED in auto mode). See docs/backends.md."""
-        return self._launch_mode
+        return self._modes.launch_mode
 
     @property
     def persistent_fallback_reason(self) -> str | None:
         """Why the latest layer pass ran per step (None when it ran persistent, or none has run in auto mode)."""
-        return self._fallback_reason
+        return self._modes.fallback_reason
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -168,12 +166,8 @@ class NumbaCudaBackend(Backend):
         Planned once per shape; records the latest ``launch_mode``. With
         ``persistent=True`` a shape that does not fit raises ValueError.
         """
-        if (B, H) not in self._plans:
-            self._plans[B, H] = persistent_plan(self.persistent, B, H, self.dtype, self._multiprocessors(),
-                                                self.persistent_launcher.residency_problem)
-        geometry, self._fallback_reason = self._plans[B, H]
-        self._launch_mode = PERSISTENT if geometry is not None else f"{PER_STEP} ({self._fallback_reason})"
-        return geometry
+        return self._modes.geometry((B, H), lambda: persistent_plan(
+            self.persistent, B, H, self.dtype, self._multiprocessors(), self.persistent_launcher.residency_problem))
 
     def _multiprocessors(self) -> int:
         """The most blocks a persistent launch spreads over (one per SM); the simulator runs one at a time."""
@@ -287,16 +281,12 @@ def persistent_plan(requested: bool | None, B: int, H: int, dtype, multiprocesso
     ``requested``: None falls back, True raises ValueError with the reason,
     False never plans a persistent launch.
     """
-    if requested is False:
-        return None, TURNED_OFF
-    from ltexec.backends.numba_cuda_persistent import persistent_geometry
-    geometry = persistent_geometry(H, B, dtype, multiprocessors)
-    problem = residency_problem(geometry)
-    if problem is None:
-        return geometry, None
-    if requested:
-        raise ValueError(f"persistent=True, but the persistent kernels cannot run a layer of B={B}, H={H}: {problem}")
-    return None, f"persistent kernels do not fit at B={B}, H={H}: {problem}"
+    def find():
+        from ltexec.backends.numba_cuda_persistent import persistent_geometry
+        geometry = persistent_geometry(H, B, dtype, multiprocessors)
+        return geometry, residency_problem(geometry)
+
+    return recurrence_plan(requested, f"B={B}, H={H}", TURNED_OFF, find)
 
 
 def _simulator_active() -> bool:
