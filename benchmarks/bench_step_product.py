@@ -10,7 +10,8 @@ window (``pack_columns``) beats ``np.matmul(a, W, out=out)``, for the register
 blocks 5x64, 6x64 and 5x80, at the small (H=128) and paper (H=400) sizes with
 M=50 rows; and what that packing costs per window (``pack_columns(Wh, nr)``
 and ``pack_columns(Wh.T, nr)``) next to the ``np.copyto(WhT, Wh.T)`` the
-backward pass does now. Every variant is first checked against np.matmul.
+backward pass makes with the BLAS per-step products (``step_products="blas"``).
+Every variant is first checked against np.matmul.
 After a warm-up, the variants of one shape take turns in each sample; each
 figure is the median over samples of the mean time per call, in
 microseconds, and GFLOP/s count 2*M*K*N. Each record names the machine
@@ -94,7 +95,7 @@ def check(calls: dict, outs: dict, a, W) -> None:
 
 def bench_size(config: str, H: int, seconds: float, rng) -> list[dict]:
     Wh = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(DTYPE)
-    WhT = np.ascontiguousarray(Wh.T)                       # (4H, H), as the backend keeps it
+    WhT = np.ascontiguousarray(Wh.T)                       # (4H, H), as the BLAS per-step products take it
     h = rng.uniform(-1, 1, (ROWS, H)).astype(DTYPE)
     da = rng.standard_normal((ROWS, 4 * H)).astype(DTYPE)
     rows = []

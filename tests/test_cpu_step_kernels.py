@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from closeness import assert_relative_error_below
 
 pytest.importorskip("numba")
 
@@ -9,11 +10,6 @@ from ltexec.backends.cpu_step_kernels import host_has_avx512, pack_columns, step
 
 TOL = {np.float32: 1e-4, np.float64: 1e-12}
 BLOCKS = [(5, 64), (6, 64), (5, 80)]
-
-
-def rel_err(got, want):
-    want = np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
 def reference(a, W):
@@ -84,7 +80,7 @@ def test_product_matches_matmul(dtype, mr, nr, M, K, N):
     W = rng.standard_normal((K, N)).astype(dtype)
     out = np.full((M, N), np.nan, dtype)
     step_product(mr, nr)(a, pack_columns(W, nr), out, N)
-    assert rel_err(out, np.matmul(a.astype(np.float64), W.astype(np.float64))) < TOL[dtype]
+    assert_relative_error_below("a @ W", out, reference(a, W), TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -99,10 +95,10 @@ def test_forward_and_backward_shapes(dtype, mr, nr, H, M):
     da = rng.standard_normal((M, 4 * H)).astype(dtype)
     rec = np.full((M, 4 * H), np.nan, dtype)
     product(h, pack_columns(Wh, nr), rec, 4 * H)
-    assert rel_err(rec, reference(h, Wh)) < TOL[dtype]
+    assert_relative_error_below("h Wh", rec, reference(h, Wh), TOL[dtype])
     dh = np.full((M, H), np.nan, dtype)
     product(da, pack_columns(Wh.T, nr), dh, H)
-    assert rel_err(dh, reference(da, Wh.T)) < TOL[dtype]
+    assert_relative_error_below("da Wh^T", dh, reference(da, Wh.T), TOL[dtype])
 
 
 @pytest.mark.parametrize("mr,nr", BLOCKS)
@@ -116,7 +112,7 @@ def test_product_writes_only_the_first_n_columns(mr, nr, n):
     out = np.full((M, n + extra), np.nan, np.float32)
     step_product(mr, nr)(a, pack_columns(W, nr), out, n)
     assert not np.isnan(out[:, :n]).any()
-    assert rel_err(out[:, :n], reference(a, W)) < TOL[np.float32]
+    assert_relative_error_below("a @ W", out[:, :n], reference(a, W), TOL[np.float32])
     assert np.isnan(out[:, n:]).all()
 
 
@@ -131,7 +127,7 @@ def test_product_on_row_slices(dtype, mr, nr, r0, r1):
     hs = rng.standard_normal((T + 1, B, H)).astype(dtype)
     gates = np.full((T, B, 4 * H), np.nan, dtype)
     step_product(mr, nr)(hs[t, r0:r1], pack_columns(Wh, nr), gates[t, r0:r1], 4 * H)
-    assert rel_err(gates[t, r0:r1], reference(hs[t, r0:r1], Wh)) < TOL[dtype]
+    assert_relative_error_below("lane rows", gates[t, r0:r1], reference(hs[t, r0:r1], Wh), TOL[dtype])
     # nothing outside the lane's rows of step t was written
     untouched = np.ones(gates.shape, bool)
     untouched[t, r0:r1] = False
