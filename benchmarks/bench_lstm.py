@@ -108,6 +108,8 @@ class LtexecRunner:
     def __init__(self, backend_name: str, cfg: Config, label: str | None = None, **options):
         self.name = label or backend_name
         self.backend = get_backend(backend_name, cfg.dtype, **options)
+        # Options left to the tuner are fixed here, at the step's shapes, as the trainer does.
+        self.tuning = self.backend.tune(cfg.seq_len, cfg.batch, cfg.hidden)
         self.device = self.backend.device_name()
         self.lanes = self.backend.lanes.count if backend_name == "cpu" else None
         self.model = LSTMModel(cfg.vocab, cfg.hidden, cfg.layers, backend=self.backend)
@@ -122,7 +124,10 @@ class LtexecRunner:
         self.backend.synchronize()
 
     def launch_details(self) -> dict:
-        return {**launch_details(self.backend), "step_products": getattr(self.backend, "step_products", None)}
+        tuning = None if self.tuning is None else {"source": self.tuning.source, "workload": self.tuning.workload,
+                                                   "timings_ms": self.tuning.timings_ms}
+        return {**launch_details(self.backend), "step_products": getattr(self.backend, "step_products", None),
+                "backend_choices": self.backend.choices, "tuning": tuning}
 
 
 class TorchRunner:
@@ -169,7 +174,8 @@ class TorchRunner:
 
     @staticmethod
     def launch_details() -> dict:
-        return {"launch_mode": None, "graph_fallback_reason": None, "step_products": None}
+        return {"launch_mode": None, "graph_fallback_reason": None, "step_products": None, "backend_choices": {},
+                "tuning": None}
 
 
 def torch_device_name(torch, device_type: str) -> str:
@@ -259,15 +265,24 @@ class OtherLoad:
         return busy / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_variants() -> dict[str, dict]:
+    """The cpu backend's forced variants, the tuner's candidates: per-step products x (the most lanes, one)."""
+    from ltexec.backends.cpu import Lanes
+    most = Lanes().count
+    return {f"cpu-{products}-{count}lane{'s' if count > 1 else ''}": {"step_products": products, "lanes": count}
+            for products in ("blas", "tiled") for count in sorted({most, 1}, reverse=True)}
+
+
 def runner_factories() -> tuple[dict, dict[str, str]]:
     """The runnable runner factories and, for every runner that cannot run here, the reason."""
     factories, skipped = {}, {}
     for name, reason in available_backends().items():
         if reason is None:
             factories[name] = lambda cfg, name=name: LtexecRunner(name, cfg)
-            if name == "cpu":     # the BLAS per-step products beside the default choice, for a same-run ratio
-                factories["cpu-blas-steps"] = lambda cfg: LtexecRunner("cpu", cfg, "cpu-blas-steps",
-                                                                       step_products="blas")
+            if name == "cpu":     # every candidate the tuner chooses from, beside its choice, for same-run ratios
+                for label, choice in cpu_variants().items():
+                    factories[label] = lambda cfg, label=label, choice=choice: LtexecRunner("cpu", cfg, label,
+                                                                                            **choice)
         else:
             skipped[name] = reason
     try:

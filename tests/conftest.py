@@ -4,9 +4,15 @@ The markers (``gradcheck``, ``gpu``) are registered in pyproject.toml, where
 ``--strict-markers`` makes any other marker an error.
 """
 
+import os
+import tempfile
 import types
 
 import pytest
+
+# The tuner remembers its choices in a file in the user's cache folder; the tests (and the processes they
+# start, which inherit the environment) keep theirs in a folder of their own instead.
+os.environ["LTEXEC_TUNE_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="ltexec-tests-"), "tuning.json")
 
 
 def pytest_addoption(parser):

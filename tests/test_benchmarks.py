@@ -20,6 +20,7 @@ import machine  # noqa: E402
 import time_to_accuracy  # noqa: E402
 from flops import PAPER_STEP_GFLOP, check_paper_count, step_flops  # noqa: E402
 
+import ltexec.machine  # noqa: E402
 from ltexec.backends import BACKENDS, available_backends  # noqa: E402
 
 RECORD_KEYS = {"backend", "device", "lanes", "batch", "hidden", "layers", "seq_len", "dtype", "ms_per_step",
@@ -36,12 +37,12 @@ def check_machine(about: dict) -> None:
     assert about["numpy"] == np.__version__ and about["numba"] == numba.__version__
     assert about["torch"] is None or isinstance(about["torch"], str)
     if os.path.exists("/proc/cpuinfo"):
-        assert set(about["vector_flags"]) <= set(machine.VECTOR_FLAGS)
+        assert set(about["vector_flags"]) <= set(ltexec.machine.VECTOR_FLAGS)
     blas = [pool for pool in about["threadpools"] if pool["user_api"] == "blas"]
     assert blas, about["threadpools"]                      # NumPy's BLAS, with the kernel it selected
     for pool in about["threadpools"]:
         assert THREADPOOL_KEYS <= set(pool) and pool["num_threads"] >= 1 and "/" not in pool["library"]
-    assert about["thread_settings"] == {name: os.environ.get(name) for name in machine.THREAD_VARIABLES}
+    assert about["thread_settings"] == {name: os.environ.get(name) for name in ltexec.machine.THREAD_VARIABLES}
     assert {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
             "MKL_NUM_THREADS"} <= set(about["thread_settings"])
     git = about["git"]
@@ -85,14 +86,21 @@ def test_bench_lstm_times_every_runner_and_lists_the_others_as_skipped(capsys):
         assert ("skipped: " in line) == (record["status"] == "skipped")
 
 
-def test_bench_lstm_times_the_cpu_backends_blas_per_step_products_beside_its_default():
+def test_bench_lstm_times_every_forced_cpu_variant_beside_the_tuned_default():
     factories, _ = bench_lstm.runner_factories()
     if "cpu" not in factories:
         pytest.skip("the cpu backend cannot run here")
     tiny = bench_lstm.Config("tiny", batch=4, hidden=8, layers=1, seq_len=3)
-    blas = factories["cpu-blas-steps"](tiny)
-    assert blas.name == "cpu-blas-steps" and blas.launch_details()["step_products"] == "blas"
-    assert factories["cpu"](tiny).launch_details()["step_products"] in ("tiled", "blas")
+    variants = bench_lstm.cpu_variants()
+    assert {"cpu-blas-1lane", "cpu-tiled-1lane"} <= set(variants) <= set(factories)
+    for label, choice in variants.items():
+        forced = factories[label](tiny).launch_details()
+        assert forced["backend_choices"] == choice and forced["tuning"]["source"] == "given"
+    default = factories["cpu"](tiny).launch_details()
+    assert default["backend_choices"] in variants.values()
+    assert default["tuning"]["source"] in ("measured", "cached")
+    assert set(default["tuning"]["timings_ms"]) == {" ".join(f"{k}={v}" for k, v in c.items())
+                                                     for c in variants.values()}
 
 
 def test_bench_step_product_checks_and_times_every_block_and_records_the_machine(tmp_path, capsys):
@@ -148,11 +156,11 @@ def test_bench_sampler_writes_dated_records(tmp_path, capsys):
 
 
 def test_machine_reads_vector_flags_and_leaves_unknowns_empty(tmp_path):
-    assert machine.vector_flags({"flags": "fpu sse4_2 avx avx2 fma avx512f"}) == \
+    assert ltexec.machine.vector_flags({"flags": "fpu sse4_2 avx avx2 fma avx512f"}) == \
         ["sse4_2", "avx", "avx2", "fma", "avx512f"]
-    assert machine.vector_flags({"Features": "fp asimd sve"}) == ["asimd", "sve"]
-    assert machine.vector_flags({}) is None
-    assert machine.processor_name({"model name": "AMD EPYC"}) == "AMD EPYC"
+    assert ltexec.machine.vector_flags({"Features": "fp asimd sve"}) == ["asimd", "sve"]
+    assert ltexec.machine.vector_flags({}) is None
+    assert ltexec.machine.processor_name({"model name": "AMD EPYC"}) == "AMD EPYC"
     assert machine.git_revision(tmp_path) == {"commit": None, "dirty": None}
 
 

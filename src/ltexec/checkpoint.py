@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ltexec.atomic import atomic_write
 from ltexec.config import TrainConfig
 from ltexec.curriculum import Curriculum
 
@@ -61,22 +60,6 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     payload = {name: np.asarray(value, order="C") for name, value in arrays.items()}
     payload[_META_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, lambda handle: np.savez(handle, **payload))
-
-
-def atomic_write(path, write) -> None:
-    """Create ``path`` through ``write(binary_handle)``: a temporary file in its folder, synced, then renamed."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
 
 
 def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
@@ -144,6 +127,7 @@ def run_state(trainer) -> tuple[dict[str, np.ndarray], dict]:
         "history": list(trainer.history),
         "spikes": trainer.spikes,
         "lowest_loss": trainer.lowest_loss,
+        "backend": {"name": backend.name, "choices": backend.choices},
     }
     return arrays, meta
 
@@ -157,6 +141,20 @@ def read_checkpoint(out_dir) -> tuple[dict, dict, TrainConfig]:
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint in {out_dir} has an unusable configuration ({error})") from None
     return arrays, meta, config
+
+
+def recorded_backend_options(meta: dict, backend: str) -> dict:
+    """The backend choices a checkpoint recorded, as options for ``backend`` (a name or ``"auto"``).
+
+    Empty where the checkpoint recorded none (written before choices were
+    recorded) or ``backend`` resolves to another backend than the one that
+    recorded them (their options would not apply).
+    """
+    from ltexec.backends import resolve_backend_name
+    recorded = meta.get("backend")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("choices"), dict):
+        return {}
+    return dict(recorded["choices"]) if resolve_backend_name(backend) == recorded.get("name") else {}
 
 
 def restore_run(trainer, arrays: dict, meta: dict) -> None:

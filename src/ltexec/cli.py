@@ -1,9 +1,10 @@
-"""The ``ltexec`` command line: ``sample``, ``train``, ``sweep``, ``plot`` and ``predict``.
+"""The ``ltexec`` command line: ``sample``, ``train``, ``sweep``, ``plot``, ``predict`` and ``tune``.
 
 ``ltexec sample`` prints a task's examples, ``ltexec train`` trains (or
 resumes) one run, ``ltexec sweep`` trains a grid of runs, ``ltexec plot``
-draws a sweep's heatmaps and ``ltexec predict`` shows what a trained run
-answers for programs given to it. Every bad argument, a bad path included,
+draws a sweep's heatmaps, ``ltexec predict`` shows what a trained run
+answers for programs given to it and ``ltexec tune`` shows (or measures
+again) the backend choices the tuner made on this machine. Every bad argument, a bad path included,
 ends the command with exit status 2 and one line naming the argument and
 what is wrong; no traceback.
 """
@@ -349,6 +350,59 @@ def _run_predict(args) -> None:
             print(("\n" if number else "") + format_prediction(prediction))
 
 
+def _add_tune(subparsers) -> None:
+    from ltexec.backends import BACKENDS
+    from ltexec.config import DTYPES, TrainConfig
+
+    d = TrainConfig()
+    parser = subparsers.add_parser(
+        "tune", help="show (or measure again) the backend choices timed on this machine",
+        description="The cpu backend times its candidate code paths (per-step products, lanes) at a "
+                    "run's shapes the first time and remembers the fastest per machine (the file named on "
+                    "the first line; LTEXEC_TUNE_CACHE moves it, or turns it off with 'off'). This "
+                    "command tunes one workload (default: the paper's model), then lists every choice "
+                    "remembered for this machine with each candidate's time. --refresh measures them "
+                    "all again.")
+    add = parser.add_argument
+    add("--hidden", type=int_arg("hidden", 1), default=d.hidden, help=f"LSTM units per layer (default {d.hidden})")
+    add("--batch", type=int_arg("batch", 1), default=d.batch, help=f"batch size (default {d.batch})")
+    add("--window", type=int_arg("window", 1), default=d.window, help=f"unrolled steps (default {d.window})")
+    add("--dtype", choices=DTYPES, default=d.dtype, help=f"floating-point type (default {d.dtype})")
+    add("--threads", type=int_arg("threads", 1), help="the most threads (cpu lanes) (default: one per core)")
+    add("--backend", choices=("auto",) + tuple(BACKENDS), default="auto",
+        help="compute backend (default auto: the best one that runs here)")
+    add("--refresh", action="store_true", help="measure again instead of taking remembered choices")
+    parser.set_defaults(run=_run_tune)
+
+
+def _run_tune(args) -> None:
+    from ltexec.backends import get_backend
+    from ltexec.tuning import cache_path, remembered
+
+    path = cache_path()
+    print(f"tuning cache: {path if path is not None else 'off (LTEXEC_TUNE_CACHE=off): nothing is remembered'}")
+    options = {} if args.threads is None else {"threads": args.threads}
+    backend = get_backend(args.backend, args.dtype, **options)
+    tuning = backend.tune(args.window, args.batch, args.hidden, refresh=args.refresh)
+    print(f"{backend.name}, window {args.window}, batch {args.batch}, {args.hidden} units, {args.dtype}: "
+          + (tuning.describe() if tuning is not None else "nothing to choose on this backend"))
+    entries = remembered()
+    if args.refresh:
+        for entry in entries:
+            w = entry["workload"]
+            if w.get("backend") == "cpu" and (w["window"], w["batch"], w["hidden"], w["dtype"], w["threads"]) != \
+                    (min(args.window, 16), args.batch, args.hidden, args.dtype, args.threads):
+                get_backend("cpu", w["dtype"], threads=w["threads"]).tune(w["window"], w["batch"], w["hidden"],
+                                                                           refresh=True)
+        entries = remembered()
+    print(f"remembered for this machine: {len(entries)}")
+    for entry in entries:
+        times = ", ".join(f"{name} {ms:.2f} ms" for name, ms in entry["timings_ms"].items())
+        threads = entry["workload"].get("threads")
+        print(f"  {entry['describe']}{'' if threads is None else f', threads {threads}'} ({entry['date']}): "
+              f"{' '.join(f'{k}={v}' for k, v in entry['choice'].items())}; {times}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="ltexec",
@@ -362,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(subparsers)
     _add_plot(subparsers)
     _add_predict(subparsers)
+    _add_tune(subparsers)
     return parser
 
 

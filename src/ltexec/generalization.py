@@ -9,7 +9,7 @@ examples at ``length + k`` and, for programs, ``nesting + k``.
 
 from __future__ import annotations
 
-from ltexec.checkpoint import arrays_under, read_checkpoint
+from ltexec.checkpoint import arrays_under, read_checkpoint, recorded_backend_options
 from ltexec.config import TrainConfig, build_model
 from ltexec.evaluation import evaluate
 from ltexec.model import LSTMModel
@@ -32,10 +32,13 @@ def beyond_levels(task: str, length: int, nesting: int, offsets) -> list[dict]:
 def load_trained_model(run_dir, backend=None) -> tuple[LSTMModel, TrainConfig]:
     """The model and configuration of the checkpoint in ``run_dir``.
 
-    ``backend``: a name or Backend instance to load it on (default: the run's backend).
+    ``backend``: a name or Backend instance to load it on (default: the run's
+    backend); by name, with the backend choices the run recorded where they apply.
     """
-    arrays, _, config = read_checkpoint(run_dir)
-    model = build_model(config, backend)
+    arrays, meta, config = read_checkpoint(run_dir)
+    name = config.backend if backend is None else backend
+    options = recorded_backend_options(meta, name) if isinstance(name, str) else {}
+    model = build_model(config, backend, **options)
     model.load_params(arrays_under(arrays, "param"))
     return model, config
 

@@ -86,13 +86,16 @@ class Reporter:
         self.live_stream = live if live is not None else (sys.stderr if sys.stderr.isatty() else None)
         self._last_live = 0.0
 
-    def started(self, config, lr: float, backend) -> None:
-        """The run's configuration, its current learning rate and the backend it runs on (with its launch mode)."""
+    def started(self, config, lr: float, backend, tuning=None) -> None:
+        """The run's configuration, its current learning rate and the backend it runs on (with its launch mode),
+        then, where the backend had options to fix (``tuning``), what it chose and how fast each candidate was."""
         mode = getattr(backend, "launch_mode", None)   # GPU backends: how the LSTM recurrence is launched
         where = backend.device_name() + (f"; {mode}" if mode else "")
         self.log(f"ltexec train: {config.task} length {config.length} nesting {config.nesting}, "
                  f"{config.strategy} curriculum, {config.layers}x{config.hidden} LSTM, batch {config.batch}, "
                  f"window {config.window}, lr {lr:g}, backend {backend.name} ({where})")
+        if tuning is not None:
+            self.log(f"backend choices: {tuning.describe()}")
 
     def resumed(self, path, step: int) -> None:
         self.log(f"resumed from {path} at step {step}")

@@ -39,7 +39,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from ltexec.checkpoint import atomic_write, checkpoint_path
+from ltexec.atomic import atomic_write
+from ltexec.checkpoint import checkpoint_path
 from ltexec.config import TrainConfig
 from ltexec.curriculum import STRATEGIES
 from ltexec.generalization import evaluate_beyond

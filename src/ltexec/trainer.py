@@ -61,8 +61,8 @@ from pathlib import Path
 from typing import Callable
 
 from ltexec.batching import StreamBatcher, pack_examples
-from ltexec.checkpoint import (checkpoint_path, load_training_state, read_checkpoint, restore_run, run_state,
-                               save_run)
+from ltexec.checkpoint import (checkpoint_path, load_training_state, read_checkpoint, recorded_backend_options,
+                               restore_run, run_state, save_run)
 from ltexec.config import BUDGET, TrainConfig, build_model
 from ltexec.curriculum import Curriculum
 from ltexec.evaluation import evaluate
@@ -91,6 +91,8 @@ class Trainer:
         self.report = Reporter(log)
         cfg = self.config
         self.model = build_model(cfg, **backend_options)
+        # Fix the backend's speed-only options (timed or remembered) at the training step's shapes.
+        self.tuning = self.model.backend.tune(cfg.window, cfg.batch, cfg.hidden)
         self.optimizer = SGD(lr=cfg.lr, momentum=cfg.momentum, clip=cfg.clip)
         self.curriculum = Curriculum(cfg.strategy, cfg.length, cfg.nesting, draw=cfg.draw)
         self.rng = random.Random(derive_seed(cfg.seed, "train"))
@@ -154,7 +156,7 @@ class Trainer:
         """
         cfg = self.config
         self._stop_when = stop_when
-        self.report.started(cfg, self.optimizer.lr, self.model.backend)
+        self.report.started(cfg, self.optimizer.lr, self.model.backend, self.tuning)
         if cfg.spike_factor is not None:
             self._last_good = run_state(self)
         previous_handler = signal.getsignal(signal.SIGINT)
@@ -237,6 +239,7 @@ class Trainer:
             "val_exact_acc": val.exact_acc,
             "test_char_acc": test.char_acc,
             "test_exact_acc": test.exact_acc,
+            "backend_choices": self.model.backend.choices,
         }
         spike = self._spike(figures.mean_loss, diverged)
         if spike:
@@ -318,6 +321,7 @@ class Trainer:
         return {
             "task": self.config.task, "length": self.config.length, "nesting": self.config.nesting,
             "strategy": self.config.strategy, "backend": self.model.backend.name,
+            "backend_choices": self.model.backend.choices,
             "steps": self.step, "minutes": round(self.elapsed / 60.0, 3),
             "chars_per_s": last.get("chars_per_s"),
             "teacher_forced_acc": last.get("test_char_acc"),
@@ -335,7 +339,9 @@ def open_run(config: TrainConfig | dict, out_dir=None, resume: bool = False,
     ``out_dir`` that already holds a checkpoint (it would overwrite it). A
     resumed run takes its configuration from the checkpoint: the budget
     (minutes, max_steps) given replaces the checkpoint's, and every other
-    field given must equal it. ``log`` and ``backend_options`` go to :class:`Trainer`.
+    field given must equal it; it keeps the backend choices the checkpoint
+    recorded (:func:`~ltexec.checkpoint.recorded_backend_options`) unless
+    ``backend_options`` name others. ``log`` and ``backend_options`` go to :class:`Trainer`.
     """
     given = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config)
     if out_dir is not None:
@@ -353,7 +359,7 @@ def open_run(config: TrainConfig | dict, out_dir=None, resume: bool = False,
         if name not in BUDGET and getattr(wanted, name) != getattr(saved, name):
             raise ValueError(f"{name}={given[name]!r} does not match the checkpoint in {out_dir}, which was "
                              f"trained with {name}={getattr(saved, name)!r}; leave it out to resume")
-    trainer = Trainer(wanted, out_dir, log, **backend_options)
+    trainer = Trainer(wanted, out_dir, log, **{**recorded_backend_options(meta, wanted.backend), **backend_options})
     restore_run(trainer, arrays, meta)
     trainer.report.resumed(checkpoint_path(out_dir), trainer.step)
     return trainer

@@ -19,7 +19,7 @@ import numpy as np
 from ltexec.backends.base import Backend, BackendUnavailable
 
 __all__ = ["Backend", "BackendUnavailable", "BACKENDS", "REGISTRY", "available_backends", "backend_options",
-           "get_backend"]
+           "get_backend", "resolve_backend_name"]
 
 REGISTRY = (
     ("cupy", "ltexec.backends.cupy_backend:CupyBackend"),
@@ -60,6 +60,18 @@ def get_backend(name: str = "auto", dtype=np.float32, **options) -> Backend:
     :class:`BackendUnavailable` (with the reason) for a backend that cannot
     run here.
     """
+    name = resolve_backend_name(name)
+    cls = _backend_class(name)
+    accepted = backend_options(cls)
+    unknown = [option for option in options if option not in accepted]
+    if unknown:
+        raise ValueError(f"backend {name!r} takes no option {unknown[0]!r}; "
+                         f"its options are: {', '.join(accepted)}")
+    return cls(dtype, **options)
+
+
+def resolve_backend_name(name: str = "auto") -> str:
+    """The backend ``name`` stands for (``"auto"``: the best that runs here); errors as :func:`get_backend`'s."""
     if name == "auto":
         usable = (n for n in BACKENDS if _unavailable_reason(n) is None)
         name = next(usable, None)
@@ -71,13 +83,7 @@ def get_backend(name: str = "auto", dtype=np.float32, **options) -> Backend:
         reason = _unavailable_reason(name)
         if reason is not None:
             raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
-    cls = _backend_class(name)
-    accepted = backend_options(cls)
-    unknown = [option for option in options if option not in accepted]
-    if unknown:
-        raise ValueError(f"backend {name!r} takes no option {unknown[0]!r}; "
-                         f"its options are: {', '.join(accepted)}")
-    return cls(dtype, **options)
+    return name
 
 
 def backend_options(cls: type[Backend]) -> tuple[str, ...]:

@@ -100,6 +100,12 @@ given (:func:`option_from_environment`); these are all of them:
 * ``LTEXEC_NUMBA_CUDA_PERSISTENT`` for ``NumbaCudaBackend(persistent=)``:
   ``auto`` (default), 1/true/yes/on (required) or 0/false/no/off (never).
 
+Tuning: ``tune(window, batch, hidden)`` fixes, for that workload, the
+options that change speed and not results beyond rounding (the ``cpu``
+backend times its candidates, :mod:`ltexec.tuning`); ``choices`` is what was
+fixed, as constructor options, so a checkpoint can record them and a resumed
+run can pass them back. Backends with nothing to choose return None and {}.
+
 Housekeeping: ``name``, ``xp``, ``dtype``, ``threads``, ``device_name()``,
 ``asarray(host_array)`` (host to backend; floating data becomes
 ``self.dtype``), ``to_numpy(array)``, ``synchronize()`` (wait for queued
@@ -253,6 +259,23 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dtype={self.dtype.name})"
+
+    # ---------------------------------------------------------------- tuning
+
+    def tune(self, window: int, batch: int, hidden: int, refresh: bool = False):
+        """Fix the options that change speed and not results (beyond rounding) for this workload.
+
+        ``window`` steps of ``batch`` sequences through layers of ``hidden``
+        units. Returns a :class:`~ltexec.tuning.Tuning` (what was chosen, how,
+        each candidate's time), or None for a backend with nothing to choose.
+        A backend fixes its choice once: later calls return the same one.
+        """
+        return None
+
+    @property
+    def choices(self) -> dict:
+        """The options fixed so far that reproduce this backend's arithmetic, as constructor options."""
+        return {}
 
     # ---------------------------------------------------------------- arrays
 

@@ -20,13 +20,20 @@ and keeps everything else out of their way:
   Softmax, loss, argmax and the logits gradient are one pass as well.
 * The per-step products (``h_{t-1} Wh``, ``da_t Wh^T``) take ~50 rows per
   lane, a shape the BLAS runs far below the core's peak, repacking the weight
-  matrix on every call. With ``step_products="tiled"`` (the default for
-  float32 on CPUs with AVX-512) the matrix is packed once per window and a
-  register-blocked Numba kernel (:mod:`.cpu_step_kernels`) runs each step's
-  product; ``"blas"`` (the default elsewhere) calls ``np.matmul``.
+  matrix on every call. With ``step_products="tiled"`` the matrix is packed
+  once per window and a register-blocked Numba kernel
+  (:mod:`.cpu_step_kernels`) runs each step's product; ``"blas"`` calls
+  ``np.matmul``.
 * The cores work in :class:`Lanes`: a layer's recurrence is split by batch
   columns (independent sequences, so lanes never wait for each other inside
-  a window) and large products by rows, each lane with a single-threaded BLAS.
+  a window) and large products by rows, each lane with a single-threaded BLAS;
+  or, with one lane, the caller's thread runs everything with the BLAS's own threads.
+* Which per-step products and how many lanes is measured, not ruled: with
+  ``"auto"`` (the default for both) the backend times the candidates at the
+  workload's shapes the first time it runs (or when :meth:`CpuBackend.tune`
+  is called) and keeps the fastest, remembered per machine
+  (:mod:`ltexec.tuning`). On a Zen 4 the tiled kernel wins; on an Intel Xeon
+  with two 512-bit FMA units OpenBLAS's own kernels beat it.
 * Products write into preallocated buffers (``np.matmul(..., out=...)``),
   reused from a pool keyed by shape and dtype (:class:`~.common.BufferPool`),
   so a step allocates (and the OS zero-fills) no new memory after the first one.
@@ -45,15 +52,26 @@ import functools
 import os
 import queue
 import threading
+import time
 
 import numpy as np
 
 from ltexec.backends.base import Backend
 from ltexec.backends.common import BufferPool, LstmCache
-from ltexec.validation import check_choice
+from ltexec.machine import usable_cores
+from ltexec.validation import check_choice, check_int
 
 STEP_PRODUCTS = ("auto", "blas", "tiled")
-"""How the recurrence's per-step products run: see :func:`choose_step_products`."""
+"""How the recurrence's per-step products run: timed (auto), the BLAS, or the tiled kernel."""
+
+TUNING_STEPS = 16
+"""Most steps of the window the tuner times: enough that the per-step work weighs as in training (at 4 steps
+the window-wide products weigh so much that one lane with the BLAS's threads looked as fast as two lanes,
+and was 20% slower over 50 steps at the paper's size)."""
+
+SETTLE_S = 0.1
+"""Pause before timing a candidate with lanes after one without: OpenBLAS's idle threads spin for up to ~0.1 s
+after its last multi-threaded product and would take the cores from the lanes."""
 
 TILE_ROWS = 5
 """Rows of a tile of the tiled per-step product (5 x 64 or 5 x 80 floats: 20 or 25 AVX-512 registers)."""
@@ -126,8 +144,7 @@ class Lanes:
     def __init__(self, count: int | None = None):
         self._set_blas_threads = _openblas_thread_setter()
         if count is None:
-            usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            count = usable or 1
+            count = usable_cores()
         if count < 1:
             raise ValueError(f"lanes must be at least 1, got {count}")
         self.count = count if self._set_blas_threads else 1
@@ -242,19 +259,6 @@ class CpuLstmCache(LstmCache):
         self.E, self.x = E, x                         # copies of E (V,D) and the ids (T,B), or None
 
 
-def choose_step_products(choice: str, dtype) -> str:
-    """``"blas"`` or ``"tiled"``: ``choice`` itself, or for ``"auto"`` tiled where its tiles fit the registers.
-
-    The tiled kernel keeps its float32 tiles in AVX-512's 32 vector registers;
-    without AVX-512, or in float64, they would spill, so auto takes the BLAS.
-    """
-    choice = check_choice("step_products", choice, STEP_PRODUCTS)
-    if choice != "auto":
-        return choice
-    from ltexec.backends.cpu_step_kernels import host_has_avx512
-    return "tiled" if np.dtype(dtype) == np.float32 and host_has_avx512() else "blas"
-
-
 def per_step_product(W, how: str, take):
     """``step(a, out)``: ``out = a @ W`` for the ~50-row blocks of one lane and step, W fixed for the window.
 
@@ -282,10 +286,13 @@ class CpuBackend(Backend):
 
     ``threads``: the most threads that share the work, i.e. the most lanes
     (default: one per usable core where the BLAS allows it, see
-    :class:`Lanes`); ``lanes`` is the resulting :class:`Lanes`.
+    :class:`Lanes`). ``lanes``: ``"auto"`` (default) or a count from 1 to
+    that most; ``self.lanes`` is the resulting :class:`Lanes`.
     ``step_products``: ``"auto"`` (default), ``"blas"`` or ``"tiled"``, how
-    the recurrence's per-step products run (:func:`choose_step_products`; the
-    module docstring says why); ``self.step_products`` is the choice made.
+    the recurrence's per-step products run (the module docstring says why).
+    An ``"auto"`` option is fixed by timing at the first layer's shapes, or
+    by :meth:`tune` (``self.tuning`` says how; ``self.choices`` is what was
+    fixed); a given one is never timed.
 
     ``embedding_lstm_forward`` computes with ``E Wx`` and ``E^T S`` where that
     is less work than with X; its cache keeps copies of E and x, so the
@@ -295,16 +302,81 @@ class CpuBackend(Backend):
     name = "cpu"
     xp = np
 
-    def __init__(self, dtype=np.float32, *, threads: int | None = None, step_products: str = "auto"):
+    def __init__(self, dtype=np.float32, *, threads: int | None = None, step_products: str = "auto",
+                 lanes: int | str = "auto"):
         super().__init__(dtype, threads=threads)
-        self.step_products = choose_step_products(step_products, self.dtype)
+        self.step_products = check_choice("step_products", step_products, STEP_PRODUCTS)
+        self.lanes = Lanes(self.threads)                 # the most lanes, until a choice says fewer
+        if lanes != "auto":
+            most = self.threads or self.lanes.count
+            if isinstance(lanes, str) and not lanes.strip().isdigit():
+                raise ValueError(f"lanes must be 'auto' or an integer from 1 to {most}; got {lanes!r}")
+            self.lanes = Lanes(check_int("lanes", lanes, minimum=1, maximum=most))
+        self._products_given, self._lanes_given = step_products != "auto", lanes != "auto"
+        self.tuning = None
         from ltexec.backends import cpu_kernels   # compiles (or loads cached) kernels on first use
         self._k = cpu_kernels
         self._pool = BufferPool()
-        self.lanes = Lanes(self.threads)
 
     def device_name(self) -> str:
         return f"{super().device_name()}, {self.lanes.count} lane{'s' if self.lanes.count > 1 else ''}"
+
+    @property
+    def choices(self) -> dict:
+        if self.tuning is not None:
+            return dict(self.tuning.choice)
+        given = {"step_products": (self._products_given, self.step_products),
+                 "lanes": (self._lanes_given, self.lanes.count)}
+        return {name: value for name, (fixed, value) in given.items() if fixed}
+
+    def tune(self, window: int, batch: int, hidden: int, refresh: bool = False):
+        """Time every combination of the ``"auto"`` options on one layer at these shapes; keep the fastest.
+
+        The candidates: per-step products blas and tiled; lanes the most and 1.
+        Each times one layer's forward and backward over up to
+        :data:`TUNING_STEPS` steps on random data.
+        """
+        if self.tuning is not None and not refresh:
+            return self.tuning
+        from ltexec.tuning import choose
+        window = check_int("window", window, minimum=1)
+        B, H = check_int("batch", batch, minimum=1), check_int("hidden", hidden, minimum=1)
+        T = min(window, TUNING_STEPS)
+        products = [self.step_products] if self._products_given else ["blas", "tiled"]
+        lanes = [self.lanes.count] if self._lanes_given else sorted({Lanes(self.threads).count, 1}, reverse=True)
+        candidates = [{"step_products": p, "lanes": n} for p in products for n in lanes]
+        workload = {"backend": self.name, "dtype": self.dtype.name, "window": T, "batch": B, "hidden": H,
+                    "threads": self.threads}
+        describe = f"one layer, {T} steps, batch {B}, {H} units, {self.dtype.name}"
+        self.tuning = choose(candidates, self._tuning_run(T, B, H), workload, describe, refresh=refresh)
+        self.step_products = self.tuning.choice["step_products"]
+        self.lanes = Lanes(self.tuning.choice["lanes"])
+        return self.tuning
+
+    def _tuning_run(self, T: int, B: int, H: int):
+        """``run(choice)``: one layer's forward and backward on a backend with those options, random data."""
+        rng = np.random.default_rng(0)
+
+        def draw(*shape):
+            return (0.1 * rng.standard_normal(shape)).astype(self.dtype)
+
+        xs, h0, c0, Wx, Wh, b, dhs = draw(T, B, H), draw(B, H), draw(B, H), draw(H, 4 * H), draw(H, 4 * H), \
+            draw(4 * H), draw(T, B, H)
+        dh, backends, previous = np.empty_like(dhs), {}, [None]
+
+        def run(choice):
+            key = tuple(choice.items())
+            if key not in backends:
+                backends[key] = CpuBackend(self.dtype, threads=self.threads, **choice)
+            backend = backends[key]
+            if previous[0] == 1 and backend.lanes.count > 1:
+                time.sleep(SETTLE_S)
+            previous[0] = backend.lanes.count
+            _, hT, cT, cache = backend.lstm_forward(xs, h0, c0, Wx, Wh, b, True)
+            np.copyto(dh, dhs)                             # the backward pass may overwrite its dhs
+            backend.lstm_backward(dh, hT, cT, cache)
+
+        return run
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -318,11 +390,13 @@ class CpuBackend(Backend):
 
     def lstm_forward(self, xs, h0, c0, Wx, Wh, b, training: bool):
         T, B, D, H = self._check_lstm_forward(xs, h0, c0, Wx, Wh, b)
+        self.tune(T, B, H)
         return self._lstm_forward(xs, h0, c0, Wx, Wh, b, training, T, B, D, H)
 
     def embedding_lstm_forward(self, E, x, h0, c0, Wx, Wh, b, training: bool):
         """On ``E Wx`` where that is less work than a lookup and ``X Wx`` (2V <= T*B), else the same as those."""
         x, T, B, V, D, H = self._check_embedding_lstm_forward(E, x, h0, c0, Wx, Wh, b)
+        self.tune(T, B, H)
         if 2 * V > T * B:
             xs = self._gather(E, x, D)
             return self._lstm_forward(xs, h0, c0, Wx, Wh, b, training, T, B, D, H)
