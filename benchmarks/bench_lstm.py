@@ -334,16 +334,16 @@ def bench_config(cfg: Config, quick: bool, repeats: int) -> list[dict]:
 
 
 def print_table(records: list[dict]) -> None:
-    header = (f"{'config':<7}{'backend':<12}{'ms/step':>10}{'chars/s':>10}{'GFLOP/s':>9}{'of peak':>9}{'vs torch':>9}"
+    header = (f"{'config':<7}{'backend':<18}{'ms/step':>10}{'chars/s':>10}{'GFLOP/s':>9}{'of peak':>9}{'vs torch':>9}"
               "  launch mode")
     print(header)
     print("-" * len(header))
     for r in records:
         if r["status"] != "ok":
-            print(f"{r['config']:<7}{r['backend']:<12}  skipped: {r['reason']}")
+            print(f"{r['config']:<7}{r['backend']:<18}  skipped: {r['reason']}")
             continue
         vs_torch = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
-        print(f"{r['config']:<7}{r['backend']:<12}{r['ms_per_step']:>10.1f}{r['chars_per_s']:>10.0f}"
+        print(f"{r['config']:<7}{r['backend']:<18}{r['ms_per_step']:>10.1f}{r['chars_per_s']:>10.0f}"
               f"{r['gflops']:>9.1f}{r['fraction_of_gemm_peak']:>9.0%}{vs_torch:>9}  {r['launch_mode'] or '-'}")
 
 

@@ -35,7 +35,7 @@ from machine import REPOSITORY, machine
 SCRIPT = REPOSITORY / "examples" / "train_addition.py"
 FROM_SUMMARY = ("target_minutes", "target_step", "first_target_minutes", "first_target_step",
                 "teacher_forced_acc", "exact_match_acc", "test_examples", "steps", "minutes", "chars_per_s",
-                "spikes", "stopped", "length", "backend", "config")
+                "spikes", "stopped", "length", "backend", "backend_choices", "config")
 """The keys of the job's summary line each seed's record keeps (None where the job failed)."""
 OWN_OPTIONS = ("--seed", "--out", "--stop-at-target")
 """The job's options this script sets itself."""

@@ -155,6 +155,7 @@ def main(argv=None) -> int:
         "exact_match_acc": round(test.exact_acc, 4), "test_examples": test.examples,
         "seed": args.seed, "config": preset,
         "stopped": run["stopped"], "spikes": run["spikes"], **target.summary(),
+        "backend_choices": run["backend_choices"],
     }
     if checkpoint_path(out).exists():
         print(f'try it: ltexec predict --run {shlex.quote(str(out))} "{final_test[0].input}"')

@@ -20,18 +20,6 @@ def test_host_has_avx512_is_a_bool():
     assert isinstance(host_has_avx512(), bool)
 
 
-@pytest.mark.parametrize("avx512, dtype, chosen", [(True, np.float32, "tiled"), (False, np.float32, "blas"),
-                                                   (True, np.float64, "blas"), (False, np.float64, "blas")])
-def test_auto_takes_the_tiles_only_for_float32_with_avx512(monkeypatch, avx512, dtype, chosen):
-    """An AVX2-only CPU, or float64, keeps the BLAS per-step products, i.e. the code it ran before the tiles."""
-    from ltexec.backends import cpu_step_kernels
-    from ltexec.backends.cpu import CpuBackend, choose_step_products
-    monkeypatch.setattr(cpu_step_kernels, "host_has_avx512", lambda: avx512)
-    assert choose_step_products("auto", dtype) == chosen
-    assert CpuBackend(dtype).step_products == chosen
-    assert choose_step_products("blas" if chosen == "tiled" else "tiled", dtype) != chosen   # explicit wins
-
-
 def test_an_unknown_step_products_choice_is_named():
     from ltexec.backends.cpu import CpuBackend
     with pytest.raises(ValueError, match="fast"):

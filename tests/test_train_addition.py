@@ -20,7 +20,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_addition.py"
 SUMMARY_KEYS = {"task", "length", "backend", "minutes", "chars_per_s", "teacher_forced_acc", "exact_match_acc"}
 ORDER = ["task", "length", "backend", "minutes", "steps", "chars_per_s", "teacher_forced_acc", "exact_match_acc",
          "test_examples", "seed", "config", "stopped", "spikes", "first_target_step", "first_target_minutes",
-         "target_step", "target_minutes"]
+         "target_step", "target_minutes", "backend_choices"]
 """Every key of the summary line, in order: tools read it, so keys are only ever added at the end."""
 QUICK = ("--length", "1", "--hidden", "8", "--eval-every", "20", "--backend", "numpy")
 

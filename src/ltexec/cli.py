@@ -387,13 +387,12 @@ def _run_tune(args) -> None:
     print(f"{backend.name}, window {args.window}, batch {args.batch}, {args.hidden} units, {args.dtype}: "
           + (tuning.describe() if tuning is not None else "nothing to choose on this backend"))
     entries = remembered()
-    if args.refresh:
+    if args.refresh:                                     # measure every other remembered workload again too
         for entry in entries:
             w = entry["workload"]
-            if w.get("backend") == "cpu" and (w["window"], w["batch"], w["hidden"], w["dtype"], w["threads"]) != \
-                    (min(args.window, 16), args.batch, args.hidden, args.dtype, args.threads):
-                get_backend("cpu", w["dtype"], threads=w["threads"]).tune(w["window"], w["batch"], w["hidden"],
-                                                                           refresh=True)
+            if (entry["describe"], w.get("threads")) != (getattr(tuning, "workload", None), backend.threads):
+                get_backend(w["backend"], w["dtype"], threads=w["threads"]).tune(
+                    w["window"], w["batch"], w["hidden"], refresh=True)
         entries = remembered()
     print(f"remembered for this machine: {len(entries)}")
     for entry in entries:

@@ -8,11 +8,13 @@ the shapes in use, and remembers:
 * :func:`choose` runs each candidate's workload once untimed (compiling its
   kernels, filling its buffers), then in passes: per candidate, untimed runs
   for :data:`WARM_S` (caches and threads settle after the previous
-  candidate) and :data:`REPEATS` timed ones, the candidates' order reversed
-  from pass to pass; passes go on while the next one fits the budget
-  (:data:`BUDGET_S`, at least one, at most :data:`MAX_PASSES`). The fastest
-  run of each candidate is its time (interference from the machine or the
-  previous candidate only ever adds time), and the fastest candidate wins.
+  candidate) and :data:`REPEATS` timed ones, in the order given (a caller
+  orders its candidates so that one leaves the least behind for the next);
+  :data:`MIN_PASSES` passes, then more while the next one
+  fits the budget (:data:`BUDGET_S`), at most :data:`MAX_PASSES`. A
+  candidate's time is the median of its timed runs (not the fastest: one lane
+  with a multi-threaded BLAS has a fast tail that the steady state does not
+  keep), and the fastest candidate wins.
 * The choice and every candidate's time go into a JSON cache file keyed by
   what decides speed (:func:`ltexec.machine.speed_key`: CPU, cores, BLAS
   library and kernel, versions) and by the workload (backend, dtype, shapes),
@@ -37,6 +39,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Callable
 
 from ltexec.atomic import atomic_write
@@ -49,9 +52,10 @@ FORMAT = "ltexec-tuning"
 VERSION = 1
 
 BUDGET_S = 1.0
-"""Seconds of timed passes a tuning aims at (the untimed first runs, which compile, come on top)."""
+"""Seconds of passes after which no further one starts (the first runs, which compile, come on top)."""
+MIN_PASSES = 1
 MAX_PASSES = 3
-REPEATS = 2
+REPEATS = 3
 """Timed runs of a candidate per pass."""
 WARM_S = 0.02
 """Untimed runs of a candidate (at least one) before its timed ones in each pass, in seconds."""
@@ -71,7 +75,7 @@ class Tuning:
     """How a backend's speed-only options were fixed.
 
     ``choice``: the options taken (they reproduce the run as constructor
-    options); ``timings_ms``: each candidate's fastest time for ``workload``
+    options); ``timings_ms``: each candidate's median time for ``workload``
     (None unless something was chosen); ``source``: ``"measured"``,
     ``"cached"`` (this machine measured it before) or ``"given"`` (the caller
     fixed every option); ``seconds``: what choosing cost here.
@@ -188,8 +192,7 @@ def measure(candidates: list[dict], run: Callable[[dict], None], budget_s: float
     times: dict[str, list[float]] = {label(c): [] for c in candidates}
     started = clock()
     for done in range(1, MAX_PASSES + 1):
-        order = candidates if done % 2 else candidates[::-1]
-        for candidate in order:
+        for candidate in candidates:
             warm_from = clock()
             run(candidate)
             while clock() - warm_from < WARM_S:
@@ -199,7 +202,7 @@ def measure(candidates: list[dict], run: Callable[[dict], None], budget_s: float
                 run(candidate)
                 times[label(candidate)].append(clock() - t0)
         spent = clock() - started
-        if spent + spent / done > budget_s:
+        if done >= MIN_PASSES and spent + spent / done > budget_s:
             break
     return times
 
@@ -238,7 +241,7 @@ def choose(candidates: list[dict], run: Callable[[dict], None], workload: dict, 
             _chosen[key] = tuning
             return tuning
     times = measure(candidates, run, budget_s, clock)
-    timings_ms = {name: round(1e3 * min(seconds), 3) for name, seconds in times.items()}
+    timings_ms = {name: round(1e3 * median(seconds), 3) for name, seconds in times.items()}
     best = min(timings_ms, key=timings_ms.get)
     tuning = Tuning(dict(names[best]), timings_ms, describe, "measured", time.perf_counter() - started)
     _chosen[key] = tuning

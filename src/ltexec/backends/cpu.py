@@ -344,7 +344,8 @@ class CpuBackend(Backend):
         T = min(window, TUNING_STEPS)
         products = [self.step_products] if self._products_given else ["blas", "tiled"]
         lanes = [self.lanes.count] if self._lanes_given else sorted({Lanes(self.threads).count, 1}, reverse=True)
-        candidates = [{"step_products": p, "lanes": n} for p in products for n in lanes]
+        # Lanes first, then one lane: a multi-threaded BLAS's idle threads spin after it (SETTLE_S).
+        candidates = [{"step_products": p, "lanes": n} for n in lanes for p in products]
         workload = {"backend": self.name, "dtype": self.dtype.name, "window": T, "batch": B, "hidden": H,
                     "threads": self.threads}
         describe = f"one layer, {T} steps, batch {B}, {H} units, {self.dtype.name}"

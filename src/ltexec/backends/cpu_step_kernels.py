@@ -9,13 +9,14 @@ takes the matrix packed once per window into column panels
 stack tile that LLVM keeps in vector registers, the K loop outside the row
 and column loops. On one core of a 2-core AMD EPYC (Zen 4, AVX-512) it ran
 these shapes 1.25-1.7x faster than NumPy's OpenBLAS (docs/benchmarks.md,
-``benchmarks/bench_step_product.py``).
+``benchmarks/bench_step_product.py``); on an Intel Xeon with two 512-bit FMA
+units OpenBLAS was the faster. The backend's tuner times both at the run's
+shapes and takes the faster (:mod:`ltexec.tuning`).
 
 The tile must fit the register file: MR * NR / 16 of the 32 AVX-512
 registers for float32. Without AVX-512 (16 registers of 8 floats) or in
-float64 (8 per register) the same tiles spill, so the backend uses these
-kernels only for float32 on CPUs with AVX-512 (:func:`host_has_avx512`) and
-the BLAS elsewhere.
+float64 (8 per register) the same tiles spill (:func:`host_has_avx512`,
+which the step-product benchmark records, tells which case a machine is).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from numba.extending import intrinsic
 
 from ltexec.backends.cpu_kernels import FASTMATH
 
-jit = njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
+jit = njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 
 @intrinsic(prefer_literal=True)
@@ -74,6 +75,44 @@ def pack_columns(W, nr: int, out=None):
     return wp
 
 
+@njit(inline="always", nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _accumulate(a, i0, rows, panel, acc, NR):
+    """acc[:rows] = a[i0:i0+rows] @ panel; constant rows and NR (after inlining) let LLVM unroll the loops
+    and promote the tile to registers."""
+    K = panel.shape[0]
+    for r in range(rows):
+        t = acc[r]
+        for j in range(NR):
+            t[j] = 0
+    for k in range(K):
+        w = panel[k]
+        for r in range(rows):
+            x = a[i0 + r, k]
+            t = acc[r]
+            for j in range(NR):
+                t[j] += x * w[j]
+
+
+@njit(inline="always", nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _block(a, i0, end, panel, acc, MR, NR):
+    """Rows i0.. of a (MR of them, else 4, 2 or 1 while fewer are left) times panel into acc; returns how many.
+
+    Every branch has a constant row count, so each tail is unrolled and kept in registers too.
+    """
+    left = end - i0
+    if left >= MR:
+        _accumulate(a, i0, MR, panel, acc, NR)
+        return MR
+    if MR > 4 and left >= 4:
+        _accumulate(a, i0, 4, panel, acc, NR)
+        return 4
+    if MR > 2 and left >= 2:
+        _accumulate(a, i0, 2, panel, acc, NR)
+        return 2
+    _accumulate(a, i0, 1, panel, acc, NR)
+    return 1
+
+
 @functools.cache
 def step_product(mr: int, nr: int):
     """The jitted ``product(a, wp, out, n)`` for blocks of ``mr`` rows and panels of ``nr`` columns.
@@ -83,44 +122,13 @@ def step_product(mr: int, nr: int):
     should stay under ~28 of the 32 (e.g. 5 x 64, 6 x 64, 5 x 80). nr=32 (8 or
     12 rows) compiles to a loop that LLVM vectorizes across k instead, >10x
     slower; float64 blocks of these sizes are correct but spill.
+
+    The kernel is cached on disk like the others: its closure holds only the
+    integers mr, nr and their product (what Numba's cache keys on), the
+    helpers it inlines are module functions.
     """
     MR, NR = mr, nr
     TILE = MR * NR
-
-    @njit(inline="always", nogil=True, fastmath=FASTMATH, error_model="numpy")
-    def accumulate(a, i0, rows, panel, acc):
-        """acc[:rows] = a[i0:i0+rows] @ panel; a constant rows lets LLVM unroll the loops and promote the tile."""
-        K = panel.shape[0]
-        for r in range(rows):
-            t = acc[r]
-            for j in range(NR):
-                t[j] = 0
-        for k in range(K):
-            w = panel[k]
-            for r in range(rows):
-                x = a[i0 + r, k]
-                t = acc[r]
-                for j in range(NR):
-                    t[j] += x * w[j]
-
-    @njit(inline="always", nogil=True, fastmath=FASTMATH, error_model="numpy")
-    def block(a, i0, end, panel, acc):
-        """Rows i0.. of a (MR of them, else 4, 2 or 1 while fewer are left) times panel into acc; returns how many.
-
-        Every branch has a constant row count, so each tail is unrolled and kept in registers too.
-        """
-        left = end - i0
-        if left >= MR:
-            accumulate(a, i0, MR, panel, acc)
-            return MR
-        if MR > 4 and left >= 4:
-            accumulate(a, i0, 4, panel, acc)
-            return 4
-        if MR > 2 and left >= 2:
-            accumulate(a, i0, 2, panel, acc)
-            return 2
-        accumulate(a, i0, 1, panel, acc)
-        return 1
 
     @jit
     def product(a, wp, out, n):
@@ -133,7 +141,7 @@ def step_product(mr: int, nr: int):
             panel = wp[p]
             i0 = 0
             while i0 < M:
-                rows = block(a, i0, M, panel, acc)
+                rows = _block(a, i0, M, panel, acc, MR, NR)
                 for r in range(rows):
                     o, t = out[i0 + r, c0:c0 + nc], acc[r]
                     for j in range(nc):
