@@ -251,6 +251,9 @@ def test_a_run_records_its_choice_and_a_resumed_run_keeps_it(cpu_backend, monkey
     resumed = train({"max_steps": 3}, out_dir=tmp_path / "run", resume=True, log=lines.append)
     assert resumed["backend_choices"] == amd
     assert "backend choices: step_products=tiled lanes=2 (given, not timed)" in lines
+    with pytest.raises(ValueError, match=r"lanes must be an integer in 1..1, got 2 \(the checkpoint in .* recorded "
+                                         r"the backend choices"):
+        train({"max_steps": 4}, out_dir=tmp_path / "run", resume=True, threads=1)
 
 
 def test_ltexec_tune_tunes_then_lists_this_machines_choices(cpu_backend, monkeypatch, capsys, fresh_tuner):

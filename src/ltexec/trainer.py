@@ -359,7 +359,15 @@ def open_run(config: TrainConfig | dict, out_dir=None, resume: bool = False,
         if name not in BUDGET and getattr(wanted, name) != getattr(saved, name):
             raise ValueError(f"{name}={given[name]!r} does not match the checkpoint in {out_dir}, which was "
                              f"trained with {name}={getattr(saved, name)!r}; leave it out to resume")
-    trainer = Trainer(wanted, out_dir, log, **{**recorded_backend_options(meta, wanted.backend), **backend_options})
+    recorded = recorded_backend_options(meta, wanted.backend)
+    try:
+        trainer = Trainer(wanted, out_dir, log, **{**recorded, **backend_options})
+    except ValueError as error:
+        if not recorded:
+            raise
+        raise ValueError(f"{error} (the checkpoint in {out_dir} recorded the backend choices {recorded}, which "
+                         f"a resumed run keeps so that it computes as before; give options that agree with "
+                         f"them)") from None
     restore_run(trainer, arrays, meta)
     trainer.report.resumed(checkpoint_path(out_dir), trainer.step)
     return trainer
