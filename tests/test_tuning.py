@@ -91,6 +91,18 @@ def test_the_budget_bounds_the_passes_and_every_candidate_is_warmed_up_first():
     assert slow.runs[-tuning.REPEATS:] == [label(CANDIDATES[-1])] * tuning.REPEATS   # then stopped: over budget
 
 
+def test_a_close_call_is_timed_again_where_the_budget_allows():
+    close = {**INTEL_LIKE, "step_products=blas lanes=1": 50.5}          # within 3% of blas lanes=2
+    result, clock = tune({name: ms / 50 for name, ms in close.items()})   # ~1 ms a run: budget to spare
+    count = {name: clock.runs.count(name) for name in close}
+    assert count["step_products=blas lanes=2"] > count["step_products=tiled lanes=2"]
+    assert count["step_products=blas lanes=1"] > count["step_products=tiled lanes=1"]
+    assert set(clock.runs[-30:]) <= {"step_products=blas lanes=2", "step_products=blas lanes=1"}
+    assert result.choice == {"step_products": "blas", "lanes": 2}
+    _, slow = tune({name: ms * 4 for name, ms in close.items()}, refresh=True)   # 200 ms a run: no time left
+    assert set(slow.runs[-3:]) == {"step_products=tiled lanes=1"}
+
+
 def test_a_single_candidate_is_taken_untimed():
     result = choose([{"lanes": 1}], lambda choice: pytest.fail("timed"), {"backend": "cpu"}, "x")
     assert result.source == "given" and result.choice == {"lanes": 1} and result.timings_ms is None

@@ -14,7 +14,10 @@ the shapes in use, and remembers:
   fits the budget (:data:`BUDGET_S`), at most :data:`MAX_PASSES`. A
   candidate's time is the median of its timed runs (not the fastest: one lane
   with a multi-threaded BLAS has a fast tail that the steady state does not
-  keep), and the fastest candidate wins.
+  keep), and the fastest candidate wins. Where several are within
+  :data:`CLOSE` of the fastest and the budget is not spent, those are timed
+  again (the same way) and their runs pooled: a busy machine can hide a gap
+  of 10% in one round.
 * The choice and every candidate's time go into a JSON cache file keyed by
   what decides speed (:func:`ltexec.machine.speed_key`: CPU, cores, BLAS
   library and kernel, versions) and by the workload (backend, dtype, shapes),
@@ -57,6 +60,8 @@ MIN_PASSES = 1
 MAX_PASSES = 3
 REPEATS = 3
 """Timed runs of a candidate per pass."""
+CLOSE = 0.03
+"""Candidates whose medians are within this fraction of the fastest are timed again, while the budget lasts."""
 WARM_S = 0.02
 """Untimed runs of a candidate (at least one) before its timed ones in each pass, in seconds."""
 
@@ -207,6 +212,13 @@ def measure(candidates: list[dict], run: Callable[[dict], None], budget_s: float
     return times
 
 
+def close_calls(times: dict[str, list[float]]) -> list[str]:
+    """The candidates whose median is within :data:`CLOSE` of the fastest median (the fastest first)."""
+    medians = {name: median(seconds) for name, seconds in times.items()}
+    ranked = sorted(medians, key=medians.get)
+    return [name for name in ranked if medians[name] <= (1 + CLOSE) * medians[ranked[0]]]
+
+
 _chosen: dict[str, Tuning] = {}
 """This process's choices by cache key: each workload is tuned once per process."""
 
@@ -240,7 +252,13 @@ def choose(candidates: list[dict], run: Callable[[dict], None], workload: dict, 
             tuning = Tuning(entry["choice"], entry["timings_ms"], describe, "cached", time.perf_counter() - started)
             _chosen[key] = tuning
             return tuning
+    measured_from = clock()
     times = measure(candidates, run, budget_s, clock)
+    close = close_calls(times)
+    left = budget_s - (clock() - measured_from)
+    if len(close) > 1 and left > 0:                   # a close call, and time to look again: only those
+        for name, seconds in measure([names[n] for n in close], run, left, clock).items():
+            times[name] += seconds
     timings_ms = {name: round(1e3 * median(seconds), 3) for name, seconds in times.items()}
     best = min(timings_ms, key=timings_ms.get)
     tuning = Tuning(dict(names[best]), timings_ms, describe, "measured", time.perf_counter() - started)
