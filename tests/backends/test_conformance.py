@@ -127,9 +127,16 @@ LAYER_GRADS = ("dxs", "dWx", "dWh", "db", "dh0", "dc0")
 EMBEDDING_LAYER_GRADS = ("dE",) + LAYER_GRADS[1:]
 
 
-def check_all(maker, names, actual, expected, dtype):
+def check_all(maker, names, actual, expected, dtype, floors=None):
     for name, a, e in zip(names, actual, expected):
-        check(maker, name, a, e, dtype)
+        check(maker, name, a, e, dtype, (floors or {}).get(name, 0.0))
+
+
+def product_floors(dxs_ref, dh0_ref) -> dict:
+    """dxs and dh0 are both da times a weight matrix of one scale (4H terms a value): each is measured
+    against the larger of the two, so that cancellation in a small sum (H=1) is not taken for an error."""
+    scale = max(float(np.abs(dxs_ref).max()), float(np.abs(dh0_ref).max()))
+    return {"dxs": scale, "dh0": scale}
 
 
 def check_dtypes(backend, arrays, names):
@@ -150,7 +157,8 @@ def test_lstm_layer_matches_reference(maker, dtype, bk, draw, T, B, D, H):
     kept = [host(a) for a in inputs + outputs + grads_in[1:]]
 
     grads = bk.lstm_backward(*grads_in, cache)
-    check_all(maker, LAYER_GRADS, grads, REFERENCE.lstm_backward(*grads_in_ref, cache_ref), dtype)
+    grads_ref = REFERENCE.lstm_backward(*grads_in_ref, cache_ref)
+    check_all(maker, LAYER_GRADS, grads, grads_ref, dtype, product_floors(grads_ref[0], grads_ref[4]))
     check_dtypes(bk, grads, LAYER_GRADS)
     for a, before in zip(inputs + outputs + grads_in[1:], kept):   # dhs alone may be overwritten
         np.testing.assert_array_equal(host(a), before)
@@ -193,7 +201,7 @@ def test_first_layer_on_the_embedding_matches_reference(maker, dtype, bk, draw, 
     # dE sums the rows of dxs by id (all T*B of them when V is 1): measured against the size of
     # those rows, so that cancellation in a small sum is not taken for an error.
     check(maker, "dE", grads[0], grads_ref[0], dtype, floor=float(np.abs(dxs_ref).max()))
-    check_all(maker, EMBEDDING_LAYER_GRADS[1:], grads[1:], grads_ref[1:], dtype)
+    check_all(maker, EMBEDDING_LAYER_GRADS[1:], grads[1:], grads_ref[1:], dtype, product_floors(dxs_ref, grads_ref[4]))
     check_dtypes(bk, grads, EMBEDDING_LAYER_GRADS)
 
 
