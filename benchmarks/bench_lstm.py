@@ -20,10 +20,11 @@ backend that finds a shorter way shows more than it executes). Backends that
 cannot run here are listed as skipped with their reason. Every record says
 what it was measured on (``machine.py``: CPU, library versions, the BLAS and
 its kernel, thread settings, git commit), for the ``cpu`` backend its lane
-count, and how the backend ran its recurrence (``launch_mode``: "persistent"
-or "per-step launches (why)" for the GPU backends, None for backends without
-launch modes; ``graph_fallback_reason``: why CUDA graphs, where asked for,
-were not used), so a GPU timing never stands for a mode that did not run.
+count and the options it fixed (``backend_choices``, and for the tuned
+``cpu`` how: ``tuning``), and how the backend ran its recurrence
+(``launch_mode``: "persistent" or "per-step launches (why)" for the GPU
+backends, None for backends without launch modes), so a GPU timing never
+stands for a mode that did not run.
 
     python benchmarks/bench_lstm.py [--config {paper,small,all}] [--quick] [--repeats N] [--json FILE]
 """
@@ -88,15 +89,14 @@ def random_window(cfg: Config, seed: int = 0):
 
 
 def launch_details(backend) -> dict:
-    """How ``backend`` ran its recurrence: ``launch_mode`` and ``graph_fallback_reason``.
+    """How ``backend`` ran its recurrence: ``launch_mode``.
 
     The GPU backends say "persistent" (one launch per layer and window) or
     "per-step launches (why)"; backends without launch modes (``numpy``,
     ``cpu``) give None for both. Read it after the timed steps: the mode is
     decided per shape when a layer first runs.
     """
-    return {"launch_mode": getattr(backend, "launch_mode", None),
-            "graph_fallback_reason": getattr(backend, "graph_fallback_reason", None)}
+    return {"launch_mode": getattr(backend, "launch_mode", None)}
 
 
 class LtexecRunner:
@@ -174,7 +174,7 @@ class TorchRunner:
 
     @staticmethod
     def launch_details() -> dict:
-        return {"launch_mode": None, "graph_fallback_reason": None, "step_products": None, "backend_choices": {},
+        return {"launch_mode": None, "step_products": None, "backend_choices": {},
                 "tuning": None}
 
 
@@ -325,8 +325,9 @@ def bench_config(cfg: Config, quick: bool, repeats: int) -> list[dict]:
                         "fraction_of_gemm_peak": round(flops / s / peak, 3),
                         "speedup_vs_torch": round(torch_s / s, 3) if torch_s else None})
     for name, reason in skipped.items():
-        records.append({"backend": name, "device": None, "lanes": None, "launch_mode": None,
-                        "graph_fallback_reason": None, **common,
+        records.append({"backend": name, "device": None, "lanes": None, "launch_mode": None, "step_products": None,
+                        "backend_choices": None, "tuning": None,
+                        **common,
                         "status": "skipped", "reason": reason,
                         "ms_per_step": None, "chars_per_s": None, "gflops": None,
                         "fraction_of_gemm_peak": None, "speedup_vs_torch": None})

@@ -77,8 +77,8 @@ def test_options_go_to_the_backend_and_unknown_ones_are_named():
     assert get_backend("numpy", np.float64, threads=2).threads == 2
     assert get_backend("auto", threads=1).threads == 1          # every backend takes threads
     assert get_backend("numpy").threads is None
-    with pytest.raises(ValueError, match=r"backend 'numpy' takes no option 'graphs'; its options are: threads$"):
-        get_backend("numpy", graphs=False)
+    with pytest.raises(ValueError, match=r"backend 'numpy' takes no option 'persistent'; its options are: threads$"):
+        get_backend("numpy", persistent=False)
     for bad in (0, -1, 1.5, True, "many"):
         with pytest.raises(ValueError, match="threads must be an integer >= 1"):
             get_backend("numpy", threads=bad)

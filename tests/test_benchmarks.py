@@ -24,7 +24,7 @@ import ltexec.machine  # noqa: E402
 from ltexec.backends import BACKENDS, available_backends  # noqa: E402
 
 RECORD_KEYS = {"backend", "device", "lanes", "batch", "hidden", "layers", "seq_len", "dtype", "ms_per_step",
-               "chars_per_s", "machine", "launch_mode", "graph_fallback_reason"}
+               "chars_per_s", "machine", "launch_mode", "backend_choices"}
 MACHINE_KEYS = {"processor", "cpu_count", "machine", "vector_flags", "python", "implementation", "numpy", "numba",
                 "torch", "threadpools", "thread_settings", "git"}
 THREADPOOL_KEYS = {"user_api", "internal_api", "version", "architecture", "num_threads", "library"}
@@ -124,18 +124,14 @@ def test_bench_lstm_records_say_how_the_backend_launched(monkeypatch):
                                  {"cupy": "no GPU here"}))
     records = {r["backend"]: r for r in bench_lstm.bench_config(tiny, quick=True, repeats=1)}
     for record in records.values():
-        assert {"launch_mode", "graph_fallback_reason"} <= set(record)
-    assert records["cpu"]["launch_mode"] is None and records["cpu"]["graph_fallback_reason"] is None
+        assert "launch_mode" in record and "graph_fallback_reason" not in record
+    assert records["cpu"]["launch_mode"] is None and records["cpu"]["backend_choices"]["lanes"] == 1   # threads=1
     assert records["cupy"]["status"] == "skipped" and records["cupy"]["launch_mode"] is None
 
 
-def test_launch_details_read_a_backends_launch_mode_and_fallback_reason():
-    plain = SimpleNamespace(launch_mode="plain", graph_fallback_reason="stream capture failed (RuntimeError: x)")
-    assert bench_lstm.launch_details(plain) == {"launch_mode": "plain",
-                                                "graph_fallback_reason": "stream capture failed (RuntimeError: x)"}
-    assert bench_lstm.launch_details(SimpleNamespace(launch_mode="graph", graph_fallback_reason=None)) == \
-        {"launch_mode": "graph", "graph_fallback_reason": None}
-    assert bench_lstm.launch_details(object()) == {"launch_mode": None, "graph_fallback_reason": None}
+def test_launch_details_read_a_backends_launch_mode():
+    assert bench_lstm.launch_details(SimpleNamespace(launch_mode="persistent")) == {"launch_mode": "persistent"}
+    assert bench_lstm.launch_details(object()) == {"launch_mode": None}
 
 
 def test_bench_sampler_measures_every_task():

@@ -20,8 +20,7 @@ Here:
   of 2), and the per-step kernels. Checked: the numbers against the NumPy
   reference, which launches and products run, ``launch_mode`` and its
   reasons, the fallback where the emulated device's limits or occupancy do
-  not fit, the one warning when graphs were asked for, and that the
-  persistent recurrence makes no cuBLAS call (the emulated stream capture
+  not fit, and that the persistent recurrence makes no cuBLAS call (the emulated stream capture
   refuses one as CuPy does, which the per-step recurrence cannot pass).
   Pool buffers are poisoned with NaN whenever they are handed out. Error
   measure ``max|x - ref| / max|ref|``: below 2e-5 in float32 (a window of
@@ -35,7 +34,6 @@ Here:
 import subprocess
 import sys
 import types
-import warnings
 
 import numpy as np
 import pytest
@@ -44,9 +42,9 @@ import cuda_emulation as emulation
 from closeness import relative_error as rel_error
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
 from ltexec.backends import cupy_backend
-from ltexec.backends.base import PERSISTENT, UNDECIDED
+from ltexec.backends.base import PER_STEP, PERSISTENT, UNDECIDED
 from ltexec.backends.common import BufferPool
-from ltexec.backends.cupy_backend import (GRAPHS_ENV, GRAPHS_REFUSED, PER_STEP, PERSISTENT_ENV, TURNED_OFF,
+from ltexec.backends.cupy_backend import (GRAPHS_ENV, PERSISTENT_ENV, TURNED_OFF,
                                           CudaDevice, CupyBackend, DeviceLimits, PersistentGeometry,
                                           PersistentUnfit, check_on_device, launch_geometry, persistent_geometry,
                                           probe, softmax_block, switch)
@@ -111,8 +109,8 @@ class RecordingDevice(emulation.EmulatedDevice):
         return super().resident_blocks(kernel, block, shared_bytes)
 
 
-def emulated(dtype, persistent=None, graphs=None, **device_options):
-    return CupyBackend(dtype, persistent=persistent, graphs=graphs, device=RecordingDevice(**device_options))
+def emulated(dtype, persistent=None, **device_options):
+    return CupyBackend(dtype, persistent=persistent, device=RecordingDevice(**device_options))
 
 
 # ---------------------------------------------------------- launch geometry
@@ -201,8 +199,9 @@ def test_switch(setting, value):
 
 
 def test_switch_rejects_other_values_naming_the_option():
-    with pytest.raises(ValueError, match=f"{GRAPHS_ENV} must be auto, 1/true/yes/on or 0/false/no/off, got 'maybe'"):
-        switch("maybe", GRAPHS_ENV)
+    with pytest.raises(ValueError, match=f"{PERSISTENT_ENV} must be auto, 1/true/yes/on or 0/false/no/off, "
+                                         f"got 'maybe'"):
+        switch("maybe", PERSISTENT_ENV)
 
 
 # ------------------------------------------------------------------ checks
@@ -466,7 +465,6 @@ def test_a_shape_that_does_not_fit_runs_per_step_and_says_why(device_options, fr
     assert backend.persistent_fallback_reason.startswith(reason) and fragment in backend.persistent_fallback_reason
     assert backend.launch_mode == per_step(backend.persistent_fallback_reason)
     assert all(not isinstance(call, tuple) or call[0] == "resident" for call in backend._device.calls)
-    assert backend.graph_fallback_reason is None                      # graphs were not asked for: no warning
 
 
 @needs_gxx
@@ -554,49 +552,12 @@ def test_training_windows_run_persistent_and_match_reference(dtype):
     assert backend.launch_mode == PERSISTENT
 
 
-# ------------------------------------------------------------------ graphs
+# ------------------------------------------------------------------ graphs (removed)
 
-def test_graphs_requested_where_the_recurrence_runs_per_step_warn_once_at_construction():
-    with pytest.warns(RuntimeWarning) as caught:
-        backend = emulated(np.float32, persistent=False, graphs=True)
-    assert len(caught) == 1
-    message = str(caught[0].message)
-    assert message.startswith(f"CUDA graphs were requested (graphs=True or {GRAPHS_ENV}), but {GRAPHS_REFUSED}")
-    assert message.endswith(f"runs as {PER_STEP} because {TURNED_OFF}")
-    assert backend.graph_fallback_reason == GRAPHS_REFUSED
-
-
-@needs_gxx
-def test_graphs_requested_warn_once_per_backend_when_shapes_fall_back():
-    backend = emulated(np.float64, graphs=True, resident_per_sm=0)
-    assert backend.graph_fallback_reason is None                      # nothing has run per step yet
-    with pytest.warns(RuntimeWarning, match="CUDA graphs were requested") as caught:
-        for H in (3, 4, 3):
-            LayerCheck(backend, 2, 2, 3, H, np.float64, seed=H)()
-    assert len(caught) == 1 and "at T=2, B=2, H=3" in str(caught[0].message)
-    assert backend.graph_fallback_reason == GRAPHS_REFUSED
-
-
-@needs_gxx
-@pytest.mark.parametrize("graphs, env", [(True, None), (None, "1"), (None, None)])
-def test_no_warning_where_the_recurrence_runs_persistent(monkeypatch, graphs, env):
-    if env is not None:
-        monkeypatch.setenv(GRAPHS_ENV, env)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        backend = emulated(np.float64, graphs=graphs)
-        LayerCheck(backend, 2, 2, 3, 5, np.float64, seed=1)()
-    assert backend.launch_mode == PERSISTENT and backend.graph_fallback_reason is None
-
-
-@pytest.mark.parametrize("graphs, env", [(None, None), (None, "0"), (False, "1")])
-def test_no_warning_per_step_where_graphs_were_not_asked_for(monkeypatch, graphs, env):
-    if env is not None:
-        monkeypatch.setenv(GRAPHS_ENV, env)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        backend = emulated(np.float64, persistent=False, graphs=graphs)
-    assert backend.graph_fallback_reason is None and backend.persistent_fallback_reason == TURNED_OFF
+def test_the_removed_graphs_variable_is_an_error_naming_it(monkeypatch):
+    monkeypatch.setenv(GRAPHS_ENV, "1")
+    with pytest.raises(ValueError, match=f"{GRAPHS_ENV} is set \\('1'\\), but the option it set was removed"):
+        emulated(np.float32)
 
 
 def test_the_emulated_capture_refuses_cublas_as_cupy_does():
@@ -657,8 +618,6 @@ def test_bad_option_values_are_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv(PERSISTENT_ENV, "sometimes")
     with pytest.raises(ValueError, match=f"{PERSISTENT_ENV} must be auto"):
         emulated(np.float32)
-    with pytest.raises(ValueError, match=f"{GRAPHS_ENV} must be auto"):
-        emulated(np.float32, persistent=True, graphs="maybe")
 
 
 def test_the_start_up_line_shows_the_launch_mode():

@@ -276,8 +276,8 @@ def test_mask_may_be_boolean_and_state_may_be_host_float64():
     ({"backend": 3}, TypeError, "backend must be a backend name or a Backend instance"),
     ({"backend": get_backend("numpy", np.float64), "dtype": np.float32}, ValueError,
      "dtype float32 disagrees with the backend's float64"),
-    ({"backend": "numpy", "backend_options": {"graphs": False}}, ValueError,
-     "backend 'numpy' takes no option 'graphs'"),
+    ({"backend": "numpy", "backend_options": {"persistent": False}}, ValueError,
+     "backend 'numpy' takes no option 'persistent'"),
     ({"backend": get_backend("numpy"), "backend_options": {"threads": 1}}, ValueError,
      "backend_options go with a backend name"),
 ])

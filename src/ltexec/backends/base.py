@@ -92,9 +92,6 @@ given (:func:`option_from_environment`); these are all of them:
 
 * ``LTEXEC_CUDA_PERSISTENT`` for ``CupyBackend(persistent=)``: ``auto``
   (default), 1/true/yes/on (required) or 0/false/no/off (never).
-* ``LTEXEC_CUDA_GRAPHS`` for ``CupyBackend(graphs=)``: 1/true/yes/on asks for
-  a recurrence without per-step launches, and warns once where a layer has
-  to run per step (default off).
 * ``LTEXEC_NUMBA_CUDA_GEMM`` for ``NumbaCudaBackend(gemm=)``: ``tiled``
   (default) or ``cublas``.
 * ``LTEXEC_NUMBA_CUDA_PERSISTENT`` for ``NumbaCudaBackend(persistent=)``:

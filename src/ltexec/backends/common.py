@@ -70,7 +70,7 @@ class BufferPool:
     still holds (results, caches) are never handed out again, while a
     training loop that drops each window's arrays gets the same buffers
     every window: no allocation (and no zero-filling by the OS) after the
-    first, and on a GPU the same addresses, so the same CUDA graphs.
+    first, and on a GPU the same addresses every window.
     ``allocate(shape, dtype)`` makes a new uninitialised buffer.
     """
 

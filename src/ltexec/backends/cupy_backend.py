@@ -23,13 +23,9 @@ ones, so the layer is arranged like the fast CPU backend, on the GPU:
 * The loss is one kernel (``softmax_xent.cu``): softmax, masked
   cross-entropy, its gradient and the argmax count, per row.
 
-CUDA graphs: none are captured. They would remove the per-step launch
-overhead, but each step of the per-step path calls cuBLAS, and CuPy refuses
-cuBLAS calls while a stream captures (``NotImplementedError``, CuPy issue
-6290); the persistent path has no per-step launches to remove. ``graphs=True``
-(or ``LTEXEC_CUDA_GRAPHS=1``) therefore asks only that the recurrence run
-without per-step launches: where it runs per step instead, the backend warns
-once and ``graph_fallback_reason`` says why.
+CUDA graphs: none are captured (docs/backends.md says why). The option that
+once asked for them, ``graphs=`` / ``LTEXEC_CUDA_GRAPHS``, is gone; the
+variable, still set, is an error naming it (:data:`GRAPHS_ENV`).
 
 Every operation checks its arrays once on entry (type, dtype, shape,
 C-contiguity, device; the base class's checks), so a bad call raises
@@ -52,13 +48,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-import warnings
+import os
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ltexec.backends.base import (PER_STEP, Backend, LaunchModes, option_from_environment, recurrence_plan,
+from ltexec.backends.base import (Backend, LaunchModes, option_from_environment, recurrence_plan,
                                   switch, turned_off_reason)
 from ltexec.backends.common import BufferPool, LstmCache
 
@@ -97,14 +93,10 @@ PERSISTENT_ENV = "LTEXEC_CUDA_PERSISTENT"
 """Environment variable for backends built without ``persistent=``: auto, 1/true/yes/on or 0/false/no/off."""
 
 GRAPHS_ENV = "LTEXEC_CUDA_GRAPHS"
-"""Environment variable for backends built without ``graphs=``: 1/true/yes/on requests graphs."""
+"""A removed environment variable (it asked for CUDA graphs, which are never captured): set, it is an error."""
 
 TURNED_OFF = turned_off_reason(PERSISTENT_ENV)
 """Why the recurrence runs per step when the persistent kernels were not wanted."""
-
-GRAPHS_REFUSED = ("each step of the per-step recurrence calls cuBLAS, and CuPy refuses cuBLAS calls "
-                  "during stream capture (CuPy issue 6290), so no CUDA graph is captured")
-"""``graph_fallback_reason`` when graphs were requested and the recurrence runs per step."""
 
 INSTALL_HINT = "pip install 'ltexec[cuda12]' or 'ltexec[cuda13]', matching the CUDA driver's major version"
 
@@ -367,33 +359,27 @@ class CupyBackend(Backend):
     False always runs per step. Without ``persistent=``: the environment
     variable ``LTEXEC_CUDA_PERSISTENT`` (auto, 1/true/yes/on, 0/false/no/off),
     else auto.
-    ``graphs``: True asks for the recurrence without per-step launches (see
-    the module docstring: no graph is ever captured); where it runs per step,
-    one warning per backend says why. Without ``graphs=``: the environment
-    variable ``LTEXEC_CUDA_GRAPHS`` (1/true/yes/on asks), else not asked.
     ``device``: the device layer; by default :class:`CudaDevice` on the
     current CUDA device (the test suite passes a CPU emulation).
-    ``xp`` is ``cupy`` (the device layer's array module). ``launch_mode``,
-    ``persistent_fallback_reason`` and ``graph_fallback_reason`` say how the
-    latest layer ran its recurrence.
+    ``xp`` is ``cupy`` (the device layer's array module). ``launch_mode`` and
+    ``persistent_fallback_reason`` say how the latest layer ran its recurrence.
     """
 
     name = "cupy"
     xp = None   # cupy, bound per instance from the device layer
 
     def __init__(self, dtype=np.float32, *, threads: int | None = None, persistent: bool | str | None = None,
-                 graphs: bool | str | None = None, device=None):
+                 device=None):
         super().__init__(dtype, threads=threads)
+        if os.environ.get(GRAPHS_ENV) is not None:
+            raise ValueError(f"{GRAPHS_ENV} is set ({os.environ[GRAPHS_ENV]!r}), but the option it set was removed: "
+                             f"CUDA graphs are never captured (docs/backends.md says why); unset it")
         self._persistent = switch(option_from_environment(persistent, PERSISTENT_ENV), PERSISTENT_ENV)
-        self._graphs_requested = bool(switch(option_from_environment(graphs, GRAPHS_ENV), GRAPHS_ENV))
         self._device = CudaDevice() if device is None else device
         self.xp = self._device.xp
         self._pool = BufferPool(self._device.empty)
         self._modes = LaunchModes(self._persistent, TURNED_OFF)
-        self._warned = False
-        if self._persistent is False:
-            self._warn_if_graphs_requested()
-        else:
+        if self._persistent is not False:
             self._limits = self._device.persistent_limits()
             self._barrier = self._device.empty((2,), np.uint32)   # the grid barrier's arrivals and generation;
             self._barrier[...] = 0                                # every launch leaves the arrivals at 0
@@ -411,11 +397,6 @@ class CupyBackend(Backend):
     def persistent_fallback_reason(self) -> str | None:
         """Why the latest layer ran per step (None when it ran persistent)."""
         return self._modes.fallback_reason
-
-    @property
-    def graph_fallback_reason(self) -> str | None:
-        """Why graphs, requested, do not run the latest layer's recurrence (None when not requested or not needed)."""
-        return GRAPHS_REFUSED if self._graphs_requested and self._modes.fallback_reason is not None else None
 
     def device_name(self) -> str:
         return self._device.name()
@@ -508,19 +489,8 @@ class CupyBackend(Backend):
             except PersistentUnfit as unfit:
                 return None, str(unfit)
 
-        geometry = self._modes.geometry((T, B, H), lambda: recurrence_plan(
+        return self._modes.geometry((T, B, H), lambda: recurrence_plan(
             self._persistent, f"T={T}, B={B}, H={H}", TURNED_OFF, find))
-        if geometry is None:
-            self._warn_if_graphs_requested()
-        return geometry
-
-    def _warn_if_graphs_requested(self) -> None:
-        """Once per backend, where graphs were requested and the recurrence runs per step: why."""
-        if self._graphs_requested and not self._warned:
-            self._warned = True
-            warnings.warn(f"CUDA graphs were requested (graphs=True or {GRAPHS_ENV}), but {GRAPHS_REFUSED}; "
-                          f"the LSTM recurrence runs as {PER_STEP} because {self._modes.fallback_reason}",
-                          RuntimeWarning, stacklevel=2)
 
     def _resident_blocks(self, block: int, shared_bytes: int) -> int:
         """Blocks per SM both persistent kernels of this dtype can have resident at once."""
