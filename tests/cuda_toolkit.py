@@ -1,14 +1,16 @@
 """Where the tests find CUDA toolkit programs (nvcc, ptxas) for register and spill reports.
 
-The ``test`` extra installs ``nvidia-cuda-nvcc``, whose ptxas is the same
-CUDA release as the NVVM that numba-cuda compiles with, so it can read the PTX
-NVVM writes. A toolkit on PATH is the fallback; it may be older than NVVM
-(ptxas 13.0 rejects PTX ISA 9.5 from NVVM 13.5), and :func:`run_ptxas` then
-skips with that reason instead of failing on a version mismatch.
+The ``compile`` and ``cuda13`` extras install ``nvidia-cuda-nvcc`` (``cuda12``
+its CUDA 12 wheel), whose ptxas is the same CUDA release as the NVVM that
+numba-cuda compiles with, so it can read the PTX NVVM writes. A toolkit on
+PATH is the fallback; it may be older than NVVM (ptxas 13.0 rejects PTX ISA
+9.5 from NVVM 13.5), and :func:`run_ptxas` then skips with that reason
+instead of failing on a version mismatch.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import subprocess
@@ -18,15 +20,16 @@ import pytest
 
 
 def toolkit_program(name: str) -> str | None:
-    """Path of ``name`` from the nvidia-cuda-nvcc wheel, else from PATH, else None."""
-    try:
-        import nvidia.cu13 as wheel        # namespace package of the CUDA 13 wheels
-    except ImportError:
-        wheel = None
-    for folder in getattr(wheel, "__path__", ()):
-        program = Path(folder) / "bin" / name
-        if program.is_file():
-            return str(program)
+    """Path of ``name`` from the nvidia-cuda-nvcc wheel (CUDA 13, else 12), else from PATH, else None."""
+    for namespace in ("nvidia.cu13", "nvidia.cuda_nvcc"):    # the CUDA 13 wheels' folder; CUDA 12's nvcc wheel
+        try:
+            wheel = importlib.import_module(namespace)
+        except ImportError:
+            continue
+        for folder in getattr(wheel, "__path__", ()):
+            program = Path(folder) / "bin" / name
+            if program.is_file():
+                return str(program)
     return shutil.which(name)
 
 

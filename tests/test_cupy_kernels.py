@@ -3,7 +3,7 @@
 * Compilation: every source goes through NVRTC (the compiler CuPy uses) for
   sm_80 and sm_90 with exactly the options and name expressions the CuPy
   backend uses, and every instantiation must come out. Where nvcc is
-  installed (the test extra brings one), ptxas's resource report is
+  installed (the compile and cuda13 extras bring one), ptxas's resource report is
   recorded and must show no spills.
 * Arithmetic: the same source text runs on the CPU through the C++ emulation
   in tests/cuda_emulation (itself checked first on kernels with known

@@ -10,7 +10,7 @@
   driver needed), in both dtypes: float32 kernels must not contain float64
   instructions, static shared memory must fit the 48 KiB a block gets without
   opting in, the register tiles must stay out of local memory, and ptxas of
-  NVVM's CUDA release (the test extra installs it) must assemble every
+  NVVM's CUDA release (the compile extra installs it) must assemble every
   kernel for sm_90 without spilling registers.
 * Selection: the registry lists ``numba_cuda`` with its reason, ``auto``
   passes over it, asking for it by name raises ``BackendUnavailable`` naming
@@ -93,7 +93,7 @@ def test_every_kernel_compiles_to_ptx(compile_ptx, dtype, cc):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_no_kernel_spills_registers_on_sm90(compile_ptx, dtype, tmp_path):
-    """ptxas (of NVVM's CUDA release, from the test extra) assembles every kernel without spilling."""
+    """ptxas (of NVVM's CUDA release, from the compile extra) assembles every kernel without spilling."""
     from ltexec.backends import numba_cuda_kernels as nk
     for name, kernel in nk.kernels(dtype).items():
         source = tmp_path / f"{name}.ptx"
