@@ -54,11 +54,12 @@
 // Launch contract (both kernels):
 //   grid     = ceil(H / units) blocks, 1-D; ALL must be resident at once. The
 //              host checks max active blocks per SM (occupancy API, with this
-//              block size and shared memory) x SM count >= grid before
-//              launching, and otherwise runs the per-step kernels. A
-//              cooperative launch (cuLaunchCooperativeKernel; CuPy:
-//              RawModule(enable_cooperative_groups=True)) also guarantees it,
-//              and fails instead of hanging when the grid does not fit.
+//              block size and shared memory) x SM count >= grid when it plans
+//              the launch and again before every launch, and otherwise runs
+//              the per-step kernels. The grid is semantic (block b owns units
+//              b*units..): CuPy's cooperative launch may shrink a 1-D grid
+//              that does not fit, with only a warning, so the host turns that
+//              warning into an error rather than trust the launch to refuse.
 //   block    = 1-D, any size up to 1024; best a multiple of 32 near B * units
 //              (one pair per thread), e.g. 128 or 256. Registers per thread x
 //              block must stay within the SM's 64K registers.

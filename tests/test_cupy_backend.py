@@ -34,6 +34,7 @@ Here:
 import subprocess
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ from ltexec.backends.base import PER_STEP, PERSISTENT, UNDECIDED
 from ltexec.backends.common import BufferPool
 from ltexec.backends.cupy_backend import (GRAPHS_ENV, PERSISTENT_ENV, TURNED_OFF,
                                           CudaDevice, CupyBackend, DeviceLimits, PersistentGeometry,
-                                          PersistentUnfit, check_on_device, launch_geometry, persistent_geometry,
+                                          PersistentUnfit, check_cooperative_grid, check_on_device, launch_geometry,
+                                          persistent_geometry,
                                           probe, softmax_block, switch)
 from ltexec.backends.numpy_backend import NumpyBackend
 from ltexec.config import TrainConfig
@@ -428,13 +430,15 @@ def test_persistent_layer_is_one_launch_each_way_and_matches_reference(dtype, T,
     real = cupy_backend.REAL_TYPES[np.dtype(dtype)]
     queries = [("resident", f"{kernel}<{real}>", geometry.block, geometry.shared_bytes)
                for kernel in cupy_backend.PERSISTENT_KERNELS]
-    assert device.calls == ["gemm", *queries, (f"lstm_persistent_forward<{real}>", *launch),
-                            (f"lstm_persistent_backward<{real}>", *launch), "gemm", "gemm", "gemm"]
+    forward, backward = (f"lstm_persistent_{way}<{real}>" for way in ("forward", "backward"))
+    guards = [("resident", kernel, geometry.block, geometry.shared_bytes) for kernel in (forward, backward)]
+    assert device.calls == ["gemm", *queries, guards[0], (forward, *launch),     # each launch checked first
+                            guards[1], (backward, *launch), "gemm", "gemm", "gemm"]
     assert backend.launch_mode == PERSISTENT and backend.persistent_fallback_reason is None
     np.testing.assert_array_equal(backend._barrier, [0, 2 * T - 1])   # forward T-1 barriers, backward T
     device.calls.clear()
-    check()                                                           # decided once per shape
-    assert [call for call in device.calls if call[0] == "resident"] == []
+    check()                                                           # planned once per shape
+    assert [call for call in device.calls if call[0] == "resident"] == guards
 
 
 @needs_gxx
@@ -467,6 +471,56 @@ def test_a_shape_that_does_not_fit_runs_per_step_and_says_why(device_options, fr
     assert all(not isinstance(call, tuple) or call[0] == "resident" for call in backend._device.calls)
 
 
+def test_a_cooperative_grid_above_the_occupancy_limit_is_refused_naming_both_numbers():
+    check_cooperative_grid("k", grid=12, block=64, shared_bytes=4144, resident_per_sm=2, sms=6)   # fits exactly
+    with pytest.raises(PersistentUnfit, match=r"^k needs 13 co-resident blocks of 64 threads with 4144 B of shared "
+                                              r"memory each, but the device holds 2 per SM x 6 SMs = 12 at once$"):
+        check_cooperative_grid("k", grid=13, block=64, shared_bytes=4144, resident_per_sm=2, sms=6)
+
+
+def test_a_warning_from_cupys_cooperative_launch_is_an_error_not_a_smaller_grid():
+    """CuPy shrinks a 1-D cooperative grid that does not fit, with only a warning: the launch raises it instead."""
+    device = object.__new__(CudaDevice)                  # no GPU needed: the launch itself is stood in for
+
+    def shrinking_launch(grid, block, args, shared_mem):
+        warnings.warn(f"The grid size will be reduced from {grid[0]} to 12, as the specified grid size exceeds "
+                      f"the limit.", stacklevel=2)
+
+    device._kernels = {"k": shrinking_launch}
+    with pytest.raises(UserWarning, match="reduced from 13 to 12"):
+        device.launch_cooperative("k", 13, 64, 0, ())
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", [np.float64])
+def test_a_launch_the_device_can_no_longer_hold_falls_back_to_per_step_in_auto_mode(dtype):
+    """Planned persistent, refused at launch (the occupancy now lower): per step, right, and said why."""
+    backend = emulated(dtype)
+    check = LayerCheck(backend, 3, 2, 4, 13, dtype, seed=5)
+    check()
+    assert backend.launch_mode == PERSISTENT
+    backend._device.resident_per_sm = 0                                # e.g. another context took the SMs
+    backend._device.calls.clear()
+    check()                                                            # still against the reference
+    assert backend.launch_mode.startswith(f"{PER_STEP} (persistent launch refused at T=3, B=2, H=13: ")
+    assert "but the device holds 0 per SM x 6 SMs = 0 at once" in backend.persistent_fallback_reason
+    launched = [call for call in backend._device.calls if isinstance(call, str) and "persistent" in call]
+    assert launched == []                                              # no cooperative launch was tried
+    check()                                                            # the shape stays per step
+    assert backend.launch_mode.startswith(PER_STEP)
+
+
+@needs_gxx
+def test_persistent_true_refuses_a_launch_the_device_can_no_longer_hold():
+    backend = emulated(np.float32, persistent=True)
+    check = LayerCheck(backend, 2, 3, 4, 13, np.float32, seed=2)
+    check()
+    backend._device.resident_per_sm = 0
+    with pytest.raises(ValueError, match=r"persistent=True, but the persistent kernels cannot run a layer of "
+                                         r"T=2, B=3, H=13: .* holds 0 per SM x 6 SMs = 0 at once"):
+        check()
+
+
 @needs_gxx
 def test_persistent_true_refuses_a_shape_that_does_not_fit():
     backend = emulated(np.float32, persistent=True, resident_per_sm=0)
@@ -489,7 +543,8 @@ def test_the_mode_follows_the_latest_layer_shape():
     assert backend.launch_mode.startswith(f"{PER_STEP} (persistent kernels do not fit at T=3, B=2, H=13: ")
     narrow()
     assert backend.launch_mode == PERSISTENT
-    assert sum(call[0] == "resident" for call in backend._device.calls if isinstance(call, tuple)) == 2
+    queries = sum(call[0] == "resident" for call in backend._device.calls if isinstance(call, tuple))
+    assert queries == 2 + 2 * 2       # planned once (both kernels), then each of the 2 x 2 launches checked first
 
 
 @needs_gxx

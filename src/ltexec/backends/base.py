@@ -212,6 +212,11 @@ class LaunchModes:
         self.launch_mode = PERSISTENT if geometry is not None else f"{PER_STEP} ({self.fallback_reason})"
         return geometry
 
+    def refuse(self, shape, why: str) -> None:
+        """``shape``'s persistent launch was refused at launch time: per step from now on, because ``why``."""
+        self._plans[shape] = (None, why)
+        self.fallback_reason, self.launch_mode = why, f"{PER_STEP} ({why})"
+
 
 def switch(setting, variable: str) -> bool | None:
     """An on/off option as True, False or None (auto, or not requested): a bool or None as given, else text.

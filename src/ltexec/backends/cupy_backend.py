@@ -14,8 +14,11 @@ ones, so the layer is arranged like the fast CPU backend, on the GPU:
     memory for all T steps and a grid barrier separates the steps, so all
     blocks must be resident at once. :func:`persistent_geometry` picks the
     launch (one block per SM at most) and checks it against the device's
-    shared memory and the occupancy API; the barrier's two words are
-    allocated and zeroed once per backend.
+    shared memory and the occupancy API; every launch is checked again
+    first (:func:`check_cooperative_grid`: a grid that no longer fits runs
+    per step in auto mode, is an error with ``persistent=True``, and is
+    never handed to CuPy, which would shrink it); the barrier's two words
+    are allocated and zeroed once per backend.
   - **per-step launches** (``lstm_cell.cu``): per step one cuBLAS product
     (``h_{t-1} Wh`` forward, ``da_t Wh^T`` backward) and one fused cell
     kernel; where the persistent kernels do not fit, or are turned off.
@@ -49,6 +52,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -195,6 +199,22 @@ class PersistentUnfit(ValueError):
     """The persistent kernels cannot run a layer of this shape on this device; the message says why."""
 
 
+def check_cooperative_grid(kernel: str, grid: int, block: int, shared_bytes: int, resident_per_sm: int,
+                           sms: int) -> None:
+    """Raise :class:`PersistentUnfit` naming both numbers unless all ``grid`` blocks fit on the device at once.
+
+    Checked before every cooperative launch, not only when the launch is
+    planned: the persistent grid is semantic (block b owns a slice of the
+    hidden units), and CuPy shrinks a 1-D cooperative grid that does not fit
+    to what does, with only a warning, which would leave units uncomputed.
+    """
+    fits = resident_per_sm * sms
+    if grid > fits:
+        raise PersistentUnfit(f"{kernel} needs {grid} co-resident blocks of {block} threads with {shared_bytes} B "
+                              f"of shared memory each, but the device holds {resident_per_sm} per SM x {sms} SMs "
+                              f"= {fits} at once")
+
+
 def persistent_geometry(T: int, B: int, H: int, itemsize: int, limits: DeviceLimits,
                         resident_blocks: Callable[[int, int], int]) -> PersistentGeometry:
     """How the persistent kernels run a layer window of (T, B, H), or PersistentUnfit saying why they cannot.
@@ -279,10 +299,15 @@ class CudaDevice:
         """Launch with every block resident at once and ``shared_bytes`` of dynamic shared memory per block.
 
         The kernel's module was compiled with cooperative groups enabled, so
-        CuPy launches it with ``cuLaunchCooperativeKernel``, which fails
-        instead of hanging when the grid cannot be resident at once.
+        CuPy launches it with ``cuLaunchCooperativeKernel``. Where the grid
+        does not fit, CuPy may shrink a 1-D grid to what fits, with only a
+        warning; the backend checks the grid first
+        (:func:`check_cooperative_grid`), and any warning CuPy gives here is
+        raised as an error, so a grid is never launched smaller than asked.
         """
-        self._kernels[kernel]((grid,), (block,), args, shared_mem=shared_bytes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            self._kernels[kernel]((grid,), (block,), args, shared_mem=shared_bytes)
 
     def persistent_limits(self) -> DeviceLimits:
         """The device's SM count, opt-in shared memory per block and cooperative launch support."""
@@ -448,10 +473,9 @@ class CupyBackend(Backend):
         """gates: x_t Wx -> activations; hs[1:], cs[1:] from hs[0], cs[0]: one launch, or two per step."""
         T, B, H = cs.shape[0] - 1, cs.shape[1], cs.shape[2]
         geometry = self._persistent_geometry(T, B, H)
-        if geometry is not None:
-            self._launch_persistent("lstm_persistent_forward", geometry, gates, Wh, b, hs[0], cs[0], hs[1:],
-                                    cs[1:], self._barrier, np.int32(T), np.int32(B), np.int32(H),
-                                    np.int32(geometry.units))
+        if geometry is not None and self._launch_persistent(
+                "lstm_persistent_forward", geometry, (T, B, H), gates, Wh, b, hs[0], cs[0], hs[1:], cs[1:],
+                self._barrier, np.int32(T), np.int32(B), np.int32(H), np.int32(geometry.units)):
             return
         rec = self._pool.take((B, 4 * H), self.dtype)   # h_{t-1} Wh of the current step
         for t in range(T):
@@ -465,10 +489,9 @@ class CupyBackend(Backend):
         dh0 = take((B, H), dt)   # per step: h_t's gradient from step t+1, then dh_{t-1} = da_t Wh^T
         dc0 = take((B, H), dt)   # per step: c_t's gradient from step t+1, updated in place
         geometry = self._persistent_geometry(T, B, H)
-        if geometry is not None:
-            self._launch_persistent("lstm_persistent_backward", geometry, gates, cs[1:], cs[0], Wh, dhs, dhT,
-                                    dcT, dh0, dc0, self._barrier, np.int32(T), np.int32(B), np.int32(H),
-                                    np.int32(geometry.units))
+        if geometry is not None and self._launch_persistent(
+                "lstm_persistent_backward", geometry, (T, B, H), gates, cs[1:], cs[0], Wh, dhs, dhT, dcT, dh0, dc0,
+                self._barrier, np.int32(T), np.int32(B), np.int32(H), np.int32(geometry.units)):
             return dh0, dc0
         dh0[...] = dhT
         dc0[...] = dcT
@@ -523,9 +546,23 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------- kernel launches
 
-    def _launch_persistent(self, kernel: str, geometry: PersistentGeometry, *args) -> None:
-        self._device.launch_cooperative(name_expression(kernel, self.dtype), geometry.grid, geometry.block,
-                                        geometry.shared_bytes, args)
+    def _launch_persistent(self, kernel: str, geometry: PersistentGeometry, shape: tuple, *args) -> bool:
+        """One cooperative launch, once the grid is checked to fit (:func:`check_cooperative_grid`); False where it
+        does not and the mode is auto (the layer then runs per step, and so does its shape from now on)."""
+        name = name_expression(kernel, self.dtype)
+        resident = self._device.resident_blocks(name, geometry.block, geometry.shared_bytes)
+        try:
+            check_cooperative_grid(name, geometry.grid, geometry.block, geometry.shared_bytes, resident,
+                                   self._limits.sms)
+        except PersistentUnfit as unfit:
+            if self._persistent:
+                raise ValueError(f"persistent=True, but the persistent kernels cannot run a layer of "
+                                 f"T={shape[0]}, B={shape[1]}, H={shape[2]}: {unfit}") from None
+            self._modes.refuse(shape, f"persistent launch refused at T={shape[0]}, B={shape[1]}, H={shape[2]}: "
+                                      f"{unfit}")
+            return False
+        self._device.launch_cooperative(name, geometry.grid, geometry.block, geometry.shared_bytes, args)
+        return True
 
     def _cell_forward(self, gates, rec, b, c_prev, c, h):
         B, H = c.shape
