@@ -261,13 +261,18 @@ def _step_functions(real, jit) -> types.SimpleNamespace:
 
     @jit
     def recurrent_dot(dA, t, r, u, w_s):
-        """dA[t, r, :] . Wh[j0 + u, :] (row u of the block's shared rows), summed in order of k."""
+        """dA[t, r, :] . Wh[j0 + u, :] (row u of the block's shared rows) in four partial sums (partial p
+        takes k = p, p + 4, ...; 4H terms) added as (s0 + s1) + (s2 + s3): independent sums hide the FMA
+        latency one accumulator waits on at every term, and the fixed order keeps the bits run to run."""
         four_h = dA.shape[2]
         row = u * (four_h + 1)
-        s = real(0)
-        for k in range(four_h):
-            s += dA[t, r, k] * w_s[row + k]
-        return s
+        s0 = s1 = s2 = s3 = real(0)
+        for k in range(0, four_h, 4):
+            s0 += dA[t, r, k] * w_s[row + k]
+            s1 += dA[t, r, k + 1] * w_s[row + k + 1]
+            s2 += dA[t, r, k + 2] * w_s[row + k + 2]
+            s3 += dA[t, r, k + 3] * w_s[row + k + 3]
+        return (s0 + s1) + (s2 + s3)
 
     @jit
     def backward_item(t, e, j0, n, w_s, gates, cs, c0, dhs, dhT, dcT, dA, dc0):
