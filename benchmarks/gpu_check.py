@@ -74,6 +74,7 @@ import numpy as np
 
 from bench_lstm import CLIP, CONFIGS, LEARNING_RATE, Config, LtexecRunner, TorchRunner, launch_details, random_window
 from machine import REPOSITORY, machine, package_version
+from ltexec.atomic import atomic_write
 from ltexec.backends import available_backends, get_backend
 from ltexec.model import LSTMModel
 from ltexec.optim import SGD
@@ -127,6 +128,9 @@ DTYPES = (np.float32, np.float64)
 TESTS_COMMAND = ("-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests")
 """pytest's arguments (after the interpreter) for the tests marked ``gpu``."""
 TESTS_TIMEOUT_S = 180
+UNUSABLE_DEVICE = re.compile(r"^SKIPPED .*\bno (CUDA|\w+) device\b")
+"""A skip reason (pytest -ra) saying the tests' process found no usable device, e.g. one GPU in
+EXCLUSIVE_PROCESS compute mode whose context another process holds: a failure, not a pass."""
 
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 SANITIZER_ERROR_EXIT = 86
@@ -314,12 +318,18 @@ def run_gpu_tests(arguments=TESTS_COMMAND, timeout_s: float = TESTS_TIMEOUT_S) -
     command = [sys.executable, *arguments]
     run = run_command(command, timeout_s)
     counts = pytest_counts(run["output"])
+    unusable = [line for line in run["output"].splitlines() if UNUSABLE_DEVICE.search(line)]
     failures = []
     if run["returncode"] is None:
         failures.append(f"GPU tests: still running after {timeout_s:g} s, stopped")
     elif run["returncode"] != 0 or counts["failed"] or counts["errors"]:
         failures.append(f"GPU tests: {counts['failed']} failed, {counts['errors']} errors, "
                         f"{counts['passed']} passed (pytest exit status {run['returncode']})")
+    elif counts["passed"] == 0:
+        failures.append(f"GPU tests: none passed ({counts['skipped']} skipped): nothing was tested on the device")
+    if unusable:
+        failures.append(f"GPU tests: skipped because the device was not usable in the tests' process: "
+                        f"{unusable[0].strip()}")
     return finished({"command": shown_command(command), "returncode": run["returncode"], "seconds": run["seconds"],
                      **counts, "tail": run["output"][-OUTPUT_TAIL:], "failures": failures})
 
@@ -743,37 +753,53 @@ def json_safe(value):
 
 
 def write_record(record: dict, path: Path) -> None:
+    """The record as plain JSON at ``path``, written whole or not at all (it is rewritten after every check)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as out:
-        json.dump(json_safe(record), out, indent=1, allow_nan=False)
-        out.write("\n")
+    text = json.dumps(json_safe(record), indent=1, allow_nan=False) + "\n"
+    atomic_write(path, lambda out: out.write(text.encode("utf-8")))
 
 
 def progress(text: str, started: float) -> None:
     print(f"gpu_check [{time.perf_counter() - started:5.0f} s]: {text}", file=sys.stderr, flush=True)
 
 
-def run_checks(modes, reasons: dict, quick: bool, skip_tests: bool, command: str, cfg: Config = PAPER) -> dict:
-    """Every check in order, each guarded: the whole record, its failures gathered under ``failures``."""
+def run_checks(modes, reasons: dict, quick: bool, skip_tests: bool, command: str, cfg: Config = PAPER,
+               save=lambda record: None) -> dict:
+    """Every check in order, each guarded: the whole record, its failures gathered under ``failures``.
+
+    ``save(record)`` is called before each check (``running`` names it) and
+    after it, so a hang, a crash or a kill loses no check already done and
+    says which one it stopped in; ``complete`` is true only at the end.
+    """
     started = time.perf_counter()
     backends = gpu_backends(modes)
     record = {"check": "gpu_check", "command": command, "quick": quick, "skip_tests": skip_tests,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "backends": reasons, "launch_modes": [mode.label for mode in modes], "machine": machine()}
-    progress("environment", started)
-    record["environment"] = guarded("environment", environment)
-    progress("GPU tests (pytest -m gpu)", started)
-    record["tests"] = skipped("--skip-tests") if skip_tests else guarded("GPU tests", run_gpu_tests)
-    progress("compute-sanitizer", started)
-    record["sanitizer"] = skipped("--quick") if quick else guarded("sanitizer", check_sanitizer, modes)
-    progress(f"parity at {cfg.name} size", started)
-    record["parity"] = guarded("parity", check_parity, modes, cfg)
-    progress("kernel resources", started)
-    record["kernels"] = guarded("kernels", kernel_resources, backends, cfg)
-    progress("timing", started)
-    record["timing"] = skipped("--quick") if quick else guarded("timing", time_training_steps, modes, cfg)
-    record["failures"] = [failure for name in CHECKS for failure in record[name]["failures"]]
-    record["seconds"] = round(time.perf_counter() - started, 1)
+              "backends": reasons, "launch_modes": [mode.label for mode in modes], "machine": machine(),
+              "complete": False, "failures": []}
+    stages = (
+        ("environment", "environment", lambda: guarded("environment", environment)),
+        ("tests", "GPU tests (pytest -m gpu)",
+         lambda: skipped("--skip-tests") if skip_tests else guarded("GPU tests", run_gpu_tests)),
+        ("sanitizer", "compute-sanitizer",
+         lambda: skipped("--quick") if quick else guarded("sanitizer", check_sanitizer, modes)),
+        ("parity", f"parity at {cfg.name} size", lambda: guarded("parity", check_parity, modes, cfg)),
+        ("kernels", "kernel resources", lambda: guarded("kernels", kernel_resources, backends, cfg)),
+        ("timing", "timing",
+         lambda: skipped("--quick") if quick else guarded("timing", time_training_steps, modes, cfg)),
+    )
+    for name, label, check in stages:
+        progress(label, started)
+        record["running"] = name
+        if name != "environment":                      # the file is named after the GPU the environment finds
+            save(record)
+        record[name] = check()
+        record["failures"] = [failure for done in CHECKS if done in record for failure in record[done]["failures"]]
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        save(record)
+    del record["running"]
+    record["complete"] = True
+    save(record)
     return record
 
 
@@ -887,10 +913,16 @@ def main(argv=None) -> int:
             print(line, file=sys.stderr)
         return 2
     command = shlex.join(["python", str(SCRIPT.relative_to(REPOSITORY)), *argv])
-    record = run_checks(modes, reasons, args.quick, args.skip_tests, command, PAPER)
-    gpu = record["environment"].get("gpu", {}).get("name", "unknown GPU")
-    path = Path(args.json) if args.json else default_json_path(gpu, record["date"][:10], RESULTS)
-    write_record(record, path)
+    paths = []                                       # chosen at the first save, once the GPU's name is known
+
+    def save(record: dict) -> None:
+        if not paths:
+            gpu = record.get("environment", {}).get("gpu", {}).get("name", "unknown GPU")
+            paths.append(Path(args.json) if args.json else default_json_path(gpu, record["date"][:10], RESULTS))
+        write_record(record, paths[0])
+
+    record = run_checks(modes, reasons, args.quick, args.skip_tests, command, PAPER, save)
+    path = paths[0]
     print("\n".join(summary_lines(record)))
     print(f"wrote {path}")
     return 1 if record["failures"] else 0

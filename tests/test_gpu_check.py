@@ -31,7 +31,7 @@ TINY = gpu_check.Config("tiny", batch=3, hidden=5, layers=2, seq_len=4)
 REFERENCE = LaunchMode("numpy", "reference")
 ONE_LANE = LaunchMode("cpu", "one-lane", {"threads": 1}, sanitize=False)
 RECORD_KEYS = {"check", "command", "quick", "skip_tests", "date", "backends", "launch_modes", "machine",
-               "environment", "tests", "sanitizer", "parity", "kernels", "timing", "failures", "seconds"}
+               "environment", "tests", "sanitizer", "parity", "kernels", "timing", "failures", "seconds", "complete"}
 
 CLEAN_SANITIZER = """#!/bin/sh
 # Stands in for compute-sanitizer: skips its options (each has a value), runs the program, finds nothing.
@@ -260,6 +260,21 @@ def test_the_test_run_records_counts_exit_status_and_tail():
     assert (passing["status"], passing["passed"], passing["failures"]) == ("pass", 3, [])
 
 
+def test_a_test_run_that_tested_nothing_on_the_device_fails():
+    nothing = gpu_check.run_gpu_tests(("-c", "print('12 skipped, 1400 deselected in 0.2s')"), 120)
+    assert (nothing["status"], nothing["failures"]) == \
+        ("fail", ["GPU tests: none passed (12 skipped): nothing was tested on the device"])
+    output = ("SKIPPED [4] tests/test_cupy_backend.py:642: no CUDA device: CUDA driver version is insufficient\n"
+              "3 passed, 4 skipped, 1400 deselected in 0.2s")
+    unusable = gpu_check.run_gpu_tests(("-c", f"print({output!r})"), 120)
+    assert unusable["status"] == "fail" and unusable["failures"] == [
+        "GPU tests: skipped because the device was not usable in the tests' process: SKIPPED [4] "
+        "tests/test_cupy_backend.py:642: no CUDA device: CUDA driver version is insufficient"]
+    other_skip = gpu_check.run_gpu_tests(("-c", "print('SKIPPED [1] t.py:3: needs g++')\n"
+                                                "print('3 passed, 1 skipped in 0.2s')"), 120)
+    assert other_skip["status"] == "pass"
+
+
 def test_a_test_run_past_its_time_is_stopped_and_fails():
     stuck = gpu_check.run_gpu_tests(("-c", "import time; time.sleep(60)"), timeout_s=1)
     assert stuck["returncode"] is None and stuck["status"] == "fail"
@@ -441,6 +456,30 @@ def test_a_full_run_on_stand_ins_writes_every_check_and_passes(stand_ins, tmp_pa
     assert "tests: skipped (--skip-tests)" in out
     assert sum(line.startswith("parity ") and ": pass: worst " in line for line in out) == 4
     assert out[-2].startswith("all checks passed in ") and out[-1] == f"wrote {path}"
+
+
+def test_the_record_is_on_disk_after_every_check_and_says_where_a_kill_stopped_it(stand_ins, monkeypatch, tmp_path):
+    path = tmp_path / "record.json"
+    seen = []
+    real_write = gpu_check.write_record
+
+    def write(record, where):
+        real_write(record, where)
+        seen.append((record.get("running"), sorted(name for name in gpu_check.CHECKS if name in record)))
+
+    def killed(modes, cfg):
+        raise KeyboardInterrupt                          # what a kill or Ctrl-C does in the middle of a check
+
+    monkeypatch.setattr(gpu_check, "write_record", write)
+    monkeypatch.setattr(gpu_check, "check_parity", killed)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(["--skip-tests", "--json", str(path)])
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["complete"] is False and record["running"] == "parity"
+    assert [name for name in gpu_check.CHECKS if name in record] == ["environment", "tests", "sanitizer"]
+    assert record["sanitizer"]["status"] == "pass" and not list(tmp_path.glob(".record.json.*"))
+    assert seen[0] == ("environment", ["environment"]) and seen[-1] == ("parity", ["environment", "sanitizer",
+                                                                                  "tests"])
 
 
 def test_a_failed_check_makes_the_exit_status_1_and_is_listed(stand_ins, monkeypatch, capsys):
