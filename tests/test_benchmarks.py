@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_lstm  # noqa: E402
 import bench_sampler  # noqa: E402
 import bench_step_product  # noqa: E402
+import figures  # noqa: E402
 import machine  # noqa: E402
 import time_to_accuracy  # noqa: E402
 from flops import PAPER_STEP_GFLOP, check_paper_count, step_flops  # noqa: E402
@@ -196,3 +197,16 @@ def test_time_to_accuracy_sets_seed_and_out_itself(capsys):
     with pytest.raises(SystemExit):
         time_to_accuracy.main(["--seeds", "0", "--seed", "3"])
     assert "--seed is set for each seed by this script" in capsys.readouterr().err
+
+
+def test_the_readmes_figures_are_drawn_from_the_committed_records(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert figures.main(["--out", str(tmp_path)]) == 0
+    for name in ("time-to-accuracy.png", "training-step.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert capsys.readouterr().out.splitlines() == [str(tmp_path / "time-to-accuracy.png"),
+                                                    str(tmp_path / "training-step.png")]
+    record = {"runs": [{"target_minutes": 2.0}, {"target_minutes": None}, {"target_minutes": 3.0}]}
+    drawn = figures.time_to_accuracy_figure([("a row", record)], "t")
+    texts = [text.get_text() for text in drawn.axes[0].texts]
+    assert "median 2.50 min" in texts and "1 not reached" in texts and "2 of 3 seeds" in texts
