@@ -78,6 +78,7 @@ from ltexec.atomic import atomic_write
 from ltexec.backends import available_backends, get_backend
 from ltexec.model import LSTMModel
 from ltexec.optim import SGD
+from ltexec.testing import relative_error
 
 
 @dataclass(frozen=True)
@@ -443,17 +444,6 @@ def check_sanitizer(modes, program: str | None = None) -> dict:
 
 
 # ------------------------------------------------------------ parity
-
-def relative_error(actual, expected) -> float:
-    """``max|actual - expected| / max|expected|`` in float64; infinite when ``actual`` holds NaN or infinity."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    if actual.shape != expected.shape:
-        raise ValueError(f"shape {actual.shape} differs from the reference's {expected.shape}")
-    if not np.isfinite(actual).all():
-        return math.inf
-    scale = max(float(np.abs(expected).max(initial=0.0)), np.finfo(np.float64).tiny)
-    return float(np.abs(actual - expected).max(initial=0.0)) / scale
-
 
 def step_arrays(result, to_numpy) -> dict[str, np.ndarray]:
     """A window's outputs as host arrays: every gradient, each layer's final state and carried-in state's gradient."""

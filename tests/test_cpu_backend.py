@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from closeness import assert_relative_error_below
+from ltexec.testing import assert_relative_error_below
 from ltexec.backends import BACKENDS, available_backends, get_backend
 from ltexec.backends.common import BufferPool
 from ltexec.backends.cpu import CpuBackend, Lanes, _openblas_thread_setter

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from closeness import assert_relative_error_below
+from ltexec.testing import assert_relative_error_below
 
 pytest.importorskip("numba")
 

@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 
 import cuda_emulation as emulation
-from closeness import relative_error as rel_error
+from ltexec.testing import relative_error as rel_error
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
 from ltexec.backends import cupy_backend
 from ltexec.backends.base import PER_STEP, PERSISTENT, UNDECIDED

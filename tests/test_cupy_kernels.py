@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cuda_emulation as emulation
-from closeness import relative_error as rel_error
+from ltexec.testing import relative_error as rel_error
 from cuda_toolkit import toolkit_program
 from ltexec.backends import cupy_backend
 from ltexec.backends.base import Backend

@@ -5,6 +5,7 @@ import pytest
 
 from ltexec.backends import BACKENDS, get_backend
 from ltexec.model import LSTMModel
+from ltexec.testing import relative_error
 
 V, H, LAYERS = 11, 6, 2
 
@@ -27,9 +28,7 @@ def random_state(rng, B, layers=LAYERS, hidden=H):
     return [(rng.uniform(-1, 1, (B, hidden)), rng.uniform(-1, 1, (B, hidden))) for _ in range(layers)]
 
 
-def tensor_relative_error(a, b):
-    """max |a - b| over max |b|: the error relative to the tensor's own scale."""
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
+
 
 
 # ------------------------------------------------------------------ parameters
@@ -175,9 +174,9 @@ def test_float32_agrees_with_float64():
     double = make_model(dtype=np.float64, init_scale=0.5).loss_and_grads(x, y, mask, state)
     assert single.loss == pytest.approx(double.loss, rel=1e-5)
     for name in double.grads:
-        assert tensor_relative_error(single.grads[name], double.grads[name]) < 1e-4, name
+        assert relative_error(single.grads[name], double.grads[name]) < 1e-4, name
     for (dh32, dc32), (dh64, dc64) in zip(single.dstate, double.dstate):
-        assert tensor_relative_error(dh32, dh64) < 1e-4 and tensor_relative_error(dc32, dc64) < 1e-4
+        assert relative_error(dh32, dh64) < 1e-4 and relative_error(dc32, dc64) < 1e-4
 
 
 def test_large_logits_give_finite_results_without_warnings():

@@ -46,9 +46,10 @@ from cuda_toolkit import toolkit_program
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from closeness import assert_relative_error_below
+from ltexec.testing import assert_relative_error_below
 from ltexec.backends.numba_cuda import (PERSISTENT_ENV, TURNED_OFF, NumbaCudaBackend, persistent_plan,
                                         persistent_requested)
+from ltexec.backends.common import ceil_div
 from ltexec.backends.numpy_backend import cell_backward, cell_forward
 
 P = pytest.importorskip("ltexec.backends.numba_cuda_persistent", reason="numba-cuda is not installed")
@@ -69,8 +70,8 @@ def test_geometry_gives_every_unit_one_block_within_the_limits(H, B, max_blocks,
     assert (g.H, g.B, g.itemsize) == (H, B, itemsize)
     assert g.grid <= max_blocks and g.grid * U >= H > (g.grid - 1) * U     # the last block is not empty
     assert 1 <= g.threads <= min(P.MAX_THREADS, U * B)
-    per_thread = P.ceil_div(U * B, g.threads)
-    assert per_thread == P.ceil_div(U * B, P.MAX_THREADS)                 # items spread evenly
+    per_thread = ceil_div(U * B, g.threads)
+    assert per_thread == ceil_div(U * B, P.MAX_THREADS)                 # items spread evenly
     assert g.forward_shared_bytes == H * 4 * U * itemsize
     assert g.backward_shared_bytes == U * (4 * H + 1) * itemsize
 

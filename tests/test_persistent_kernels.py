@@ -29,7 +29,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import cuda_emulation as emulation
-from closeness import relative_error as rel_error
+from ltexec.testing import relative_error as rel_error
 from ltexec.backends import cupy_backend
 from ltexec.backends.numpy_backend import NumpyBackend, cell_backward
 from test_cupy_kernels import CANARY, Guarded, needs_gxx, nvrtc_check, nvrtc_or_skip

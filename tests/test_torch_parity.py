@@ -12,6 +12,7 @@ import pytest
 
 from ltexec.model import LSTMModel
 from ltexec.optim import SGD
+from ltexec.testing import relative_error as closeness
 from ltexec.torch_convert import from_torch_state_dict, to_torch_state_dict
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch); parity tests need it")
@@ -64,8 +65,8 @@ def torch_state(state, requires_grad=False):
 
 
 def relative_error(ours, theirs):
-    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
-    return float(np.abs(np.asarray(ours, np.float64) - theirs).max() / np.abs(theirs).max())
+    """:func:`ltexec.testing.relative_error`, torch's side given as a tensor."""
+    return closeness(ours, theirs.detach().numpy() if hasattr(theirs, "detach") else theirs)
 
 
 @pytest.mark.parametrize("layers", [1, 2])

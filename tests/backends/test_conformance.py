@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 import pytest
-from closeness import assert_relative_error_below
+from ltexec.testing import assert_relative_error_below
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

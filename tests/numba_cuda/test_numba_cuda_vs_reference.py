@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from closeness import assert_relative_error_below
+from ltexec.testing import assert_relative_error_below
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
 from ltexec.backends import numba_cuda_kernels as nk
 from ltexec.backends import numba_cuda_persistent as P

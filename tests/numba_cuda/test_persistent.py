@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from closeness import assert_relative_error_below
+from ltexec.testing import assert_relative_error_below
 from ltexec.backends import numba_cuda_persistent as P
 from ltexec.backends.numba_cuda import _simulator_active
 from ltexec.backends.numpy_backend import cell_backward, cell_forward

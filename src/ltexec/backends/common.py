@@ -1,4 +1,4 @@
-"""Plumbing the backends share: array and id checks, the buffer pool, the LSTM layer's cache.
+"""Plumbing the backends share: array and id checks, the buffer pool, the LSTM layer's cache, ``ceil_div``.
 
 Each piece works on NumPy and CuPy arrays alike (and on whatever array module
 a test injects), so a backend module only adds its arithmetic.
@@ -9,6 +9,11 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+
+
+def ceil_div(a: int, b: int) -> int:
+    """The smallest integer >= a / b (blocks that cover a items, b per block), for positive b."""
+    return -(-a // b)
 
 
 def check_array(name: str, a, shape: tuple | None, dtype, array_type) -> tuple:

@@ -57,7 +57,7 @@ import time
 import numpy as np
 
 from ltexec.backends.base import Backend
-from ltexec.backends.common import BufferPool, LstmCache
+from ltexec.backends.common import BufferPool, LstmCache, ceil_div
 from ltexec.machine import usable_cores
 from ltexec.validation import check_choice, check_int
 
@@ -276,7 +276,7 @@ def per_step_product(W, how: str, take):
         return lambda a, out: np.matmul(a, W, out=out)
     from ltexec.backends.cpu_step_kernels import pack_columns, step_product
     width = 80 if n % 80 == 0 else 64                      # the faster tile where it leaves no padded panel
-    panels = pack_columns(W, width, take((-(-n // width), W.shape[0], width), W.dtype))
+    panels = pack_columns(W, width, take((ceil_div(n, width), W.shape[0], width), W.dtype))
     product = step_product(TILE_ROWS, width)
     return lambda a, out: product(a, panels, out, n)
 

@@ -30,6 +30,7 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ltexec.backends.common import ceil_div
 from ltexec.backends.cpu_kernels import FASTMATH
 
 jit = njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
@@ -66,7 +67,7 @@ def pack_columns(W, nr: int, out=None):
     caller can pack into a reused buffer every window.
     """
     K, N = W.shape
-    P = -(-N // nr)
+    P = ceil_div(N, nr)
     wp = np.empty((P, K, nr), W.dtype) if out is None else out
     for p in range(P):
         c0, c1 = p * nr, min(N, (p + 1) * nr)

@@ -60,7 +60,7 @@ import numpy as np
 
 from ltexec.backends.base import (Backend, LaunchModes, option_from_environment, recurrence_plan,
                                   switch, turned_off_reason)
-from ltexec.backends.common import BufferPool, LstmCache
+from ltexec.backends.common import BufferPool, LstmCache, ceil_div
 
 KERNELS = {
     "lstm_cell.cu": ("lstm_cell_forward", "lstm_cell_backward"),
@@ -148,7 +148,7 @@ def launch_geometry(threads: int, block: int) -> tuple[int, int]:
         raise ValueError(f"a launch needs at least one thread, got {threads}")
     if not 1 <= block <= MAX_BLOCK:
         raise ValueError(f"block size must be in 1..{MAX_BLOCK}, got {block}")
-    grid = -(-threads // block)
+    grid = ceil_div(threads, block)
     if grid > MAX_LAUNCH_INDEX:
         raise ValueError(f"{threads} threads need {grid} blocks of {block}, more than a grid holds")
     return grid, block
@@ -235,9 +235,9 @@ def persistent_geometry(T: int, B: int, H: int, itemsize: int, limits: DeviceLim
     if T * B * 4 * H > MAX_LAUNCH_INDEX:
         raise PersistentUnfit(f"the window's gates hold T*B*4H = {T * B * 4 * H} values, "
                               f"more than the kernels' 32-bit indexing allows")
-    units = -(-H // limits.sms)
-    grid = -(-H // units)
-    block = min(MAX_BLOCK, 32 * -(-B * units // 32))
+    units = ceil_div(H, limits.sms)
+    grid = ceil_div(H, units)
+    block = min(MAX_BLOCK, 32 * ceil_div(B * units, 32))
     shared = 4 * H * units * itemsize
     if shared > limits.shared_per_block:
         raise PersistentUnfit(f"a block's slice of W_h ({units} units of H={H}) needs {shared} B of shared "

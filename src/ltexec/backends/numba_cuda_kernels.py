@@ -51,7 +51,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ltexec.backends.common import check_array
+from ltexec.backends.common import ceil_div, check_array
 
 RECURRENT_TILE_H = 32
 """Hidden units per block of the step kernels (a warp along j); also their k-chunk."""
@@ -77,9 +77,6 @@ _GATE_COLUMNS = 4 * RECURRENT_TILE_H               # Wh columns of a unit tile, 
 _PADDED_TILE_H = RECURRENT_TILE_H + 1              # row pitch that keeps column reads conflict-free
 _PADDED_GEMM_TILE = GEMM_THREADS * GEMM_MICRO + 1  # ditto for the GEMM tiles
 
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # ------------------------------------------------------------------ geometry

@@ -97,6 +97,8 @@ import numba
 import numpy as np
 from numba import cuda
 
+from ltexec.backends.common import ceil_div
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_THREADS = 512
 """Threads per block at most; a block with more items gives each thread several."""
@@ -107,9 +109,6 @@ OPT_IN_SHARED_BYTES = {(7, 0): 96 * 1024, (7, 5): 64 * 1024, (8, 0): 163 * 1024,
 """Shared memory per block with the opt-in, by compute capability (CUDA programming guide)."""
 KERNEL_NAMES = ("lstm_forward_persistent", "lstm_backward_persistent")
 
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # ------------------------------------------------------------------ geometry
