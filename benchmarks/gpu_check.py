@@ -575,23 +575,59 @@ def occupancy(active_blocks: int | None, block: int | None, max_threads_per_sm: 
 
 
 def kernel_row(backend: str, kernel: str, registers: int, shared: int, local: int, max_block: int,
-               block: int | None, active_blocks: int | None, max_threads_per_sm: int) -> dict:
+               block: int | None, active_blocks: int | None, max_threads_per_sm: int,
+               dynamic_shared: int = 0) -> dict:
     return {"backend": backend, "kernel": kernel, "registers": registers, "shared_bytes": shared,
-            "local_bytes": local, "max_threads_per_block": max_block, "block": block,
-            "active_blocks_per_sm": active_blocks, "occupancy": occupancy(active_blocks, block, max_threads_per_sm)}
+            "dynamic_shared_bytes": dynamic_shared, "local_bytes": local, "max_threads_per_block": max_block,
+            "block": block, "active_blocks_per_sm": active_blocks,
+            "occupancy": occupancy(active_blocks, block, max_threads_per_sm)}
+
+
+def cupy_persistent_launches(device, cfg: Config) -> dict[str, tuple[int, int]]:
+    """Name expression -> (block, dynamic shared bytes) of the persistent kernels at ``cfg``'s size, per dtype,
+    as the backend plans them on ``device`` (a :class:`~ltexec.backends.cupy_backend.CudaDevice`); a dtype
+    whose launch cannot fit (shared memory, no cooperative launch) is left out."""
+    from ltexec.backends import cupy_backend
+    launches = {}
+    for dtype in DTYPES:
+        try:
+            geometry = cupy_backend.persistent_geometry(cfg.seq_len, cfg.batch, cfg.hidden, np.dtype(dtype).itemsize,
+                                                        device.persistent_limits(), lambda block, nbytes: math.inf)
+        except cupy_backend.PersistentUnfit:
+            continue
+        for kernel in cupy_backend.PERSISTENT_KERNELS:
+            launches[cupy_backend.name_expression(kernel, dtype)] = (geometry.block, geometry.shared_bytes)
+    return launches
 
 
 def cupy_kernels(cupy, device_id: int, cfg: Config, max_threads_per_sm: int) -> list[dict]:
-    """The CuPy backend's kernels (every instantiation) as the driver reports them."""
-    from ltexec.backends.cupy_backend import compiled_kernels
+    """The CuPy backend's kernels (every instantiation) as the driver reports them; the persistent ones at the
+    block and dynamic shared memory they launch with (the occupancy query raises their limit first)."""
+    from ltexec.backends.cupy_backend import CudaDevice, compiled_kernels
+    device = CudaDevice(cupy)
     blocks = cupy_launch_blocks(cfg)
+    persistent = cupy_persistent_launches(device, cfg)
     rows = []
     for expression, kernel in compiled_kernels(cupy, device_id).items():
-        block = blocks.get(expression.split("<")[0])
-        active = None if block is None else cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-            kernel.kernel.ptr, block, 0)
+        block, dynamic = persistent.get(expression, (blocks.get(expression.split("<")[0]), 0))
+        active = None if block is None else device.resident_blocks(expression, block, dynamic)
         rows.append(kernel_row("cupy", expression, kernel.num_regs, kernel.shared_size_bytes, kernel.local_size_bytes,
-                               kernel.max_threads_per_block, block, active, max_threads_per_sm))
+                               kernel.max_threads_per_block, block, active, max_threads_per_sm, dynamic))
+    return rows
+
+
+def numba_persistent_kernels(cfg: Config, sm_count: int, max_threads_per_sm: int) -> list[dict]:
+    """The Numba backend's persistent kernels at ``cfg``'s size (one block per SM at most), both dtypes."""
+    from ltexec.backends import numba_cuda_persistent as persistent
+    rows = []
+    for dtype in DTYPES:
+        geometry = persistent.persistent_geometry(cfg.hidden, cfg.batch, dtype, sm_count)
+        resources = persistent.PersistentLauncher(dtype).launch_resources(geometry)
+        for name, (kernel, block, dynamic, grid_blocks) in resources.items():
+            rows.append(kernel_row("numba_cuda", f"{name}<{np.dtype(dtype).name}>", kernel.regs_per_thread,
+                                   kernel.shared_mem_per_block, kernel.local_mem_per_thread,
+                                   kernel.max_threads_per_block, block, grid_blocks // sm_count, max_threads_per_sm,
+                                   dynamic))
     return rows
 
 
@@ -619,6 +655,7 @@ def kernel_resources(backends, cfg: Config = PAPER) -> dict:
     rows = cupy_kernels(cupy, device_id, cfg, gpu["max_threads_per_sm"]) if "cupy" in backends else []
     if "numba_cuda" in backends:
         rows += numba_kernels(cfg, gpu["sm_count"], gpu["max_threads_per_sm"])
+        rows += numba_persistent_kernels(cfg, gpu["sm_count"], gpu["max_threads_per_sm"])
     return finished({"blocks_at": cfg.name, "kernels": rows, "failures": []})
 
 
@@ -834,8 +871,9 @@ def kernel_lines(kernels: dict) -> list[str]:
     lines = []
     for row in kernels["kernels"]:
         where = "" if row["block"] is None else f", occupancy {row['occupancy']:.0%} at {row['block']} threads"
+        dynamic = f" + {row['dynamic_shared_bytes']} B dynamic" if row.get("dynamic_shared_bytes") else ""
         lines.append(f"kernel {row['backend']} {row['kernel']}: {row['registers']} registers, "
-                     f"{row['shared_bytes']} B shared, {row['local_bytes']} B local{where}")
+                     f"{row['shared_bytes']} B shared{dynamic}, {row['local_bytes']} B local{where}")
     return lines
 
 

@@ -375,6 +375,43 @@ def test_launch_blocks_name_kernels_the_backends_have():
     assert numba_blocks["lstm_forward_step"] == tile
 
 
+def test_the_persistent_kernels_are_reported_at_the_launch_the_backend_plans(monkeypatch):
+    import cuda_emulation
+    from types import SimpleNamespace
+    h100 = cupy_backend.DeviceLimits(sms=132, shared_per_block=227 * 1024, cooperative=True)
+    device = cuda_emulation.EmulatedDevice(limits=h100)              # the paper's 400 units: 4 a block, 100 blocks
+    launches = gpu_check.cupy_persistent_launches(device, gpu_check.PAPER)
+    assert launches["lstm_persistent_forward<double>"][1] == 51200
+    for dtype in (np.float32, np.float64):
+        geometry = cupy_backend.persistent_geometry(50, 100, 400, np.dtype(dtype).itemsize, device.limits,
+                                                    lambda block, nbytes: 99)
+        for kernel in cupy_backend.PERSISTENT_KERNELS:
+            assert launches[cupy_backend.name_expression(kernel, dtype)] == (geometry.block, geometry.shared_bytes)
+    small = cuda_emulation.EmulatedDevice(limits=cupy_backend.DeviceLimits(sms=6, shared_per_block=1024,
+                                                                           cooperative=True))
+    assert gpu_check.cupy_persistent_launches(small, gpu_check.PAPER) == {}   # does not fit: not reported
+
+    class Launcher:                                                  # the Numba side, with a stand-in driver
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+        def launch_resources(self, geometry):
+            kernel = SimpleNamespace(regs_per_thread=64, shared_mem_per_block=0, local_mem_per_thread=0,
+                                     max_threads_per_block=1024)
+            return {name: (kernel, geometry.threads, geometry.shared_bytes(name), 132)
+                    for name in numba_cuda_persistent.KERNEL_NAMES}
+
+    from ltexec.backends import numba_cuda_persistent
+    monkeypatch.setattr(numba_cuda_persistent, "PersistentLauncher", Launcher)
+    rows = gpu_check.numba_persistent_kernels(gpu_check.PAPER, 132, 2048)
+    geometry = numba_cuda_persistent.persistent_geometry(400, 100, np.float32, 132)
+    assert [row["kernel"] for row in rows] == [f"{name}<{dtype}>" for dtype in ("float32", "float64")
+                                               for name in numba_cuda_persistent.KERNEL_NAMES]
+    assert rows[0]["dynamic_shared_bytes"] == geometry.forward_shared_bytes and rows[0]["active_blocks_per_sm"] == 1
+    assert rows[0]["block"] == geometry.threads
+    assert f"+ {geometry.forward_shared_bytes} B dynamic" in gpu_check.kernel_lines({"kernels": rows})[0]
+
+
 def test_occupancy_is_the_share_of_an_sms_warp_slots():
     assert gpu_check.occupancy(8, 256, 2048) == 1.0
     assert gpu_check.occupancy(5, 50, 1536) == 0.208                     # 50 threads take two warps

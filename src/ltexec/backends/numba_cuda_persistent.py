@@ -485,6 +485,13 @@ class PersistentLauncher:
             kernel = self._k[name][geometry.grid, geometry.threads, stream, geometry.shared_bytes(name)]
         kernel(*args, geometry.units_per_block)
 
+    def launch_resources(self, geometry: PersistentGeometry) -> dict:
+        """Per kernel name: (compiled kernel, threads per block, dynamic shared bytes, the driver's largest
+        cooperative grid) at ``geometry``, on the current device (what the GPU check reports)."""
+        return {name: (self._k[name].compile(self._signatures[name]), geometry.threads, geometry.shared_bytes(name),
+                       self._max_blocks(name, geometry.threads, geometry.shared_bytes(name)))
+                for name in KERNEL_NAMES}
+
     def _max_blocks(self, name: str, threads: int, nbytes: int) -> int:
         """The driver's largest cooperative grid of kernel ``name``, its shared memory limit raised first."""
         compiled = self._k[name].compile(self._signatures[name])
