@@ -129,6 +129,8 @@ DTYPES = (np.float32, np.float64)
 TESTS_COMMAND = ("-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests")
 """pytest's arguments (after the interpreter) for the tests marked ``gpu``."""
 TESTS_TIMEOUT_S = 180
+PROBE_TIMEOUT_S = 120
+"""Seconds for the availability probe or the environment check in their own process (first compiles included)."""
 UNUSABLE_DEVICE = re.compile(r"^SKIPPED .*\bno (CUDA|\w+) device\b")
 """A skip reason (pytest -ra) saying the tests' process found no usable device, e.g. one GPU in
 EXCLUSIVE_PROCESS compute mode whose context another process holds: a failure, not a pass."""
@@ -283,7 +285,43 @@ def gpu_properties(cupy, device_id: int) -> dict:
             "sm_count": props["multiProcessorCount"], "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
             "max_threads_per_sm": props["maxThreadsPerMultiProcessor"],
             "shared_memory_per_sm": props.get("sharedMemPerMultiprocessor"),
-            "registers_per_sm": props.get("regsPerMultiprocessor"), "l2_cache_bytes": props.get("l2CacheSize")}
+            "registers_per_sm": props.get("regsPerMultiprocessor"), "l2_cache_bytes": props.get("l2CacheSize"),
+            "compute_mode": COMPUTE_MODES.get(props.get("computeMode"), props.get("computeMode"))}
+
+
+COMPUTE_MODES = {0: "default", 1: "exclusive thread", 2: "prohibited", 3: "exclusive process"}
+"""cudaComputeMode: with "exclusive process", a device admits one process's context at a time."""
+
+
+def probe_in_subprocess(what: str, timeout_s: float = PROBE_TIMEOUT_S):
+    """What ``gpu_check.py --probe WHAT`` prints (JSON), run in a process of its own.
+
+    The parent then holds no CUDA context while the GPU tests and the
+    sanitizer run in their own processes: on a GPU in EXCLUSIVE_PROCESS
+    compute mode (common on clusters) a context held here would leave them
+    no device, and every device test would skip.
+    """
+    run = run_command([sys.executable, str(SCRIPT), "--probe", what], timeout_s)
+    lines = run["output"].strip().splitlines()
+    if run["returncode"] != 0 or not lines:
+        state = "still running, stopped" if run["returncode"] is None else f"exit status {run['returncode']}"
+        raise RuntimeError(f"probe {what} in a subprocess: {state}: {run['output'][-OUTPUT_TAIL:]}")
+    return json.loads(lines[-1])
+
+
+def backend_reasons() -> dict:
+    """Every GPU backend of :data:`LAUNCH_MODES` mapped to None if it runs here, else why not (probed apart)."""
+    return probe_in_subprocess("availability")
+
+
+def probe_environment() -> dict:
+    """Check 1, :func:`environment`, run apart (see :func:`probe_in_subprocess`)."""
+    return probe_in_subprocess("environment")
+
+
+PROBES = {"availability": lambda: {name: available_backends()[name] for name in gpu_backends()},
+          "environment": lambda: environment()}
+"""What ``--probe`` prints: run by :func:`probe_in_subprocess`."""
 
 
 def environment() -> dict:
@@ -805,7 +843,7 @@ def run_checks(modes, reasons: dict, quick: bool, skip_tests: bool, command: str
               "backends": reasons, "launch_modes": [mode.label for mode in modes], "machine": machine(),
               "complete": False, "failures": []}
     stages = (
-        ("environment", "environment", lambda: guarded("environment", environment)),
+        ("environment", "environment", lambda: guarded("environment", probe_environment)),
         ("tests", "GPU tests (pytest -m gpu)",
          lambda: skipped("--skip-tests") if skip_tests else guarded("GPU tests", run_gpu_tests)),
         ("sanitizer", "compute-sanitizer",
@@ -925,6 +963,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE",
                         help="write the record to FILE (default: benchmarks/results/gpu-check-<gpu>-<date>.json)")
     parser.add_argument("--sanitizer-workload", metavar="BACKEND[:KEY=VALUE,...]", help=argparse.SUPPRESS)
+    parser.add_argument("--probe", choices=tuple(PROBES), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -933,8 +972,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.sanitizer_workload:
         return sanitizer_workload(args.sanitizer_workload)
-    available = available_backends()
-    reasons = {name: available[name] for name in gpu_backends()}
+    if args.probe:
+        print(json.dumps(json_safe(PROBES[args.probe]())))
+        return 0
+    reasons = backend_reasons()
     modes = [mode for mode in LAUNCH_MODES if reasons[mode.backend] is None]
     if not modes:
         for line in no_gpu_lines(reasons):

@@ -77,9 +77,9 @@ def one_ms(step) -> float:
 def stand_ins(monkeypatch, tmp_path):
     """The CPU backends as the launch modes, a fake GPU, kernels and timer, the clean stand-in sanitizer."""
     monkeypatch.setattr(gpu_check, "LAUNCH_MODES", (REFERENCE, ONE_LANE))
-    monkeypatch.setattr(gpu_check, "available_backends", lambda: {"numpy": None, "cpu": None})
+    monkeypatch.setattr(gpu_check, "backend_reasons", lambda: {"numpy": None, "cpu": None})
     monkeypatch.setattr(gpu_check, "PAPER", TINY)
-    monkeypatch.setattr(gpu_check, "environment", fake_environment)
+    monkeypatch.setattr(gpu_check, "probe_environment", fake_environment)
     monkeypatch.setattr(gpu_check, "kernel_resources", fake_kernels)
     monkeypatch.setattr(gpu_check, "cupy_timer", lambda: one_ms)
     sanitizer = script(tmp_path, "compute-sanitizer", CLEAN_SANITIZER)
@@ -522,11 +522,33 @@ def test_the_record_is_on_disk_after_every_check_and_says_where_a_kill_stopped_i
                                                                                   "tests"])
 
 
+def test_the_parent_probes_the_backends_and_the_environment_in_processes_of_their_own(monkeypatch):
+    reasons = gpu_check.backend_reasons()                         # a real subprocess: python gpu_check.py --probe
+    assert reasons == {name: available_backends()[name] for name in gpu_check.gpu_backends()}
+    seen = []
+    monkeypatch.setattr(gpu_check, "run_command", lambda command, timeout_s: seen.append(command) or
+                        {"returncode": 3, "output": "Traceback: no driver", "seconds": 0.1})
+    with pytest.raises(RuntimeError, match=r"probe environment in a subprocess: exit status 3: Traceback: no driver"):
+        gpu_check.probe_environment()
+    assert seen == [[sys.executable, str(gpu_check.SCRIPT), "--probe", "environment"]]
+    result = gpu_check.guarded("environment", gpu_check.probe_environment)
+    assert result["status"] == "error" and "exit status 3" in result["failures"][0]
+
+
+def test_the_compute_mode_is_recorded_by_name():
+    from types import SimpleNamespace
+    props = {"name": b"Fake", "major": 9, "minor": 0, "multiProcessorCount": 132, "totalGlobalMem": 2**36,
+             "maxThreadsPerMultiProcessor": 2048, "computeMode": 3}
+    cupy = SimpleNamespace(cuda=SimpleNamespace(runtime=SimpleNamespace(getDeviceProperties=lambda device: props)))
+    gpu = gpu_check.gpu_properties(cupy, 0)
+    assert (gpu["name"], gpu["compute_mode"], gpu["sm_count"]) == ("Fake", "exclusive process", 132)
+
+
 def test_a_failed_check_makes_the_exit_status_1_and_is_listed(stand_ins, monkeypatch, capsys):
     def no_driver():
         raise RuntimeError("no driver")
 
-    monkeypatch.setattr(gpu_check, "environment", no_driver)
+    monkeypatch.setattr(gpu_check, "probe_environment", no_driver)
     monkeypatch.setattr(gpu_check, "check_parity",
                         lambda modes, cfg: finished({"runs": [], "failures": ["parity numpy/reference: off"]}))
     assert gpu_check.main(["--quick", "--skip-tests"]) == 1
