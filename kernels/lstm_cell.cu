@@ -26,10 +26,8 @@ __device__ __forceinline__ real sigmoid(real x)
     return x >= real(0) ? real(1) / (real(1) + e) : e / (real(1) + e);
 }
 
-// Forward step t:
-//   a = x_t Wx + h_{t-1} Wh + b
-//   i, f, o = sigmoid(a_i, a_f, a_o)   g = tanh(a_g)
-//   c_t = f * c_{t-1} + i * g          h_t = o * tanh(c_t)
+// Forward step t: the reference's cell (ltexec.backends.numpy_backend's
+// docstring has the equations), a = x_t Wx + h_{t-1} Wh + b in, h_t, c_t out.
 // The activations i, f, g, o overwrite the projection in `gates`: they are
 // what the backward pass keeps (with c_{t-1} and c_t).
 // Launch: at least B*H threads in 1-D blocks of any size.
@@ -64,11 +62,9 @@ __global__ void lstm_cell_forward(
     a[3 * H + j] = o;
 }
 
-// Backward step t, given dh = dh_out + dh_next (the loss's gradient of h_t
-// from the layer's output and from step t+1) and dc (of c_t, from step t+1):
-//   dc  = dc + dh * o * (1 - tanh(c_t)^2)
-//   da  = [dc g i(1-i), dc c_{t-1} f(1-f), dc i (1-g^2), dh tanh(c_t) o(1-o)]
-//   dc_{t-1} = dc * f
+// Backward step t, the reference's (same docstring), given dh = dh_out +
+// dh_next (the loss's gradient of h_t from the layer's output and from step
+// t+1) and dc (of c_t, from step t+1); it leaves da and dc_{t-1} = dc * f.
 // da overwrites the activations in `gates`; the host then computes
 // dh_{t-1} = da Wh^T, and after the last step the window's weight and bias
 // gradients from all da at once. dc is updated in place (each thread reads

@@ -11,17 +11,13 @@
 // steps before the forward launch; dWx = X^T dA, dWh = H_prev^T dA,
 // db = sum of dA and dxs = dA Wx^T after the backward launch.
 //
-// Gate blocks i, f, g, o along the 4H axis (as in torch.nn.LSTM). Forward, step t:
-//   a   = x_t Wx + h_{t-1} Wh + b                                  (B,4H)
-//   i, f, o = sigmoid(a_i, a_f, a_o)    g = tanh(a_g)
-//   c_t = f * c_{t-1} + i * g           h_t = o * tanh(c_t)
-// Backward, step t = T-1 .. 0, with dc = dcT on entry:
-//   dh  = dhs_t + (t == T-1 ? dhT : da_{t+1} Wh^T)
-//   dc  = dc + dh * o * (1 - tanh(c_t)^2)
-//   da  = [dc g i(1-i), dc c_{t-1} f(1-f), dc i (1-g^2), dh tanh(c_t) o(1-o)]
-//   dc  = dc * f                        and finally dh0 = da_0 Wh^T, dc0 = dc.
-// The arithmetic is that of lstm_cell.cu, term by term, so both paths give the
-// same activations and gradients up to the order of the W_h sums.
+// Gate blocks i, f, g, o along the 4H axis (as in torch.nn.LSTM); each step is
+// the cell of the NumPy reference (its module docstring, ltexec.backends.
+// numpy_backend, has the equations). Backward, step t = T-1 .. 0, with
+// dc = dcT on entry: dh = dhs_t + (t == T-1 ? dhT : da_{t+1} Wh^T), and
+// finally dh0 = da_0 Wh^T, dc0 = dc. The arithmetic is that of lstm_cell.cu,
+// term by term, so both paths give the same activations and gradients up to
+// the order of the W_h sums.
 //
 // Thread mapping. A block's work in a step is B * n (row b, unit u) pairs,
 // u fastest; thread x takes pairs x, x + blockDim.x, ... (the same pairs every

@@ -21,13 +21,9 @@ V vocabulary size):
   :meth:`ltexec.optim.SGD.step`) queues its work without waiting for it.
 * Sequences are time-major: ``xs[t]`` is the (B, D) input of step ``t``.
 * The LSTM gate blocks along the 4H axis are ordered i, f, g, o (as in
-  ``torch.nn.LSTM``); one layer computes, for each step ``t``::
-
-      a = x_t Wx + h_{t-1} Wh + b                        (B, 4H)
-      i, f, o = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o)
-      g = tanh(a_g)
-      c_t = f * c_{t-1} + i * g
-      h_t = o * tanh(c_t)
+  ``torch.nn.LSTM``); one layer computes, for each step ``t``, the cell of
+  :mod:`ltexec.backends.numpy_backend` (its docstring has the equations,
+  forward and backward, written once for every backend).
 
 Operations (what a backend must provide):
 

@@ -7,21 +7,12 @@ cooperative launch runs the whole recurrence: every block loads its part of
 Wh into shared memory once and keeps it there for all T steps, and a grid
 barrier (``cuda.cg.this_grid().sync()``) stands between consecutive steps.
 
-Equations (gate blocks i, f, g, o along 4H, as in ``torch.nn.LSTM`` and
-:mod:`.numpy_backend`; xproj_t = x_t Wx is computed for the whole window
-before the launch by the products batched over the window)::
-
-    forward, t = 0 .. T-1 (h_{-1} = h0, c_{-1} = c0):
-      a_t  = xproj_t + h_{t-1} Wh + b                      (B,4H)
-      i, f, o = sigmoid(a_i, a_f, a_o)     g = tanh(a_g)
-      c_t  = f * c_{t-1} + i * g           h_t = o * tanh(c_t)
-
-    backward, t = T-1 .. 0 (dA_T Wh^T is replaced by dhT, dc_T = dcT):
-      dh_t = dhs[t] + dA_{t+1} Wh^T                        (B,H)
-      dc   = dc_t + dh_t * o * (1 - tanh(c_t)^2)
-      dA_t = [dc g i(1-i), dc c_{t-1} f(1-f), dc i (1-g^2), dh_t tanh(c_t) o(1-o)]
-      dc_{t-1} = dc * f
-    and after the loop dh0 = dA_0 Wh^T, dc0 = dc_{-1}.
+The arithmetic is the reference's cell, step by step (the equations are in
+:mod:`.numpy_backend`'s docstring); xproj_t = x_t Wx comes computed for the
+whole window by the products batched over it. Forward runs t = 0 .. T-1 from
+h0, c0; backward runs t = T-1 .. 0 with dh_t = dhs[t] + dA_{t+1} Wh^T (dhT in
+place of the last term at t = T-1) and dc starting at dcT, and leaves
+dh0 = dA_0 Wh^T and dc0.
 
 The host forms dWx = X^T dA, dWh = H_prev^T dA, db = sum of dA and
 dxs = dA Wx^T from dA after the launch, as the per-step path does.
