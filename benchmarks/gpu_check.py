@@ -40,7 +40,14 @@ It runs, in this order, and records in one JSON document
 
 Each check is one function returning a dict with ``status`` (pass, fail,
 error, skipped) and ``failures``; a check that raises is recorded as an
-error and the others still run. The exit status is 1 when any check failed
+error and the others still run. No check runs in this process: the
+environment and the backends' availability are probed in subprocesses
+(``--probe``), the tests and the sanitizer are subprocesses, and parity,
+kernels and timing each run in a forked child with a time limit
+(:data:`STAGE_TIMEOUT_S`; :func:`isolated`), so a hang is killed and
+recorded, a crash is recorded, a sticky CUDA error stays in its check, and
+the next check starts in a fresh process. The record is rewritten
+atomically before and after every check. The exit status is 1 when any check failed
 (a test, parity, bitwise equality, the launch mode, a sanitizer tool) or
 could not run, else 0. Without a usable GPU backend it prints why for each,
 writes nothing and exits 2. ``--quick`` skips the sanitizer and the timing,
@@ -130,6 +137,8 @@ TESTS_COMMAND = ("-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "t
 """pytest's arguments (after the interpreter) for the tests marked ``gpu``."""
 TESTS_TIMEOUT_S = 180
 PROBE_TIMEOUT_S = 120
+STAGE_TIMEOUT_S = {"parity": 240, "kernels": 120, "timing": 240}
+"""Seconds for each check that runs the backends in this script (each in a forked child of its own)."""
 """Seconds for the availability probe or the environment check in their own process (first compiles included)."""
 UNUSABLE_DEVICE = re.compile(r"^SKIPPED .*\bno (CUDA|\w+) device\b")
 """A skip reason (pytest -ra) saying the tests' process found no usable device, e.g. one GPU in
@@ -209,6 +218,44 @@ def guarded(label: str, check, *args, **kwargs) -> dict:
         error = f"{type(exc).__name__}: {exc}"
         return {"status": "error", "error": error, "traceback": traceback.format_exc()[-OUTPUT_TAIL:],
                 "failures": [f"{label}: {error}"]}
+
+
+def isolated(label: str, check, timeout_s: float) -> dict:
+    """:func:`guarded` ``check()`` in a forked child process that has ``timeout_s``: a hang is killed and
+    recorded, a crash (the child ends without a result) is recorded, and a sticky CUDA error stays in the
+    child, so the next check starts on a clean device. The parent holds no CUDA context (the probes run
+    apart), so forking is safe; where fork is not available the check runs in this process.
+    """
+    import multiprocessing
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return guarded(label, check)
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_send_result, args=(label, check, send), daemon=True)
+    child.start()
+    send.close()
+    ended = receive.poll(timeout_s)                      # a result, or the pipe closed by the child's end
+    result = None
+    if ended:
+        try:
+            result = receive.recv()
+        except EOFError:
+            pass
+    else:
+        child.kill()
+    child.join(10)
+    receive.close()
+    if result is not None:
+        return result
+    what = (f"still running after {timeout_s:g} s, killed" if not ended
+            else f"crashed: its process ended with exit code {child.exitcode} and no result")
+    return {"status": "error", "error": what, "failures": [f"{label}: {what}"]}
+
+
+def _send_result(label: str, check, send) -> None:
+    """In the child of :func:`isolated`: the guarded result, as plain JSON values, through the pipe."""
+    send.send(json_safe(guarded(label, check)))
+    send.close()
 
 
 def run_command(command: list[str], timeout_s: float) -> dict:
@@ -848,10 +895,13 @@ def run_checks(modes, reasons: dict, quick: bool, skip_tests: bool, command: str
          lambda: skipped("--skip-tests") if skip_tests else guarded("GPU tests", run_gpu_tests)),
         ("sanitizer", "compute-sanitizer",
          lambda: skipped("--quick") if quick else guarded("sanitizer", check_sanitizer, modes)),
-        ("parity", f"parity at {cfg.name} size", lambda: guarded("parity", check_parity, modes, cfg)),
-        ("kernels", "kernel resources", lambda: guarded("kernels", kernel_resources, backends, cfg)),
+        ("parity", f"parity at {cfg.name} size",
+         lambda: isolated("parity", lambda: check_parity(modes, cfg), STAGE_TIMEOUT_S["parity"])),
+        ("kernels", "kernel resources",
+         lambda: isolated("kernels", lambda: kernel_resources(backends, cfg), STAGE_TIMEOUT_S["kernels"])),
         ("timing", "timing",
-         lambda: skipped("--quick") if quick else guarded("timing", time_training_steps, modes, cfg)),
+         lambda: skipped("--quick") if quick else isolated("timing", lambda: time_training_steps(modes, cfg),
+                                                           STAGE_TIMEOUT_S["timing"])),
     )
     for name, label, check in stages:
         progress(label, started)

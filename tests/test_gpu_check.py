@@ -507,11 +507,13 @@ def test_the_record_is_on_disk_after_every_check_and_says_where_a_kill_stopped_i
         real_write(record, where)
         seen.append((record.get("running"), sorted(name for name in gpu_check.CHECKS if name in record)))
 
-    def killed(modes, cfg):
-        raise KeyboardInterrupt                          # what a kill or Ctrl-C does in the middle of a check
+    def killed(label, check, timeout_s):
+        if label == "parity":
+            raise KeyboardInterrupt                      # what a kill or Ctrl-C of the script does mid-check
+        return check()
 
     monkeypatch.setattr(gpu_check, "write_record", write)
-    monkeypatch.setattr(gpu_check, "check_parity", killed)
+    monkeypatch.setattr(gpu_check, "isolated", killed)
     with pytest.raises(KeyboardInterrupt):
         gpu_check.main(["--skip-tests", "--json", str(path)])
     record = json.loads(path.read_text(encoding="utf-8"))
@@ -542,6 +544,34 @@ def test_the_compute_mode_is_recorded_by_name():
     cupy = SimpleNamespace(cuda=SimpleNamespace(runtime=SimpleNamespace(getDeviceProperties=lambda device: props)))
     gpu = gpu_check.gpu_properties(cupy, 0)
     assert (gpu["name"], gpu["compute_mode"], gpu["sm_count"]) == ("Fake", "exclusive process", 132)
+
+
+def test_a_check_that_hangs_or_crashes_is_killed_or_recorded_and_the_next_one_runs(stand_ins, monkeypatch,
+                                                                                   tmp_path):
+    """The rehearsal on CPU stand-ins: parity hangs (killed at its time limit), the kernels check's process
+    dies without a result; both are recorded, timing still runs, and the record is complete and valid JSON."""
+    import os
+    import time as clock
+
+    def hang(modes, cfg):
+        clock.sleep(60)
+
+    def crash(backends, cfg):
+        os._exit(3)                                      # as a segfault or an out-of-memory kill would end it
+
+    monkeypatch.setattr(gpu_check, "check_parity", hang)
+    monkeypatch.setattr(gpu_check, "kernel_resources", crash)
+    monkeypatch.setitem(gpu_check.STAGE_TIMEOUT_S, "parity", 1)
+    path = tmp_path / "record.json"
+    started = clock.perf_counter()
+    assert gpu_check.main(["--skip-tests", "--json", str(path)]) == 1
+    assert clock.perf_counter() - started < 30
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["complete"] is True and "running" not in record
+    assert record["parity"]["failures"] == ["parity: still running after 1 s, killed"]
+    assert record["kernels"]["failures"] == ["kernels: crashed: its process ended with exit code 3 and no result"]
+    assert record["timing"]["status"] == "pass" and record["sanitizer"]["status"] == "pass"
+    assert record["failures"] == record["parity"]["failures"] + record["kernels"]["failures"]
 
 
 def test_a_failed_check_makes_the_exit_status_1_and_is_listed(stand_ins, monkeypatch, capsys):
