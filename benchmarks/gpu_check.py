@@ -40,13 +40,14 @@ It runs, in this order, and records in one JSON document
 
 Each check is one function returning a dict with ``status`` (pass, fail,
 error, skipped) and ``failures``; a check that raises is recorded as an
-error and the others still run. No check runs in this process: the
+error and the others still run. No GPU work runs in this process: the
 environment and the backends' availability are probed in subprocesses
-(``--probe``), the tests and the sanitizer are subprocesses, and parity,
-kernels and timing each run in a forked child with a time limit
-(:data:`STAGE_TIMEOUT_S`; :func:`isolated`), so a hang is killed and
-recorded, a crash is recorded, a sticky CUDA error stays in its check, and
-the next check starts in a fresh process. The record is rewritten
+(``--probe``), the tests and the sanitizer are subprocesses, and every
+launch mode's parity run (per dtype) and timing, torch's timing and the
+kernel check each run in a forked child with a time limit
+(:data:`MODE_TIMEOUT_S`, :data:`KERNELS_TIMEOUT_S`; :func:`isolated`), so a
+hang is killed and recorded, a crash is recorded, a sticky CUDA error stays
+in its mode, and the next mode starts in a fresh process. The record is rewritten
 atomically before and after every check. The exit status is 1 when any check failed
 (a test, parity, bitwise equality, the launch mode, a sanitizer tool) or
 could not run, else 0. Without a usable GPU backend it prints why for each,
@@ -137,8 +138,10 @@ TESTS_COMMAND = ("-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "t
 """pytest's arguments (after the interpreter) for the tests marked ``gpu``."""
 TESTS_TIMEOUT_S = 180
 PROBE_TIMEOUT_S = 120
-STAGE_TIMEOUT_S = {"parity": 240, "kernels": 120, "timing": 240}
-"""Seconds for each check that runs the backends in this script (each in a forked child of its own)."""
+MODE_TIMEOUT_S = 90
+"""Seconds for one launch mode's parity run (one dtype) or timing, each in a forked child of its own."""
+KERNELS_TIMEOUT_S = 120
+"""Seconds for the kernel check, in a forked child of its own."""
 """Seconds for the availability probe or the environment check in their own process (first compiles included)."""
 UNUSABLE_DEVICE = re.compile(r"^SKIPPED .*\bno (CUDA|\w+) device\b")
 """A skip reason (pytest -ra) saying the tests' process found no usable device, e.g. one GPU in
@@ -617,10 +620,11 @@ def check_parity(modes, cfg: Config = PAPER, make_backend=build_backend) -> dict
     """Every launch mode in both dtypes against the reference, and bitwise repeatability (check 4)."""
     runs = []
     for mode in modes:
-        for dtype in DTYPES:
+        for dtype in DTYPES:                             # each in a process of its own (isolated)
             label = f"parity {mode.label} {np.dtype(dtype).name}"
             runs.append({"backend": mode.backend, "mode": mode.name, "dtype": np.dtype(dtype).name,
-                         **guarded(label, parity_run, mode, dtype, cfg, make_backend)})
+                         **isolated(label, lambda mode=mode, dtype=dtype: parity_run(mode, dtype, cfg, make_backend),
+                                    MODE_TIMEOUT_S)})
     return finished({"config": dataclasses.asdict(cfg), "windows": WINDOWS, "runs": runs,
                      "failures": [failure for run in runs for failure in run["failures"]]})
 
@@ -826,8 +830,10 @@ def time_torch(cfg: Config) -> list[dict]:
 def time_training_steps(modes, cfg: Config = PAPER) -> dict:
     """A training step of every launch mode and of torch at ``cfg``'s size (check 6)."""
     runs = [{"runner": mode.label, "backend": mode.backend, "mode": mode.name,
-             **guarded(f"timing {mode.label}", time_ltexec, mode, cfg)} for mode in modes]
-    runs += time_torch(cfg)
+             **isolated(f"timing {mode.label}", lambda mode=mode: time_ltexec(mode, cfg), MODE_TIMEOUT_S)}
+            for mode in modes]                           # each in a process of its own, torch's too
+    torch = isolated("timing torch", lambda: {"runs": time_torch(cfg)}, MODE_TIMEOUT_S)
+    runs += torch.get("runs", [{"runner": "torch", **torch}])
     baseline = next((r["ms_median"] for r in runs if r["runner"] == "torch/tf32-off" and r["status"] == "ok"), None)
     for run in runs:
         if run["status"] == "ok":
@@ -895,13 +901,11 @@ def run_checks(modes, reasons: dict, quick: bool, skip_tests: bool, command: str
          lambda: skipped("--skip-tests") if skip_tests else guarded("GPU tests", run_gpu_tests)),
         ("sanitizer", "compute-sanitizer",
          lambda: skipped("--quick") if quick else guarded("sanitizer", check_sanitizer, modes)),
-        ("parity", f"parity at {cfg.name} size",
-         lambda: isolated("parity", lambda: check_parity(modes, cfg), STAGE_TIMEOUT_S["parity"])),
+        ("parity", f"parity at {cfg.name} size", lambda: guarded("parity", check_parity, modes, cfg)),
         ("kernels", "kernel resources",
-         lambda: isolated("kernels", lambda: kernel_resources(backends, cfg), STAGE_TIMEOUT_S["kernels"])),
+         lambda: isolated("kernels", lambda: kernel_resources(backends, cfg), KERNELS_TIMEOUT_S)),
         ("timing", "timing",
-         lambda: skipped("--quick") if quick else isolated("timing", lambda: time_training_steps(modes, cfg),
-                                                           STAGE_TIMEOUT_S["timing"])),
+         lambda: skipped("--quick") if quick else guarded("timing", time_training_steps, modes, cfg)),
     )
     for name, label, check in stages:
         progress(label, started)

@@ -508,7 +508,7 @@ def test_the_record_is_on_disk_after_every_check_and_says_where_a_kill_stopped_i
         seen.append((record.get("running"), sorted(name for name in gpu_check.CHECKS if name in record)))
 
     def killed(label, check, timeout_s):
-        if label == "parity":
+        if label.startswith("parity"):
             raise KeyboardInterrupt                      # what a kill or Ctrl-C of the script does mid-check
         return check()
 
@@ -548,27 +548,34 @@ def test_the_compute_mode_is_recorded_by_name():
 
 def test_a_check_that_hangs_or_crashes_is_killed_or_recorded_and_the_next_one_runs(stand_ins, monkeypatch,
                                                                                    tmp_path):
-    """The rehearsal on CPU stand-ins: parity hangs (killed at its time limit), the kernels check's process
-    dies without a result; both are recorded, timing still runs, and the record is complete and valid JSON."""
+    """The rehearsal on CPU stand-ins: one mode's parity run hangs (killed at its time limit, the next mode
+    runs in a fresh process), the kernels check's process dies without a result; both are recorded, timing
+    still runs, and the record is complete and valid JSON."""
     import os
     import time as clock
 
-    def hang(modes, cfg):
-        clock.sleep(60)
+    real_parity_run = gpu_check.parity_run
+
+    def hang_in_one_mode(mode, dtype, cfg, make_backend):
+        if mode.label == REFERENCE.label and dtype == np.float32:
+            clock.sleep(60)
+        return real_parity_run(mode, dtype, cfg, make_backend)
 
     def crash(backends, cfg):
         os._exit(3)                                      # as a segfault or an out-of-memory kill would end it
 
-    monkeypatch.setattr(gpu_check, "check_parity", hang)
+    monkeypatch.setattr(gpu_check, "parity_run", hang_in_one_mode)
     monkeypatch.setattr(gpu_check, "kernel_resources", crash)
-    monkeypatch.setitem(gpu_check.STAGE_TIMEOUT_S, "parity", 1)
+    monkeypatch.setattr(gpu_check, "MODE_TIMEOUT_S", 3)
     path = tmp_path / "record.json"
     started = clock.perf_counter()
     assert gpu_check.main(["--skip-tests", "--json", str(path)]) == 1
     assert clock.perf_counter() - started < 30
     record = json.loads(path.read_text(encoding="utf-8"))
     assert record["complete"] is True and "running" not in record
-    assert record["parity"]["failures"] == ["parity: still running after 1 s, killed"]
+    hung = f"parity {REFERENCE.label} float32: still running after 3 s, killed"
+    assert record["parity"]["failures"] == [hung]                  # the other modes and dtypes ran and passed
+    assert [run["status"] for run in record["parity"]["runs"]] == ["error", "pass", "pass", "pass"]
     assert record["kernels"]["failures"] == ["kernels: crashed: its process ended with exit code 3 and no result"]
     assert record["timing"]["status"] == "pass" and record["sanitizer"]["status"] == "pass"
     assert record["failures"] == record["parity"]["failures"] + record["kernels"]["failures"]
