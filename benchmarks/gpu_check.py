@@ -721,13 +721,16 @@ def numba_persistent_kernels(cfg: Config, sm_count: int, max_threads_per_sm: int
 
 
 def numba_kernels(cfg: Config, sm_count: int, max_threads_per_sm: int) -> list[dict]:
-    """The Numba backend's kernels, every compiled specialisation of both dtypes."""
+    """The Numba backend's kernels in both dtypes, each compiled here for the argument types it is launched
+    with (this check runs in a process of its own, where nothing has been compiled yet)."""
     from ltexec.backends import numba_cuda_kernels
     blocks = numba_launch_blocks(cfg)
     rows = []
     for dtype in DTYPES:
+        signatures = numba_cuda_kernels.signatures(dtype)
         for name, dispatcher in numba_cuda_kernels.kernels(dtype).items():
             block = blocks.get(name)
+            dispatcher.compile(signatures[name])
             for kernel in dispatcher.overloads.values():
                 active = None if block is None else kernel.max_cooperative_grid_blocks(block) // sm_count
                 rows.append(kernel_row("numba_cuda", f"{name}<{np.dtype(dtype).name}>", kernel.regs_per_thread,
