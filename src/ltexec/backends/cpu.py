@@ -307,6 +307,7 @@ class CpuBackend(Backend):
         super().__init__(dtype, threads=threads)
         self.step_products = check_choice("step_products", step_products, STEP_PRODUCTS)
         self.lanes = Lanes(self.threads)                 # the most lanes, until a choice says fewer
+        self._most_lanes = self.lanes.count
         if lanes != "auto":
             most = self.threads or self.lanes.count
             if isinstance(lanes, str) and not lanes.strip().isdigit():
@@ -325,9 +326,12 @@ class CpuBackend(Backend):
     def choices(self) -> dict:
         if self.tuning is not None:
             return dict(self.tuning.choice)
-        given = {"step_products": (self._products_given, self.step_products),
-                 "lanes": (self._lanes_given, self.lanes.count)}
-        return {name: value for name, (fixed, value) in given.items() if fixed}
+        fixed = {}
+        if self._products_given:
+            fixed["step_products"] = self.step_products
+        if self._lanes_given:
+            fixed["lanes"] = self.lanes.count
+        return fixed
 
     def tune(self, window: int, batch: int, hidden: int, refresh: bool = False):
         """Time every combination of the ``"auto"`` options on one layer at these shapes; keep the fastest.
@@ -343,7 +347,7 @@ class CpuBackend(Backend):
         B, H = check_int("batch", batch, minimum=1), check_int("hidden", hidden, minimum=1)
         T = min(window, TUNING_STEPS)
         products = [self.step_products] if self._products_given else ["blas", "tiled"]
-        lanes = [self.lanes.count] if self._lanes_given else sorted({Lanes(self.threads).count, 1}, reverse=True)
+        lanes = [self.lanes.count] if self._lanes_given else sorted({self._most_lanes, 1}, reverse=True)
         # Lanes first, then one lane: a multi-threaded BLAS's idle threads spin after it (SETTLE_S).
         candidates = [{"step_products": p, "lanes": n} for n in lanes for p in products]
         workload = {"backend": self.name, "dtype": self.dtype.name, "window": T, "batch": B, "hidden": H,
