@@ -311,7 +311,7 @@ class CpuBackend(Backend):
         if lanes != "auto":
             most = self.threads or self.lanes.count
             if isinstance(lanes, str) and not lanes.strip().isdigit():
-                raise ValueError(f"lanes must be 'auto' or an integer from 1 to {most}; got {lanes!r}")
+                raise ValueError(f"lanes must be 'auto' or an integer in 1..{most}, got {lanes!r}")
             self.lanes = Lanes(check_int("lanes", lanes, minimum=1, maximum=most))
         self._products_given, self._lanes_given = step_products != "auto", lanes != "auto"
         self.tuning = None
