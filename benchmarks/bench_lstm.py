@@ -105,9 +105,10 @@ class LtexecRunner:
     ``label`` names the runner in the records (default: the backend's name).
     """
 
-    def __init__(self, backend_name: str, cfg: Config, label: str | None = None, **options):
+    def __init__(self, backend_name: str, cfg: Config, label: str | None = None, make_backend=get_backend,
+                 **options):
         self.name = label or backend_name
-        self.backend = get_backend(backend_name, cfg.dtype, **options)
+        self.backend = make_backend(backend_name, cfg.dtype, **options)
         # Options left to the tuner are fixed here, at the step's shapes, as the trainer does.
         self.tuning = self.backend.tune(cfg.seq_len, cfg.batch, cfg.hidden)
         self.device = self.backend.device_name()
@@ -267,7 +268,7 @@ class OtherLoad:
 
 def cpu_variants() -> dict[str, dict]:
     """The cpu backend's forced variants, the tuner's candidates: per-step products x (the most lanes, one)."""
-    from ltexec.backends.cpu import Lanes
+    from ltexec.backends.cpu.backend import Lanes
     most = Lanes().count
     return {f"cpu-{products}-{count}lane{'s' if count > 1 else ''}": {"step_products": products, "lanes": count}
             for products in ("blas", "tiled") for count in sorted({most, 1}, reverse=True)}

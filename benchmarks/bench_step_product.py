@@ -5,7 +5,7 @@ recurrent weights: forward ``h_{t-1} Wh`` (M x H by H x 4H), backward
 ``da_t Wh^T`` (M x 4H by 4H x H). Those are small products that the BLAS
 handles poorly (it repacks the weights on every call and blocks the rows by
 16), so this script measures, in float32 on one thread, whether
-``ltexec.backends.cpu_step_kernels.step_product`` on weights packed once per
+``ltexec.backends.cpu.step_kernels.step_product`` on weights packed once per
 window (``pack_columns``) beats ``np.matmul(a, W, out=out)``, for the register
 blocks 5x64, 6x64 and 5x80, at the small (H=128) and paper (H=400) sizes with
 M=50 rows; and what that packing costs per window (``pack_columns(Wh, nr)``
@@ -30,7 +30,7 @@ import numpy as np
 import threadpoolctl
 
 from machine import machine, write_records
-from ltexec.backends.cpu_step_kernels import host_has_avx512, pack_columns, step_product
+from ltexec.backends.cpu.step_kernels import host_has_avx512, pack_columns, step_product
 
 BLOCKS = [(5, 64), (6, 64), (5, 80)]
 """(MR, NR) register blocks: MR*NR/16 float32 accumulators = 20, 24 and 25 of the 32 AVX-512 registers."""

@@ -6,22 +6,27 @@ races, barrier misuse, uninitialised or out-of-bounds accesses, occupancy and
 speed. From the repository, after ``pip install -e ".[cuda13,test]"`` (or
 ``cuda12``; torch with CUDA for the baseline)::
 
-    python benchmarks/gpu_check.py [--quick] [--skip-tests] [--json FILE]
+    python benchmarks/gpu_check.py [--budget SECONDS] [--quick] [--skip-tests] [--json FILE]
+    python benchmarks/gpu_check.py --rehearse      # the same pipeline without a GPU
 
 It runs, in this order, and records in one JSON document
 (``benchmarks/results/gpu-check-<gpu>-<date>.json`` unless ``--json``):
 
 1. ``environment``: the driver, the CUDA driver API and runtime versions, the
-   GPU (name, compute capability, SMs, limits), the versions of CuPy,
-   numba-cuda, numba, torch and cuda-bindings (or why one does not import),
-   and under ``machine`` the host as ``machine.py`` describes it;
+   GPU (name, compute capability, SMs, limits, compute mode), the versions of
+   CuPy, numba-cuda, numba, torch and cuda-bindings (or why one does not
+   import), and under ``machine`` the host as ``machine.py`` describes it;
 2. ``tests``: ``pytest -m gpu`` in a subprocess (the conformance suite's
-   device makers, the CuPy device tests): counts and the output's tail;
-3. ``sanitizer``: ``compute-sanitizer`` with memcheck, racecheck, synccheck
-   and initcheck on three training windows of a small ragged shape (2 x 37
-   units, batch 5, window 7) for every launch mode marked ``sanitize``, with
-   CuPy's memory pools off so every array is an allocation of its own; all
-   runs at once, each in its own process (``--sanitizer-workload``);
+   device makers, drawing :data:`DEVICE_EXAMPLES` examples per property test,
+   and the CuPy device tests): counts and the output's tail; it fails when no
+   device test passed or a skip says the device was unusable there;
+3. ``sanitizer``: ``compute-sanitizer`` with memcheck (with
+   :data:`SANITIZER_PADDING` bytes after every allocation), racecheck,
+   synccheck and initcheck, instrumenting the backend's own kernels only, on
+   three training windows of a small ragged shape (2 x 37 units, batch 5,
+   window 7) for every launch mode marked ``sanitize``; CuPy's memory pools
+   off and every window on a fresh backend, so every array is an allocation
+   of its own and no buffer is reused from one window to the next;
 4. ``parity``: at the paper's size (2 x 400, batch 100, window 50, the task
    vocabulary), for every entry of :data:`LAUNCH_MODES` in float32 and
    float64, three training windows (forward, BPTT, clipped SGD update, state
@@ -30,29 +35,36 @@ It runs, in this order, and records in one JSON document
    gradients within 1e-4 relative (float64: 1e-10), the loss within 1e-5
    (1e-10); the same window run twice gives bitwise-equal results; the
    backend ran in the launch mode asked for;
-5. ``kernels``: every compiled kernel's registers, static shared memory,
-   local memory (spills), largest block, and its occupancy at the block the
-   paper's size launches it with (the driver's occupancy calculator);
+5. ``kernels``: every compiled kernel's registers, static and dynamic shared
+   memory, local memory (spills), largest block, and its occupancy at the
+   block the paper's size launches it with (the driver's occupancy
+   calculator), the persistent kernels of both backends included;
 6. ``timing``: one training step (forward, BPTT, clipping, update) at the
    paper's size for every launch mode, and torch's ``nn.LSTM`` on cuDNN
    (Embedding, LSTM, Linear, cross-entropy, SGD) with TF32 off and, apart,
    on; CUDA events, 5 warm-up and 20 timed steps, median, minimum, maximum.
 
+Time: ``--budget`` (default :data:`DEFAULT_BUDGET_S` s) is shared out: the
+availability probe first, then each stage its share (:data:`STAGE_SHARES`)
+of what is left among the stages still to run, and inside parity, timing
+and the sanitizer every run an equal part. Nothing that runs on the GPU runs
+in this process: the environment and the backends' availability are probed
+in subprocesses (``--probe``), the tests and the sanitizer are subprocesses,
+and every launch mode's parity run (per dtype) and timing, torch's timing
+and the kernel check each run in a forked child (:func:`isolated`), so a
+run past its time is killed and recorded as such, a crash is recorded, a
+sticky CUDA error stays in its mode, and the next mode starts in a fresh
+process. The record is rewritten atomically before and after every check.
+
 Each check is one function returning a dict with ``status`` (pass, fail,
 error, skipped) and ``failures``; a check that raises is recorded as an
-error and the others still run. No GPU work runs in this process: the
-environment and the backends' availability are probed in subprocesses
-(``--probe``), the tests and the sanitizer are subprocesses, and every
-launch mode's parity run (per dtype) and timing, torch's timing and the
-kernel check each run in a forked child with a time limit
-(:data:`MODE_TIMEOUT_S`, :data:`KERNELS_TIMEOUT_S`; :func:`isolated`), so a
-hang is killed and recorded, a crash is recorded, a sticky CUDA error stays
-in its mode, and the next mode starts in a fresh process. The record is rewritten
-atomically before and after every check. The exit status is 1 when any check failed
+error and the others still run. The exit status is 1 when any check failed
 (a test, parity, bitwise equality, the launch mode, a sanitizer tool) or
 could not run, else 0. Without a usable GPU backend it prints why for each,
 writes nothing and exits 2. ``--quick`` skips the sanitizer and the timing,
-``--skip-tests`` the tests.
+``--skip-tests`` the tests. ``--rehearse`` runs every stage without a GPU
+(:class:`Rehearsal`) and exits 0 when its record shows exactly the
+outcomes it planned, a hang and a crash among them.
 """
 
 from __future__ import annotations
@@ -72,6 +84,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -80,6 +93,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kernel_check import KERNELS as KERNEL_CHECK_KERNELS
+from kernel_check import emulated_device
 from bench_lstm import CLIP, CONFIGS, LEARNING_RATE, Config, LtexecRunner, TorchRunner, launch_details, random_window
 from machine import REPOSITORY, machine, package_version
 from ltexec.atomic import atomic_write
@@ -134,15 +149,23 @@ TOLERANCES = {"float32": (1e-4, 1e-5), "float64": (1e-10, 1e-10)}
 """Per dtype: the largest relative error of every array, and of the loss, against the float64 reference."""
 DTYPES = (np.float32, np.float64)
 
-TESTS_COMMAND = ("-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests")
+DEVICE_EXAMPLES = 4
+"""Examples each property test of the conformance suite draws for a device maker in the tests stage
+(the suite's own default is 20): the stage must fit its share of the budget."""
+TESTS_COMMAND = ("-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", f"--device-examples={DEVICE_EXAMPLES}",
+                 "tests")
 """pytest's arguments (after the interpreter) for the tests marked ``gpu``."""
-TESTS_TIMEOUT_S = 180
-PROBE_TIMEOUT_S = 120
-MODE_TIMEOUT_S = 90
-"""Seconds for one launch mode's parity run (one dtype) or timing, each in a forked child of its own."""
-KERNELS_TIMEOUT_S = 120
-"""Seconds for the kernel check, in a forked child of its own."""
-"""Seconds for the availability probe or the environment check in their own process (first compiles included)."""
+DEFAULT_BUDGET_S = 360
+"""Seconds the whole check may take (``--budget``): the availability probe, then the stages' shares."""
+STAGE_SHARES = {"environment": 0.06, "tests": 0.30, "sanitizer": 0.25, "parity": 0.22, "kernels": 0.05,
+                "timing": 0.12}
+"""Each stage's share of what is left of the budget when it starts, among the stages still to run
+(:func:`stage_limit`); a stage that ends early leaves its time to the later ones. Inside a stage every
+launch mode's run gets an equal part (:func:`part_limit`)."""
+PROBE_SHARE = 0.15
+"""The availability probe's share of the whole budget (it compiles every kernel once)."""
+MIN_LIMIT_S = 5
+"""The least time any stage or run is given, however little budget is left."""
 UNUSABLE_DEVICE = re.compile(r"^SKIPPED .*\bno (CUDA|\w+) device\b")
 """A skip reason (pytest -ra) saying the tests' process found no usable device, e.g. one GPU in
 EXCLUSIVE_PROCESS compute mode whose context another process holds: a failure, not a pass."""
@@ -150,8 +173,9 @@ EXCLUSIVE_PROCESS compute mode whose context another process holds: a failure, n
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 SANITIZER_ERROR_EXIT = 86
 """The exit status compute-sanitizer gives when its tool found errors in a program that succeeded."""
-SANITIZER_TIMEOUT_S = 150
 SANITIZER_JOBS = 8
+SANITIZER_PADDING = 256
+"""Bytes of padding memcheck puts after every allocation."""
 SANITIZER_HINT = ("pip install nvidia-cuda-sanitizer-api (CUDA 13; nvidia-cuda-sanitizer-api-cu12 for CUDA 12), "
                   "or put a CUDA toolkit's bin folder on PATH")
 WORKLOAD_DONE = "gpu_check sanitizer workload finished"
@@ -160,6 +184,7 @@ ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?|RACECHECK SUMMARY: \d+
 WARMUP_STEPS, TIMED_STEPS = 5, 20
 RESULTS = REPOSITORY / "benchmarks" / "results"
 SCRIPT = Path(__file__).resolve()
+KERNEL_CHECK = SCRIPT.with_name("kernel_check.py")
 OUTPUT_TAIL = 4000
 """Characters of a subprocess's output kept in the record."""
 CHECKS = ("environment", "tests", "sanitizer", "parity", "kernels", "timing")
@@ -280,6 +305,17 @@ def run_command(command: list[str], timeout_s: float) -> dict:
     return {"returncode": returncode, "output": output, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def stage_limit(stage: str, remaining_s: float, stages: list[str]) -> float:
+    """Seconds for ``stage`` (one of ``stages``, the stages still to run) out of ``remaining_s``."""
+    share = STAGE_SHARES[stage] / sum(STAGE_SHARES[name] for name in stages)
+    return max(MIN_LIMIT_S, round(share * remaining_s, 1))
+
+
+def part_limit(limit_s: float, parts: int) -> float:
+    """Seconds for each of ``parts`` runs that take turns within a stage's ``limit_s``."""
+    return max(MIN_LIMIT_S, round(limit_s / max(parts, 1), 1))
+
+
 def shown_command(command: list[str]) -> str:
     """A command as a user types it in the repository: ``python`` for this interpreter, paths from the root."""
     words = ["python" if word == sys.executable else word for word in command]
@@ -343,7 +379,7 @@ COMPUTE_MODES = {0: "default", 1: "exclusive thread", 2: "prohibited", 3: "exclu
 """cudaComputeMode: with "exclusive process", a device admits one process's context at a time."""
 
 
-def probe_in_subprocess(what: str, timeout_s: float = PROBE_TIMEOUT_S):
+def probe_in_subprocess(what: str, timeout_s: float, rehearse: bool = False):
     """What ``gpu_check.py --probe WHAT`` prints (JSON), run in a process of its own.
 
     The parent then holds no CUDA context while the GPU tests and the
@@ -351,7 +387,8 @@ def probe_in_subprocess(what: str, timeout_s: float = PROBE_TIMEOUT_S):
     compute mode (common on clusters) a context held here would leave them
     no device, and every device test would skip.
     """
-    run = run_command([sys.executable, str(SCRIPT), "--probe", what], timeout_s)
+    run = run_command([sys.executable, str(SCRIPT), "--probe", what, *(["--rehearse"] if rehearse else [])],
+                      timeout_s)
     lines = run["output"].strip().splitlines()
     if run["returncode"] != 0 or not lines:
         state = "still running, stopped" if run["returncode"] is None else f"exit status {run['returncode']}"
@@ -359,14 +396,14 @@ def probe_in_subprocess(what: str, timeout_s: float = PROBE_TIMEOUT_S):
     return json.loads(lines[-1])
 
 
-def backend_reasons() -> dict:
+def backend_reasons(timeout_s: float = PROBE_SHARE * DEFAULT_BUDGET_S) -> dict:
     """Every GPU backend of :data:`LAUNCH_MODES` mapped to None if it runs here, else why not (probed apart)."""
-    return probe_in_subprocess("availability")
+    return probe_in_subprocess("availability", timeout_s)
 
 
-def probe_environment() -> dict:
+def probe_environment(timeout_s: float) -> dict:
     """Check 1, :func:`environment`, run apart (see :func:`probe_in_subprocess`)."""
-    return probe_in_subprocess("environment")
+    return probe_in_subprocess("environment", timeout_s)
 
 
 PROBES = {"availability": lambda: {name: available_backends()[name] for name in gpu_backends()},
@@ -402,7 +439,7 @@ def pytest_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def run_gpu_tests(arguments=TESTS_COMMAND, timeout_s: float = TESTS_TIMEOUT_S) -> dict:
+def run_gpu_tests(timeout_s: float, arguments=TESTS_COMMAND) -> dict:
     """The tests marked ``gpu``, in a subprocess: counts, exit status, output's tail (check 2)."""
     command = [sys.executable, *arguments]
     run = run_command(command, timeout_s)
@@ -448,14 +485,43 @@ def disable_memory_pools() -> None:
     cupy.cuda.set_pinned_memory_allocator(None)
 
 
-def sanitizer_workload(spec: str) -> int:
-    """What runs under the sanitizer: training windows of :data:`SANITIZER_SHAPE` on one backend (float32)."""
+def sanitizer_workload(spec: str, make_backend=get_backend) -> int:
+    """What runs under the sanitizer: :data:`WINDOWS` training windows of :data:`SANITIZER_SHAPE` on one backend
+    (float32), each window on a fresh backend (and model) so that no buffer of one window is reused in the next:
+    initcheck then sees every window read only what that window wrote. The parameters and the state go on
+    from window to window."""
     name, options = parse_spec(spec)
-    if name in gpu_backends():
+    rehearse = make_backend is not get_backend
+    if name in gpu_backends() and not rehearse:
         disable_memory_pools()
-    details = train_windows(get_backend(name, np.float32, **options), SANITIZER_SHAPE)
+    cfg, params, state = REHEARSAL_SHAPE if rehearse else SANITIZER_SHAPE, None, None
+    for window in range(WINDOWS):
+        backend = make_backend(name, np.float32, **options)
+        model = LSTMModel(cfg.vocab, cfg.hidden, cfg.layers, backend=backend)
+        if params is not None:
+            model.load_params(params)
+        if state is not None:
+            state = [(backend.asarray(h), backend.asarray(c)) for h, c in state]
+        result = model.loss_and_grads(*random_window(cfg, seed=window), state)
+        SGD(lr=LEARNING_RATE, clip=CLIP).step(backend, model.params, result.grads)
+        backend.synchronize()
+        params = model.state_dict()
+        state = [(backend.to_numpy(h), backend.to_numpy(c)) for h, c in result.state]
+        details = launch_details(backend)
+        del result, model, backend                   # this window's buffers go back to the driver
     print(f"{WORKLOAD_DONE}: {spec}, launch mode {details['launch_mode']}", flush=True)
     return 0
+
+
+def project_kernels(backend: str) -> list[str]:
+    """The names of ``backend``'s own kernels: the sanitizer instruments these and no library's (cuBLAS, CuPy)."""
+    if backend == "cupy":
+        from ltexec.backends.cupy.backend import KERNELS
+        return [kernel for kernels in KERNELS.values() for kernel in kernels]
+    if backend == "numba_cuda":
+        from ltexec.backends.numba_cuda import kernels, persistent
+        return [*kernels.signatures(np.float32), *persistent.KERNEL_NAMES.values()]
+    return []
 
 
 def find_sanitizer() -> str | None:
@@ -482,20 +548,57 @@ def sanitizer_version(program: str) -> str | None:
     return lines[-1] if run["returncode"] == 0 and lines else None
 
 
-def sanitizer_command(program: str, tool: str, mode: LaunchMode) -> list[str]:
-    return [program, "--tool", tool, "--error-exitcode", str(SANITIZER_ERROR_EXIT), "--print-limit", "20",
-            sys.executable, str(SCRIPT), "--sanitizer-workload", mode.spec]
+@dataclass(frozen=True)
+class SanitizerWorkload:
+    """A program run under compute-sanitizer: its label, whose kernels it instruments, its arguments after the
+    interpreter, and the line its output holds when it finished."""
+
+    label: str
+    backend: str
+    argv: tuple
+    done: str
 
 
-def sanitizer_verdict(returncode: int | None, output: str) -> tuple[str, int | None]:
-    """(verdict, errors the tool counted): pass, fail (errors found), timeout, or error (the program failed)."""
+def sanitizer_workloads(modes, rehearse: bool = False) -> list[SanitizerWorkload]:
+    """Training windows of every launch mode marked ``sanitize`` (:func:`sanitizer_workload`), and, with the
+    CuPy backend, every CUDA C kernel alone through the per-kernel harness at its small size: there every
+    argument is an allocation of its own (``h0`` apart from ``hs``, ``c0`` apart from ``cs``), so an access
+    past one array cannot land in the next."""
+    flag = ("--rehearse",) if rehearse else ()
+    workloads = [SanitizerWorkload(mode.label, mode.backend, (str(SCRIPT), "--sanitizer-workload", mode.spec, *flag),
+                                   WORKLOAD_DONE) for mode in modes if mode.sanitize]
+    if "cupy" in gpu_backends(modes):
+        device = "emulated" if rehearse else "gpu"
+        workloads += [SanitizerWorkload(f"kernel {kernel}", "cupy",
+                                        (str(KERNEL_CHECK), kernel, "--device", device, "--size", "small", "--dtype",
+                                         "float32", "--repeats", "1"), f"{kernel}: passed")
+                      for kernel in KERNEL_CHECK_KERNELS]
+    return workloads
+
+
+def sanitizer_command(program: str, tool: str, workload: SanitizerWorkload) -> list[str]:
+    """compute-sanitizer running ``tool`` on ``workload``: only the project's kernels instrumented (a regular
+    expression of their names); memcheck with :data:`SANITIZER_PADDING` bytes after every allocation, so an
+    access just past an array lands in padding and is reported."""
+    options = ["--tool", tool, "--error-exitcode", str(SANITIZER_ERROR_EXIT), "--print-limit", "20"]
+    kernels = project_kernels(workload.backend)
+    if kernels:
+        options += ["--kernel-regex", f"kns={'|'.join(kernels)}"]
+    if tool == "memcheck":
+        options += ["--padding", str(SANITIZER_PADDING)]
+    return [program, *options, sys.executable, *workload.argv]
+
+
+def sanitizer_verdict(returncode: int | None, output: str, done: str = WORKLOAD_DONE) -> tuple[str, int | None]:
+    """(verdict, errors the tool counted): pass, fail (errors found), timeout, or error (the program failed, or
+    its output lacks ``done``)."""
     if returncode is None:
         return "timeout", None
     counts = [int(a or b) for a, b in ERROR_SUMMARY.findall(output)]
     errors = max(counts) if counts else None        # racecheck may print both summaries for the same errors
     if returncode == SANITIZER_ERROR_EXIT or (errors or 0) > 0:
         return "fail", errors
-    if returncode != 0 or WORKLOAD_DONE not in output:
+    if returncode != 0 or done not in output:
         return "error", errors
     return "pass", errors
 
@@ -507,26 +610,30 @@ def sanitizer_report(output: str, limit: int = 12) -> list[str]:
             and "SUMMARY" not in line][:limit]
 
 
-def run_sanitizer(program: str, tool: str, mode: LaunchMode) -> dict:
-    """One tool on one launch mode's workload, in a subprocess."""
-    command = sanitizer_command(program, tool, mode)
-    run = run_command(command, SANITIZER_TIMEOUT_S)
-    verdict, errors = sanitizer_verdict(run["returncode"], run["output"])
+def run_sanitizer(program: str, tool: str, workload: SanitizerWorkload, timeout_s: float) -> dict:
+    """One tool on one workload, in a subprocess."""
+    command = sanitizer_command(program, tool, workload)
+    run = run_command(command, timeout_s)
+    verdict, errors = sanitizer_verdict(run["returncode"], run["output"], workload.done)
     failures = [] if verdict == "pass" else [
-        f"sanitizer {tool} on {mode.label}: {verdict}" + (f" ({errors} errors)" if errors else "")]
-    return {"backend": mode.backend, "mode": mode.name, "tool": tool, "verdict": verdict, "errors": errors,
-            "returncode": run["returncode"], "seconds": run["seconds"], "command": shown_command(command),
-            "report": sanitizer_report(run["output"]), "tail": run["output"][-OUTPUT_TAIL:], "failures": failures}
+        f"sanitizer {tool} on {workload.label}: {verdict}" + (f" ({errors} errors)" if errors else "")]
+    return {"workload": workload.label, "backend": workload.backend, "tool": tool, "verdict": verdict,
+            "errors": errors, "returncode": run["returncode"], "seconds": run["seconds"],
+            "command": shown_command(command), "report": sanitizer_report(run["output"]),
+            "tail": run["output"][-OUTPUT_TAIL:], "failures": failures}
 
 
-def check_sanitizer(modes, program: str | None = None) -> dict:
-    """Every tool on every mode marked ``sanitize``, all at once (check 3); skipped without compute-sanitizer."""
+def check_sanitizer(modes, limit_s: float, program: str | None = None, rehearse: bool = False,
+                    tools=SANITIZER_TOOLS) -> dict:
+    """Every tool on every workload (:func:`sanitizer_workloads`), :data:`SANITIZER_JOBS` at a time (check 3);
+    skipped without compute-sanitizer. Each run has an equal part of ``limit_s`` for each round of jobs."""
     program = program or find_sanitizer()
     if program is None:
         return skipped(f"compute-sanitizer not found: {SANITIZER_HINT}")
-    jobs = [(tool, mode) for mode in modes if mode.sanitize for tool in SANITIZER_TOOLS]
+    jobs = [(tool, workload) for workload in sanitizer_workloads(modes, rehearse) for tool in tools]
+    timeout_s = part_limit(limit_s, math.ceil(len(jobs) / SANITIZER_JOBS))
     with concurrent.futures.ThreadPoolExecutor(max_workers=SANITIZER_JOBS) as pool:
-        runs = list(pool.map(lambda job: run_sanitizer(program, *job), jobs))
+        runs = list(pool.map(lambda job: run_sanitizer(program, *job, timeout_s), jobs))
     return finished({"program": program, "shape": dataclasses.asdict(SANITIZER_SHAPE), "runs": runs,
                      "failures": [failure for run in runs for failure in run["failures"]]})
 
@@ -616,15 +723,17 @@ def parity_run(mode: LaunchMode, dtype, cfg: Config = PAPER, make_backend=build_
                      "failures": parity_failures(mode.label, dtype_name, windows, differing, details, mode.expect)})
 
 
-def check_parity(modes, cfg: Config = PAPER, make_backend=build_backend) -> dict:
-    """Every launch mode in both dtypes against the reference, and bitwise repeatability (check 4)."""
+def check_parity(modes, limit_s: float, cfg: Config = PAPER, make_backend=build_backend) -> dict:
+    """Every launch mode in both dtypes against the reference, and bitwise repeatability (check 4); each run
+    in a process of its own with an equal part of ``limit_s``."""
+    timeout_s = part_limit(limit_s, len(modes) * len(DTYPES))
     runs = []
     for mode in modes:
         for dtype in DTYPES:                             # each in a process of its own (isolated)
             label = f"parity {mode.label} {np.dtype(dtype).name}"
             runs.append({"backend": mode.backend, "mode": mode.name, "dtype": np.dtype(dtype).name,
                          **isolated(label, lambda mode=mode, dtype=dtype: parity_run(mode, dtype, cfg, make_backend),
-                                    MODE_TIMEOUT_S)})
+                                    timeout_s)})
     return finished({"config": dataclasses.asdict(cfg), "windows": WINDOWS, "runs": runs,
                      "failures": [failure for run in runs for failure in run["failures"]]})
 
@@ -637,7 +746,7 @@ def block_threads(block) -> int:
 
 def cupy_launch_blocks(cfg: Config) -> dict[str, int]:
     """Threads per block of each CuPy kernel at ``cfg``'s size."""
-    from ltexec.backends import cupy_backend
+    from ltexec.backends.cupy import backend as cupy_backend
     cell = cupy_backend.CELL_BLOCK
     return {"lstm_cell_forward": cell, "lstm_cell_backward": cell,
             "softmax_xent": cupy_backend.softmax_block(cfg.vocab)}
@@ -645,7 +754,7 @@ def cupy_launch_blocks(cfg: Config) -> dict[str, int]:
 
 def numba_launch_blocks(cfg: Config) -> dict[str, int]:
     """Threads per block of each Numba kernel at ``cfg``'s size (products: the window's (T*B, 4H) ones)."""
-    from ltexec.backends import numba_cuda_kernels as kernels
+    from ltexec.backends.numba_cuda import kernels as kernels
     rows, H = cfg.seq_len * cfg.batch, cfg.hidden
     recurrent = block_threads(kernels.recurrent_geometry(cfg.batch, H)[1])
     return {"lstm_forward_step": recurrent, "lstm_backward_step": recurrent,
@@ -674,25 +783,27 @@ def kernel_row(backend: str, kernel: str, registers: int, shared: int, local: in
 
 def cupy_persistent_launches(device, cfg: Config) -> dict[str, tuple[int, int]]:
     """Name expression -> (block, dynamic shared bytes) of the persistent kernels at ``cfg``'s size, per dtype,
-    as the backend plans them on ``device`` (a :class:`~ltexec.backends.cupy_backend.CudaDevice`); a dtype
+    as the backend plans them on ``device`` (a :class:`~ltexec.backends.cupy.backend.CudaDevice`); a dtype
     whose launch cannot fit (shared memory, no cooperative launch) is left out."""
-    from ltexec.backends import cupy_backend
+    from ltexec.backends.cupy import backend as cupy_backend
+    from ltexec.backends.persistent_plan import PersistentUnfit
     launches = {}
     for dtype in DTYPES:
         try:
-            geometry = cupy_backend.persistent_geometry(cfg.seq_len, cfg.batch, cfg.hidden, np.dtype(dtype).itemsize,
-                                                        device.persistent_limits(), lambda block, nbytes: math.inf)
-        except cupy_backend.PersistentUnfit:
+            geometry = cupy_backend.plan_persistent(cfg.seq_len, cfg.batch, cfg.hidden, np.dtype(dtype).itemsize,
+                                                    device.persistent_limits(), lambda *query: math.inf)
+        except PersistentUnfit:
             continue
-        for kernel in cupy_backend.PERSISTENT_KERNELS:
-            launches[cupy_backend.name_expression(kernel, dtype)] = (geometry.block, geometry.shared_bytes)
+        for direction, kernel in cupy_backend.PERSISTENT_KERNELS.items():
+            launches[cupy_backend.name_expression(kernel, dtype)] = (geometry.threads,
+                                                                     geometry.shared_bytes(direction))
     return launches
 
 
 def cupy_kernels(cupy, device_id: int, cfg: Config, max_threads_per_sm: int) -> list[dict]:
     """The CuPy backend's kernels (every instantiation) as the driver reports them; the persistent ones at the
     block and dynamic shared memory they launch with (the occupancy query raises their limit first)."""
-    from ltexec.backends.cupy_backend import CudaDevice, compiled_kernels
+    from ltexec.backends.cupy.backend import CudaDevice, compiled_kernels
     device = CudaDevice(cupy)
     blocks = cupy_launch_blocks(cfg)
     persistent = cupy_persistent_launches(device, cfg)
@@ -707,10 +818,10 @@ def cupy_kernels(cupy, device_id: int, cfg: Config, max_threads_per_sm: int) -> 
 
 def numba_persistent_kernels(cfg: Config, sm_count: int, max_threads_per_sm: int) -> list[dict]:
     """The Numba backend's persistent kernels at ``cfg``'s size (one block per SM at most), both dtypes."""
-    from ltexec.backends import numba_cuda_persistent as persistent
+    from ltexec.backends.numba_cuda import persistent as persistent
     rows = []
     for dtype in DTYPES:
-        geometry = persistent.persistent_geometry(cfg.hidden, cfg.batch, dtype, sm_count)
+        geometry = persistent.launch_geometry(cfg.hidden, cfg.batch, dtype, sm_count)
         resources = persistent.PersistentLauncher(dtype).launch_resources(geometry)
         for name, (kernel, block, dynamic, grid_blocks) in resources.items():
             rows.append(kernel_row("numba_cuda", f"{name}<{np.dtype(dtype).name}>", kernel.regs_per_thread,
@@ -723,7 +834,7 @@ def numba_persistent_kernels(cfg: Config, sm_count: int, max_threads_per_sm: int
 def numba_kernels(cfg: Config, sm_count: int, max_threads_per_sm: int) -> list[dict]:
     """The Numba backend's kernels in both dtypes, each compiled here for the argument types it is launched
     with (this check runs in a process of its own, where nothing has been compiled yet)."""
-    from ltexec.backends import numba_cuda_kernels
+    from ltexec.backends.numba_cuda import kernels as numba_cuda_kernels
     blocks = numba_launch_blocks(cfg)
     rows = []
     for dtype in DTYPES:
@@ -799,9 +910,12 @@ def tf32(torch, enabled: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def time_ltexec(mode: LaunchMode, cfg: Config) -> dict:
-    runner = LtexecRunner(mode.backend, cfg, **mode.options)
-    timing = time_steps(runner.step, cupy_timer())
+def time_ltexec(mode: LaunchMode, cfg: Config, rehearse: bool = False) -> dict:
+    """One launch mode's training step, timed with CUDA events (a rehearsal: on its stand-in, the CPU's clock)."""
+    runner = LtexecRunner(mode.backend, cfg, make_backend=rehearsal_backend if rehearse else get_backend,
+                          **mode.options)
+    timing = time_steps(runner.step, cpu_timer(), *Rehearsal.timed_steps) if rehearse else \
+        time_steps(runner.step, cupy_timer())
     return {"runner": mode.label, "backend": mode.backend, "mode": mode.name, "status": "ok", "device": runner.device,
             **runner.launch_details(), **timing, "chars_per_s": round(cfg.chars / timing["ms_median"] * 1e3)}
 
@@ -830,12 +944,14 @@ def time_torch(cfg: Config) -> list[dict]:
             for setting, enabled in (("off", False), ("on", True))]
 
 
-def time_training_steps(modes, cfg: Config = PAPER) -> dict:
-    """A training step of every launch mode and of torch at ``cfg``'s size (check 6)."""
+def time_training_steps(modes, limit_s: float, cfg: Config = PAPER, rehearse: bool = False) -> dict:
+    """A training step of every launch mode and of torch at ``cfg``'s size (check 6); each in a process of its
+    own with an equal part of ``limit_s``."""
+    timeout_s = part_limit(limit_s, len(modes) + 1)
     runs = [{"runner": mode.label, "backend": mode.backend, "mode": mode.name,
-             **isolated(f"timing {mode.label}", lambda mode=mode: time_ltexec(mode, cfg), MODE_TIMEOUT_S)}
-            for mode in modes]                           # each in a process of its own, torch's too
-    torch = isolated("timing torch", lambda: {"runs": time_torch(cfg)}, MODE_TIMEOUT_S)
+             **isolated(f"timing {mode.label}", lambda mode=mode: time_ltexec(mode, cfg, rehearse), timeout_s)}
+            for mode in modes]
+    torch = isolated("timing torch", lambda: {"runs": time_torch(cfg)}, timeout_s)
     runs += torch.get("runs", [{"runner": "torch", **torch}])
     baseline = next((r["ms_median"] for r in runs if r["runner"] == "torch/tf32-off" and r["status"] == "ok"), None)
     for run in runs:
@@ -884,38 +1000,51 @@ def progress(text: str, started: float) -> None:
     print(f"gpu_check [{time.perf_counter() - started:5.0f} s]: {text}", file=sys.stderr, flush=True)
 
 
-def run_checks(modes, reasons: dict, quick: bool, skip_tests: bool, command: str, cfg: Config = PAPER,
-               save=lambda record: None) -> dict:
-    """Every check in order, each guarded: the whole record, its failures gathered under ``failures``.
+def run_checks(modes, reasons: dict, quick: bool, skip_tests: bool, command: str, budget_s: float,
+               cfg: Config = PAPER, save=lambda record: None, rehearsal=None) -> dict:
+    """Every check in order, each guarded and given its share of ``budget_s`` (:func:`stage_limit`): the whole
+    record, its failures gathered under ``failures``.
 
     ``save(record)`` is called before each check (``running`` names it) and
     after it, so a hang, a crash or a kill loses no check already done and
     says which one it stopped in; ``complete`` is true only at the end.
+    ``rehearsal`` (a :class:`Rehearsal`) replaces the device: see ``--rehearse``.
     """
     started = time.perf_counter()
     backends = gpu_backends(modes)
+    make_backend = build_backend if rehearsal is None else rehearsal.build_backend
     record = {"check": "gpu_check", "command": command, "quick": quick, "skip_tests": skip_tests,
+              "budget_s": budget_s, "rehearsal": rehearsal is not None,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "backends": reasons, "launch_modes": [mode.label for mode in modes], "machine": machine(),
-              "complete": False, "failures": []}
-    stages = (
-        ("environment", "environment", lambda: guarded("environment", probe_environment)),
-        ("tests", "GPU tests (pytest -m gpu)",
-         lambda: skipped("--skip-tests") if skip_tests else guarded("GPU tests", run_gpu_tests)),
-        ("sanitizer", "compute-sanitizer",
-         lambda: skipped("--quick") if quick else guarded("sanitizer", check_sanitizer, modes)),
-        ("parity", f"parity at {cfg.name} size", lambda: guarded("parity", check_parity, modes, cfg)),
-        ("kernels", "kernel resources",
-         lambda: isolated("kernels", lambda: kernel_resources(backends, cfg), KERNELS_TIMEOUT_S)),
-        ("timing", "timing",
-         lambda: skipped("--quick") if quick else guarded("timing", time_training_steps, modes, cfg)),
-    )
-    for name, label, check in stages:
-        progress(label, started)
+              "complete": False, "limits_s": {}, "failures": []}
+    environment_probe = probe_environment if rehearsal is None else rehearsal.environment
+    stages = {
+        "environment": lambda limit: guarded("environment", environment_probe, limit),
+        "tests": lambda limit: guarded("GPU tests", run_gpu_tests, limit),
+        "sanitizer": lambda limit: guarded("sanitizer", check_sanitizer, modes, limit) if rehearsal is None else
+        guarded("sanitizer", check_sanitizer, modes, limit, rehearsal.sanitizer, True, rehearsal.tools),
+        "parity": lambda limit: guarded("parity", check_parity, modes, limit, cfg, make_backend),
+        "kernels": lambda limit: isolated("kernels", lambda: (kernel_resources if rehearsal is None
+                                                              else rehearsal.kernel_resources)(backends, cfg), limit),
+        "timing": lambda limit: guarded("timing", time_training_steps, modes, limit, cfg, rehearsal is not None),
+    }
+    left_out = {"tests": "--skip-tests"} if skip_tests else {}
+    if quick:
+        left_out.update({"sanitizer": "--quick", "timing": "--quick"})
+    to_run = [name for name in CHECKS if name not in left_out]
+    for name in CHECKS:
+        progress(STAGE_LABELS[name], started)
         record["running"] = name
         if name != "environment":                      # the file is named after the GPU the environment finds
             save(record)
-        record[name] = check()
+        if name in left_out:
+            record[name] = skipped(left_out[name])
+        else:
+            limit = stage_limit(name, budget_s - (time.perf_counter() - started), to_run)
+            to_run.remove(name)
+            record["limits_s"][name] = limit
+            record[name] = stages[name](limit)
         record["failures"] = [failure for done in CHECKS if done in record for failure in record[done]["failures"]]
         record["seconds"] = round(time.perf_counter() - started, 1)
         save(record)
@@ -923,6 +1052,10 @@ def run_checks(modes, reasons: dict, quick: bool, skip_tests: bool, command: str
     record["complete"] = True
     save(record)
     return record
+
+
+STAGE_LABELS = {"environment": "environment", "tests": "GPU tests (pytest -m gpu)", "sanitizer": "compute-sanitizer",
+                "parity": "parity", "kernels": "kernel resources", "timing": "timing"}
 
 
 # ------------------------------------------------------------ summary
@@ -941,7 +1074,7 @@ def tests_lines(tests: dict) -> list[str]:
 
 
 def sanitizer_lines(sanitizer: dict) -> list[str]:
-    return [f"sanitizer {run['tool']:<9} {run['backend']}/{run['mode']}: {run['verdict']}"
+    return [f"sanitizer {run['tool']:<9} {run['workload']}: {run['verdict']}"
             + (f" ({run['errors']} errors)" if run["errors"] else "") + f" in {run['seconds']} s"
             for run in sanitizer["runs"]]
 
@@ -1013,12 +1146,170 @@ def no_gpu_lines(reasons: dict) -> list[str]:
 
 # ------------------------------------------------------------ main
 
+# ------------------------------------------------------------ rehearsal
+
+REHEARSAL_SHAPE = Config("rehearsal", batch=2, hidden=3, layers=1, seq_len=3)
+"""What the rehearsal's parity and timing run at: the emulation runs a host thread per CUDA thread, the
+simulator a Python thread per CUDA thread."""
+SIMULATOR_ENV = "NUMBA_ENABLE_CUDASIM"
+STAND_IN_SANITIZER = """#!/bin/sh
+# compute-sanitizer's stand-in in a rehearsal: skips its options (each has a value), runs the program.
+while [ "${1#--}" != "$1" ]; do shift 2; done
+"$@"
+status=$?
+echo "========= ERROR SUMMARY: 0 errors"
+exit $status
+"""
+
+
+def rehearsal_backend(name: str, dtype, **options):
+    """A GPU backend on its stand-in: CuPy's kernels on the emulation, numba-cuda on its simulator."""
+    if name == "cupy":
+        from ltexec.backends.cupy.backend import CupyBackend
+        return CupyBackend(dtype, device=emulated_device(), **options)
+    if name == "numba_cuda":
+        from ltexec.backends.numba_cuda.backend import NumbaCudaBackend
+        return NumbaCudaBackend(dtype, simulator=True, **options)
+    return get_backend(name, dtype, **options)
+
+
+def rehearsal_reasons() -> dict:
+    """Each backend of the rehearsal mapped to None if it runs on its stand-in here, else why not."""
+    reasons = {}
+    for name in gpu_backends(Rehearsal.modes):
+        try:
+            rehearsal_backend(name, np.float32)
+            reasons[name] = None
+        except Exception as exc:                     # no g++, no numba-cuda, ...
+            reasons[name] = f"{type(exc).__name__}: {exc}"
+    return reasons
+
+
+class Rehearsal:
+    """The whole check without a GPU (``--rehearse``), so that the first GPU run is not this script's first run.
+
+    The CuPy backend's kernels run on the C++ emulation of the test suite, the
+    Numba backend on numba's CUDA simulator, compute-sanitizer is a stand-in
+    that runs the workload and finds nothing, timing uses the CPU's clock.
+    Two faults are injected to show they are survived: the first launch
+    mode's float32 parity run hangs (killed at its time limit, the next run
+    starts fresh) and the kernel check's process dies (recorded as a crash).
+    The tests stage runs the real ``pytest -m gpu``: on a machine without a
+    GPU it must fail, since nothing was tested on a device.
+    :meth:`unmet` checks the record for exactly these outcomes.
+    """
+
+    modes = tuple(mode for mode in LAUNCH_MODES if mode.backend == "cupy" or mode.name == "persistent")
+    """Every CuPy mode on the emulation, the Numba backend's persistent mode on the simulator (a Python thread per
+    CUDA thread: its other modes would take minutes)."""
+    tools = ("memcheck",)
+    """The stand-in sanitizer finds nothing whatever the tool: one tool a mode shows the stage's plumbing."""
+    timed_steps = (1, 3)
+    """Warm-up and timed steps (the CPU's clock times nothing of interest)."""
+
+    def __init__(self, folder: Path):
+        self.sanitizer = str(folder / "compute-sanitizer")
+        Path(self.sanitizer).write_text(STAND_IN_SANITIZER, encoding="utf-8")
+        Path(self.sanitizer).chmod(0o755)
+        self.saved: list[tuple[str | None, bool]] = []   # after each save: the stage running, the file valid JSON
+
+    def hangs(self, mode: LaunchMode, dtype) -> bool:
+        return mode == self.modes[0] and np.dtype(dtype) == np.float32
+
+    def build_backend(self, mode: LaunchMode, dtype):
+        if self.hangs(mode, dtype):
+            time.sleep(10 * DEFAULT_BUDGET_S)        # the injected hang: only the time limit ends it
+        return rehearsal_backend(mode.backend, dtype, **mode.options)
+
+    @staticmethod
+    def environment(limit_s: float) -> dict:
+        return finished({"driver_version": None, "cuda_driver_api": None, "cuda_runtime": None,
+                         "gpu": {"name": "none (rehearsal: emulated kernels, CUDA simulator)",
+                                 "compute_capability": "-", "sm_count": 0, "memory_gib": 0},
+                         "libraries": library_versions(), "failures": []})
+
+    @staticmethod
+    def kernel_resources(backends, cfg: Config) -> dict:
+        os._exit(3)                                  # the injected crash, as a segfault or an out-of-memory kill
+
+    def save(self, record: dict, path: Path) -> None:
+        write_record(record, path)
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+            valid = True
+        except ValueError:
+            valid = False
+        self.saved.append((record.get("running"), valid))
+
+    def unmet(self, record: dict) -> list[str]:
+        """What in ``record`` differs from the rehearsal's expected outcomes (nothing, when all went as planned)."""
+        problems = []
+        if not all(valid for _, valid in self.saved):
+            problems.append("the record was not valid JSON after every save")
+        saved_stages = {running for running, _ in self.saved}
+        if not set(CHECKS) - {"environment"} <= saved_stages:
+            problems.append(f"the record was not saved before every stage (saved at {sorted(map(str, saved_stages))})")
+        tests = record["tests"]
+        if tests["status"] == "skipped" or not any("none passed" in f or "not usable" in f for f in tests["failures"]):
+            problems.append(f"the tests stage did not fail for testing nothing on a device: {tests['failures']}")
+        parity_runs = record["parity"].get("runs", [])
+        hung = [run for run in parity_runs if self.hangs(self.mode_of(run), run["dtype"])]
+        if not hung or "still running after" not in hung[0].get("error", ""):
+            problems.append(f"the hanging parity run was not killed and recorded: {hung}")
+        others = [run for run in parity_runs if run not in hung]
+        if len(others) != 2 * len(self.modes) - 1 or any(run["status"] != "pass" for run in others):
+            problems.append("the other parity runs did not all pass: "
+                            + "; ".join(f"{run['backend']}/{run['mode']} {run['dtype']}: {run['status']} "
+                                        f"{run.get('failures')}" for run in others if run["status"] != "pass"))
+        if "crashed" not in record["kernels"].get("error", ""):
+            problems.append(f"the crashed kernel check was not recorded as a crash: {record['kernels']}")
+        for name in ("sanitizer", "timing"):
+            if record[name]["status"] != "pass":
+                problems.append(f"{name} did not pass: {record[name]['failures']}")
+        if not record["complete"]:
+            problems.append("the record is not complete")
+        return problems
+
+    def mode_of(self, run: dict) -> LaunchMode:
+        return next(mode for mode in self.modes if (mode.backend, mode.name) == (run["backend"], run["mode"]))
+
+
+def cpu_timer():
+    """Milliseconds a call takes on the CPU's clock (the rehearsal's stand-in for CUDA events)."""
+    def timer(step) -> float:
+        started = time.perf_counter()
+        step()
+        return (time.perf_counter() - started) * 1e3
+    return timer
+
+
+# ------------------------------------------------------------ main
+
+def budget(text: str) -> float:
+    """``--budget``'s value: seconds, at least 60."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 60:
+        raise argparse.ArgumentTypeError(f"budget must be at least 60 seconds, got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the sanitizer and the timing")
     parser.add_argument("--skip-tests", action="store_true", help="skip pytest -m gpu")
+    parser.add_argument("--budget", type=budget, default=DEFAULT_BUDGET_S, metavar="SECONDS",
+                        help=f"the whole check's time (default {DEFAULT_BUDGET_S:g}); each stage and launch mode gets "
+                             f"its share, and is killed and recorded past it")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="run every stage without a GPU (emulated kernels, the CUDA simulator, a stand-in "
+                             "sanitizer) with a hang and a crash injected; exit 0 when the record shows exactly "
+                             "the expected outcomes")
     parser.add_argument("--json", metavar="FILE",
-                        help="write the record to FILE (default: benchmarks/results/gpu-check-<gpu>-<date>.json)")
+                        help="write the record to FILE (default: benchmarks/results/gpu-check-<gpu>-<date>.json; "
+                             "a rehearsal: a temporary file)")
     parser.add_argument("--sanitizer-workload", metavar="BACKEND[:KEY=VALUE,...]", help=argparse.SUPPRESS)
     parser.add_argument("--probe", choices=tuple(PROBES), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -1027,18 +1318,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.rehearse and os.environ.get(SIMULATOR_ENV) != "1":
+        # numba chooses the simulator when numba.cuda is first imported: run again with it chosen
+        return subprocess.call([sys.executable, str(SCRIPT), *argv], env={**os.environ, SIMULATOR_ENV: "1"})
     if args.sanitizer_workload:
-        return sanitizer_workload(args.sanitizer_workload)
+        return sanitizer_workload(args.sanitizer_workload, rehearsal_backend if args.rehearse else get_backend)
     if args.probe:
-        print(json.dumps(json_safe(PROBES[args.probe]())))
+        probe = rehearsal_reasons if args.rehearse and args.probe == "availability" else PROBES[args.probe]
+        print(json.dumps(json_safe(probe())))
         return 0
-    reasons = backend_reasons()
+    return run_rehearsal(args, argv) if args.rehearse else run_on_gpu(args, argv)
+
+
+def run_on_gpu(args: argparse.Namespace, argv: list[str]) -> int:
+    started = time.perf_counter()
+    reasons = backend_reasons(PROBE_SHARE * args.budget)
     modes = [mode for mode in LAUNCH_MODES if reasons[mode.backend] is None]
     if not modes:
         for line in no_gpu_lines(reasons):
             print(line, file=sys.stderr)
         return 2
-    command = shlex.join(["python", str(SCRIPT.relative_to(REPOSITORY)), *argv])
     paths = []                                       # chosen at the first save, once the GPU's name is known
 
     def save(record: dict) -> None:
@@ -1047,11 +1346,39 @@ def main(argv=None) -> int:
             paths.append(Path(args.json) if args.json else default_json_path(gpu, record["date"][:10], RESULTS))
         write_record(record, paths[0])
 
-    record = run_checks(modes, reasons, args.quick, args.skip_tests, command, PAPER, save)
-    path = paths[0]
+    record = run_checks(modes, reasons, args.quick, args.skip_tests, shown_argv(argv),
+                        args.budget - (time.perf_counter() - started), PAPER, save)
     print("\n".join(summary_lines(record)))
-    print(f"wrote {path}")
+    print(f"wrote {paths[0]}")
     return 1 if record["failures"] else 0
+
+
+def run_rehearsal(args: argparse.Namespace, argv: list[str]) -> int:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-rehearsal-") as folder:
+        rehearsal = Rehearsal(Path(folder))
+        path = Path(args.json) if args.json else Path(folder) / "record.json"
+        reasons = probe_in_subprocess("availability", PROBE_SHARE * args.budget, rehearse=True)
+        missing = {name: reason for name, reason in reasons.items() if reason}
+        if missing:
+            for name, reason in missing.items():
+                print(f"gpu_check rehearsal: {name} cannot run on its stand-in: {reason}", file=sys.stderr)
+            return 2
+        record = run_checks(list(Rehearsal.modes), reasons, args.quick, args.skip_tests, shown_argv(argv),
+                            args.budget - (time.perf_counter() - started), REHEARSAL_SHAPE,
+                            lambda record: rehearsal.save(record, path), rehearsal)
+        print("\n".join(summary_lines(record)))
+        unmet = rehearsal.unmet(record)
+    for problem in unmet:
+        print(f"rehearsal: UNMET: {problem}")
+    if not unmet:
+        print(f"rehearsal: every stage ran and was recorded as expected in {record['seconds']:.0f} s of a "
+              f"{args.budget:g} s budget (a hang killed, a crash recorded, no device test counted as a pass)")
+    return 1 if unmet else 0
+
+
+def shown_argv(argv: list[str]) -> str:
+    return shlex.join(["python", str(SCRIPT.relative_to(REPOSITORY)), *argv])
 
 
 if __name__ == "__main__":

@@ -10,23 +10,10 @@
 //
 // The kernels are templates over the float type (`real` is float or double);
 // the host asks for kernel<float> or kernel<double> by name expression.
-// The file is self-contained (no includes) so NVRTC compiles it as one string.
+// No includes: the loader puts device_math.cuh (real_exp, real_tanh, sigmoid)
+// in front, and NVRTC compiles the whole as one string.
 
-// exp and tanh at the precision of `real` (C's exp/tanh would promote float to double).
-__device__ __forceinline__ float real_exp(float x) { return expf(x); }
-__device__ __forceinline__ double real_exp(double x) { return exp(x); }
-__device__ __forceinline__ float real_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double real_tanh(double x) { return tanh(x); }
-
-// Logistic function without overflow: exp is only ever taken of -|x|.
-template <typename real>
-__device__ __forceinline__ real sigmoid(real x)
-{
-    const real e = real_exp(x >= real(0) ? -x : x);
-    return x >= real(0) ? real(1) / (real(1) + e) : e / (real(1) + e);
-}
-
-// Forward step t: the reference's cell (ltexec.backends.numpy_backend's
+// Forward step t: the reference's cell (ltexec.backends.numpy.backend's
 // docstring has the equations), a = x_t Wx + h_{t-1} Wh + b in, h_t, c_t out.
 // The activations i, f, g, o overwrite the projection in `gates`: they are
 // what the backward pass keeps (with c_{t-1} and c_t).

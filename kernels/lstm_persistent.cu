@@ -12,8 +12,8 @@
 // db = sum of dA and dxs = dA Wx^T after the backward launch.
 //
 // Gate blocks i, f, g, o along the 4H axis (as in torch.nn.LSTM); each step is
-// the cell of the NumPy reference (its module docstring, ltexec.backends.
-// numpy_backend, has the equations). Backward, step t = T-1 .. 0, with
+// the cell of the NumPy reference (the docstring of ltexec.backends.numpy.backend
+// has the equations). Backward, step t = T-1 .. 0, with
 // dc = dcT on entry: dh = dhs_t + (t == T-1 ? dhT : da_{t+1} Wh^T), and
 // finally dh0 = da_0 Wh^T, dc0 = dc. The arithmetic is that of lstm_cell.cu,
 // term by term, so both paths give the same activations and gradients up to
@@ -32,7 +32,7 @@
 // Grid-wide barrier: our own (grid_barrier below), not cooperative groups.
 // cooperative_groups::this_grid().sync() is defined in <cooperative_groups.h>,
 // which NVRTC does not find without an include path (NVRTC 13.5: "could not
-// open source file"), and these sources are self-contained strings. The
+// open source file"), and these sources compile as single strings. The
 // barrier is an arrival counter and a generation number in global memory: a
 // block arrives with one atomic add after a __threadfence() (its writes of the
 // step are visible device-wide before its arrival counts); the last block to
@@ -81,7 +81,8 @@
 //
 // The kernels are templates over the float type (`real` is float or double);
 // the host asks for kernel<float> or kernel<double> by name expression.
-// The file is self-contained (no includes) so NVRTC compiles it as one string.
+// No includes: the loader puts device_math.cuh (real_exp, real_tanh, sigmoid)
+// in front, and NVRTC compiles the whole as one string.
 
 // The block's dynamic shared memory as an array of `real` (its size is set at
 // launch). C++ has no `extern __shared__`; the CPU emulation of the tests
@@ -91,20 +92,6 @@
     extern __shared__ __align__(16) unsigned char name##_bytes[];    \
     real* const name = reinterpret_cast<real*>(name##_bytes)
 #endif
-
-// exp and tanh at the precision of `real` (C's exp/tanh would promote float to double).
-__device__ __forceinline__ float real_exp(float x) { return expf(x); }
-__device__ __forceinline__ double real_exp(double x) { return exp(x); }
-__device__ __forceinline__ float real_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double real_tanh(double x) { return tanh(x); }
-
-// Logistic function without overflow: exp is only ever taken of -|x|.
-template <typename real>
-__device__ __forceinline__ real sigmoid(real x)
-{
-    const real e = real_exp(x >= real(0) ? -x : x);
-    return x >= real(0) ? real(1) / (real(1) + e) : e / (real(1) + e);
-}
 
 // Back off briefly while spinning. __nanosleep exists from sm_70 on; older GPUs
 // (which CUDA 12 still compiles for) just spin.

@@ -13,16 +13,10 @@
 // One block per row; the block's threads stride over the V columns and
 // combine their partial max/argmax and sum through shared memory.
 // blockDim.x must be a power of two no larger than SOFTMAX_MAX_BLOCK.
-// Templates over the float type (`real` is float or double); self-contained
-// (no includes) so NVRTC compiles it as one string.
+// Templates over the float type (`real` is float or double); no includes: the
+// loader puts device_math.cuh (real_exp, real_log) in front, one string in all.
 
 #define SOFTMAX_MAX_BLOCK 256
-
-// exp and log at the precision of `real` (C's exp/log would promote float to double).
-__device__ __forceinline__ float real_exp(float x) { return expf(x); }
-__device__ __forceinline__ double real_exp(double x) { return exp(x); }
-__device__ __forceinline__ float real_log(float x) { return logf(x); }
-__device__ __forceinline__ double real_log(double x) { return log(x); }
 
 template <typename real>
 __global__ void softmax_xent(

@@ -18,6 +18,9 @@ os.environ["LTEXEC_TUNE_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="ltexec-t
 def pytest_addoption(parser):
     parser.addoption("--gradcheck", action="store_true", default=False,
                      help="also run the float64 finite-difference gradient checks (slow)")
+    parser.addoption("--device-examples", type=int, default=None, metavar="N",
+                     help="draw at most N examples per property test for the conformance suite's GPU makers "
+                          "(benchmarks/gpu_check.py passes this to fit its time budget)")
 
 
 def pytest_collection_modifyitems(config, items):

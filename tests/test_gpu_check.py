@@ -23,25 +23,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_check  # noqa: E402
 from gpu_check import LaunchMode, finished  # noqa: E402
 
-from ltexec.backends import REGISTRY, available_backends, backend_options  # noqa: E402
-from ltexec.backends import cupy_backend, numba_cuda_kernels  # noqa: E402
-from ltexec.backends.numpy_backend import NumpyBackend  # noqa: E402
+from ltexec.backends import REGISTRY, available_backends, backend_options, get_backend  # noqa: E402
+from ltexec.backends.cupy import backend as cupy_backend  # noqa: E402
+from ltexec.backends.numba_cuda import kernels as numba_cuda_kernels  # noqa: E402
+from ltexec.backends.numpy.backend import NumpyBackend  # noqa: E402
 from ltexec.testing import relative_error  # noqa: E402
 
 TINY = gpu_check.Config("tiny", batch=3, hidden=5, layers=2, seq_len=4)
 REFERENCE = LaunchMode("numpy", "reference")
 ONE_LANE = LaunchMode("cpu", "one-lane", {"threads": 1}, sanitize=False)
-RECORD_KEYS = {"check", "command", "quick", "skip_tests", "date", "backends", "launch_modes", "machine",
+RECORD_KEYS = {"check", "command", "quick", "skip_tests", "budget_s", "rehearsal", "limits_s", "date", "backends",
+               "launch_modes", "machine",
                "environment", "tests", "sanitizer", "parity", "kernels", "timing", "failures", "seconds", "complete"}
 
-CLEAN_SANITIZER = """#!/bin/sh
-# Stands in for compute-sanitizer: skips its options (each has a value), runs the program, finds nothing.
-while [ "${1#--}" != "$1" ]; do shift 2; done
-"$@"
-status=$?
-echo "========= ERROR SUMMARY: 0 errors"
-exit $status
-"""
+CLEAN_SANITIZER = gpu_check.STAND_IN_SANITIZER
+"""Skips its options (each has a value), runs the program, finds nothing."""
 FINDING_SANITIZER = """#!/bin/sh
 # Stands in for compute-sanitizer finding two errors (the program is not run).
 echo "========= Invalid __global__ read of size 4 bytes"
@@ -57,7 +53,7 @@ def script(folder: Path, name: str, text: str) -> str:
     return str(path)
 
 
-def fake_environment() -> dict:
+def fake_environment(limit_s: float) -> dict:
     return finished({"driver_version": "999.1", "cuda_driver_api": "13.0", "cuda_runtime": "13.0",
                      "gpu": {"name": "Fake GPU", "compute_capability": "9.0", "sm_count": 132, "memory_gib": 80.0},
                      "libraries": gpu_check.library_versions(), "failures": []})
@@ -77,7 +73,7 @@ def one_ms(step) -> float:
 def stand_ins(monkeypatch, tmp_path):
     """The CPU backends as the launch modes, a fake GPU, kernels and timer, the clean stand-in sanitizer."""
     monkeypatch.setattr(gpu_check, "LAUNCH_MODES", (REFERENCE, ONE_LANE))
-    monkeypatch.setattr(gpu_check, "backend_reasons", lambda: {"numpy": None, "cpu": None})
+    monkeypatch.setattr(gpu_check, "backend_reasons", lambda timeout_s: {"numpy": None, "cpu": None})
     monkeypatch.setattr(gpu_check, "PAPER", TINY)
     monkeypatch.setattr(gpu_check, "probe_environment", fake_environment)
     monkeypatch.setattr(gpu_check, "kernel_resources", fake_kernels)
@@ -166,7 +162,7 @@ def test_relative_error_is_the_largest_difference_over_the_largest_reference_val
 
 @pytest.mark.parametrize("mode", [REFERENCE, ONE_LANE], ids=lambda mode: mode.label)
 def test_parity_of_the_cpu_backends_passes_in_both_dtypes(mode):
-    parity = gpu_check.check_parity([mode], TINY)
+    parity = gpu_check.check_parity([mode], 120, TINY)
     assert parity["status"] == "pass" and parity["failures"] == [] and parity["windows"] == 3
     assert [run["dtype"] for run in parity["runs"]] == ["float32", "float64"]
     for run in parity["runs"]:
@@ -233,7 +229,7 @@ def test_a_backend_that_cannot_be_built_is_an_error_and_the_other_runs_go_on():
             raise RuntimeError("no device")
         return NumpyBackend(dtype)
 
-    parity = gpu_check.check_parity([REFERENCE], TINY, make_backend=build)
+    parity = gpu_check.check_parity([REFERENCE], 120, TINY, make_backend=build)
     first, second = parity["runs"]
     assert (first["status"], first["error"]) == ("error", "RuntimeError: no device")
     assert "Traceback" in first["traceback"] and second["status"] == "pass"
@@ -255,31 +251,31 @@ def test_pytest_counts_come_from_the_closing_line(output, counts):
 
 
 def test_the_test_run_records_counts_exit_status_and_tail():
-    failing = gpu_check.run_gpu_tests(("-c", "print('== 1 failed, 2 passed in 0.1s =='); raise SystemExit(1)"), 120)
+    failing = gpu_check.run_gpu_tests(120, ("-c", "print('== 1 failed, 2 passed in 0.1s =='); raise SystemExit(1)"))
     assert (failing["status"], failing["failed"], failing["passed"], failing["returncode"]) == ("fail", 1, 2, 1)
     assert failing["failures"] == ["GPU tests: 1 failed, 0 errors, 2 passed (pytest exit status 1)"]
     assert failing["command"].startswith("python -c ") and "1 failed" in failing["tail"]
-    passing = gpu_check.run_gpu_tests(("-c", "print('3 passed, 5 deselected in 0.2s')"), 120)
+    passing = gpu_check.run_gpu_tests(120, ("-c", "print('3 passed, 5 deselected in 0.2s')"))
     assert (passing["status"], passing["passed"], passing["failures"]) == ("pass", 3, [])
 
 
 def test_a_test_run_that_tested_nothing_on_the_device_fails():
-    nothing = gpu_check.run_gpu_tests(("-c", "print('12 skipped, 1400 deselected in 0.2s')"), 120)
+    nothing = gpu_check.run_gpu_tests(120, ("-c", "print('12 skipped, 1400 deselected in 0.2s')"))
     assert (nothing["status"], nothing["failures"]) == \
         ("fail", ["GPU tests: none passed (12 skipped): nothing was tested on the device"])
     output = ("SKIPPED [4] tests/test_cupy_backend.py:642: no CUDA device: CUDA driver version is insufficient\n"
               "3 passed, 4 skipped, 1400 deselected in 0.2s")
-    unusable = gpu_check.run_gpu_tests(("-c", f"print({output!r})"), 120)
+    unusable = gpu_check.run_gpu_tests(120, ("-c", f"print({output!r})"))
     assert unusable["status"] == "fail" and unusable["failures"] == [
         "GPU tests: skipped because the device was not usable in the tests' process: SKIPPED [4] "
         "tests/test_cupy_backend.py:642: no CUDA device: CUDA driver version is insufficient"]
-    other_skip = gpu_check.run_gpu_tests(("-c", "print('SKIPPED [1] t.py:3: needs g++')\n"
-                                                "print('3 passed, 1 skipped in 0.2s')"), 120)
+    other_skip = gpu_check.run_gpu_tests(120, ("-c", "print('SKIPPED [1] t.py:3: needs g++')\n"
+                                                "print('3 passed, 1 skipped in 0.2s')"))
     assert other_skip["status"] == "pass"
 
 
 def test_a_test_run_past_its_time_is_stopped_and_fails():
-    stuck = gpu_check.run_gpu_tests(("-c", "import time; time.sleep(60)"), timeout_s=1)
+    stuck = gpu_check.run_gpu_tests(1, ("-c", "import time; time.sleep(60)"))
     assert stuck["returncode"] is None and stuck["status"] == "fail"
     assert stuck["failures"] == ["GPU tests: still running after 1 s, stopped"]
 
@@ -315,19 +311,125 @@ def test_the_sanitizer_report_keeps_the_tools_findings_without_banner_and_summar
 
 def test_every_tool_runs_on_every_mode_marked_for_it(tmp_path):
     program = script(tmp_path, "compute-sanitizer", CLEAN_SANITIZER)
-    result = gpu_check.check_sanitizer([REFERENCE, ONE_LANE], program)
+    result = gpu_check.check_sanitizer([REFERENCE, ONE_LANE], 120, program)
     assert result["status"] == "pass" and result["program"] == program
-    assert [(run["tool"], run["mode"]) for run in result["runs"]] == \
-        [(tool, "reference") for tool in gpu_check.SANITIZER_TOOLS]
+    assert [(run["tool"], run["workload"]) for run in result["runs"]] == \
+        [(tool, "numpy/reference") for tool in gpu_check.SANITIZER_TOOLS]
     for run in result["runs"]:
         assert (run["verdict"], run["errors"], run["returncode"]) == ("pass", 0, 0), run["tail"]
-        assert run["command"].endswith(f"--tool {run['tool']} --error-exitcode 86 --print-limit 20 "
+        padding = " --padding 256" if run["tool"] == "memcheck" else ""
+        assert run["command"].endswith(f"--tool {run['tool']} --error-exitcode 86 --print-limit 20{padding} "
                                        "python benchmarks/gpu_check.py --sanitizer-workload numpy")
+
+
+@pytest.mark.parametrize("mode", [mode for mode in gpu_check.LAUNCH_MODES if mode.sanitize])
+def test_the_sanitizer_instruments_the_backends_own_kernels_only(mode):
+    """A regular expression of the backend's kernel names (no cuBLAS, no CuPy kernel matches it); memcheck pads."""
+    pytest.importorskip("numba.cuda")
+    [workload] = [w for w in gpu_check.sanitizer_workloads(gpu_check.LAUNCH_MODES) if w.label == mode.label]
+    command = gpu_check.sanitizer_command("compute-sanitizer", "memcheck", workload)
+    option = command[command.index("--kernel-regex") + 1]
+    assert option.startswith("kns=")
+    names = option[len("kns="):].split("|")
+    if mode.backend == "cupy":
+        assert names == [kernel for kernels in cupy_backend.KERNELS.values() for kernel in kernels]
+    else:
+        assert {"lstm_forward_step", "gemm", "softmax_xent", "lstm_backward_persistent"} <= set(names)
+    assert command[command.index("--padding") + 1] == "256"
+    assert "--padding" not in gpu_check.sanitizer_command("compute-sanitizer", "racecheck", workload)
+
+
+def test_with_the_cupy_backend_every_cuda_c_kernel_is_also_sanitized_alone_with_its_arguments_apart():
+    workloads = gpu_check.sanitizer_workloads(gpu_check.LAUNCH_MODES)
+    alone = [w for w in workloads if w.label.startswith("kernel ")]
+    assert [w.label for w in alone] == [f"kernel {kernel}" for kernel in gpu_check.KERNEL_CHECK_KERNELS]
+    assert {w.backend for w in alone} == {"cupy"}
+    assert alone[0].argv == (str(gpu_check.KERNEL_CHECK), alone[0].label.split()[1], "--device", "gpu", "--size",
+                             "small", "--dtype", "float32", "--repeats", "1")
+    numba_only = [mode for mode in gpu_check.LAUNCH_MODES if mode.backend == "numba_cuda"]
+    assert not [w for w in gpu_check.sanitizer_workloads(numba_only) if w.label.startswith("kernel ")]
+
+
+def test_the_workload_runs_each_window_on_a_fresh_backend_so_no_buffer_is_reused(capsys):
+    built = []
+
+    def make(name, dtype, **options):
+        built.append(get_backend(name, dtype, **options))
+        return built[-1]
+
+    assert gpu_check.sanitizer_workload("cpu:threads=1", make) == 0
+    assert len(built) == gpu_check.WINDOWS and len({id(backend) for backend in built}) == gpu_check.WINDOWS
+    assert capsys.readouterr().out == f"{DONE}: cpu:threads=1, launch mode None\n"
+
+
+# ------------------------------------------------------------ budget
+
+def test_each_stage_gets_its_share_of_what_is_left_among_the_stages_still_to_run():
+    stages = list(gpu_check.CHECKS)
+    limits, left = {}, 360.0
+    for stage in gpu_check.CHECKS:
+        limits[stage] = gpu_check.stage_limit(stage, left, stages)
+        stages.remove(stage)
+        left -= limits[stage]                            # a stage that uses all its time
+    assert sum(limits.values()) == pytest.approx(360, abs=0.5)
+    assert limits["tests"] == pytest.approx(0.30 * 360, abs=0.5)
+    assert gpu_check.stage_limit("timing", 100, ["timing"]) == 100    # the last stage gets what is left
+    assert gpu_check.stage_limit("timing", 1, ["timing"]) == gpu_check.MIN_LIMIT_S
+    assert gpu_check.stage_limit("parity", 200, ["parity", "kernels"]) == pytest.approx(200 * 0.22 / 0.27, abs=0.1)
+    assert gpu_check.part_limit(60, 4) == 15 and gpu_check.part_limit(6, 4) == gpu_check.MIN_LIMIT_S
+
+
+@pytest.mark.parametrize("text, error", [("30", "at least 60 seconds, got '30'"), ("x", "a number of seconds, got 'x'"),
+                                         ("nan", "at least 60 seconds, got 'nan'")])
+def test_a_bad_budget_is_refused_naming_it(text, error, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.parse_args(["--budget", text])
+    assert exit_info.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_the_stages_are_given_limits_within_the_budget(stand_ins, tmp_path):
+    path = tmp_path / "record.json"
+    assert gpu_check.main(["--skip-tests", "--budget", "100", "--json", str(path)]) == 0
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["budget_s"] <= 100 and set(record["limits_s"]) == set(gpu_check.CHECKS) - {"tests"}
+    assert all(limit >= gpu_check.MIN_LIMIT_S for limit in record["limits_s"].values())
+    assert record["limits_s"]["environment"] == pytest.approx(
+        record["budget_s"] * 0.06 / (1 - 0.30), abs=1)     # tests skipped: the others share its time
+
+
+def test_the_tests_stage_asks_the_device_makers_for_fewer_examples():
+    assert f"--device-examples={gpu_check.DEVICE_EXAMPLES}" in gpu_check.TESTS_COMMAND
+
+
+# ------------------------------------------------------------ rehearsal
+
+def test_the_rehearsal_runs_every_stage_without_a_gpu_and_survives_a_hang_and_a_crash(tmp_path):
+    """``gpu_check.py --rehearse``: the CuPy kernels on the emulation, numba-cuda's simulator, a stand-in
+    sanitizer; one parity run made to hang, the kernel check made to crash, the tests stage failing for testing
+    nothing on a device. It checks its record itself (exit 0 when every outcome is the expected one)."""
+    import cuda_emulation
+    if cuda_emulation.gxx_missing_reason():
+        pytest.skip(cuda_emulation.gxx_missing_reason())
+    pytest.importorskip("numba.cuda")
+    if None in (available_backends()[name] for name in gpu_check.gpu_backends()):
+        pytest.skip("a GPU backend can run here: the tests stage would test on it")
+    path = tmp_path / "record.json"
+    done = subprocess.run([sys.executable, str(gpu_check.SCRIPT), "--rehearse", "--budget", "150", "--json", str(path)],
+                          capture_output=True, text=True, cwd=gpu_check.REPOSITORY, timeout=400)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.stdout.splitlines()[-1].startswith("rehearsal: every stage ran and was recorded as expected")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["rehearsal"] is True and record["complete"] is True and record["seconds"] < 150
+    hung = [run for run in record["parity"]["runs"] if run["status"] == "error"]
+    part = gpu_check.part_limit(record["limits_s"]["parity"], len(record["parity"]["runs"]))
+    assert [run["error"] for run in hung] == [f"still running after {part:g} s, killed"]
+    assert record["kernels"]["error"] == "crashed: its process ended with exit code 3 and no result"
+    assert record["tests"]["status"] == "fail" and record["tests"]["passed"] == 0
 
 
 def test_sanitizer_findings_fail_the_check(tmp_path):
     program = script(tmp_path, "compute-sanitizer", FINDING_SANITIZER)
-    result = gpu_check.check_sanitizer([REFERENCE], program)
+    result = gpu_check.check_sanitizer([REFERENCE], 120, program)
     assert result["status"] == "fail"
     assert result["failures"] == [f"sanitizer {tool} on numpy/reference: fail (2 errors)"
                                   for tool in gpu_check.SANITIZER_TOOLS]
@@ -336,7 +438,7 @@ def test_sanitizer_findings_fail_the_check(tmp_path):
 
 def test_without_compute_sanitizer_the_check_is_skipped_saying_how_to_get_it(monkeypatch):
     monkeypatch.setattr(gpu_check, "find_sanitizer", lambda: None)
-    result = gpu_check.check_sanitizer(gpu_check.LAUNCH_MODES)
+    result = gpu_check.check_sanitizer(gpu_check.LAUNCH_MODES, 120)
     assert result["status"] == "skipped" and result["failures"] == []
     assert result["reason"].startswith("compute-sanitizer not found: pip install nvidia-cuda-sanitizer-api")
 
@@ -383,10 +485,11 @@ def test_the_persistent_kernels_are_reported_at_the_launch_the_backend_plans(mon
     launches = gpu_check.cupy_persistent_launches(device, gpu_check.PAPER)
     assert launches["lstm_persistent_forward<double>"][1] == 51200
     for dtype in (np.float32, np.float64):
-        geometry = cupy_backend.persistent_geometry(50, 100, 400, np.dtype(dtype).itemsize, device.limits,
-                                                    lambda block, nbytes: 99)
-        for kernel in cupy_backend.PERSISTENT_KERNELS:
-            assert launches[cupy_backend.name_expression(kernel, dtype)] == (geometry.block, geometry.shared_bytes)
+        geometry = cupy_backend.plan_persistent(50, 100, 400, np.dtype(dtype).itemsize, device.limits,
+                                                lambda *query: 99)
+        for direction, kernel in cupy_backend.PERSISTENT_KERNELS.items():
+            assert launches[cupy_backend.name_expression(kernel, dtype)] == (geometry.threads,
+                                                                            geometry.shared_bytes(direction))
     small = cuda_emulation.EmulatedDevice(limits=cupy_backend.DeviceLimits(sms=6, shared_per_block=1024,
                                                                            cooperative=True))
     assert gpu_check.cupy_persistent_launches(small, gpu_check.PAPER) == {}   # does not fit: not reported
@@ -398,15 +501,15 @@ def test_the_persistent_kernels_are_reported_at_the_launch_the_backend_plans(mon
         def launch_resources(self, geometry):
             kernel = SimpleNamespace(regs_per_thread=64, shared_mem_per_block=0, local_mem_per_thread=0,
                                      max_threads_per_block=1024)
-            return {name: (kernel, geometry.threads, geometry.shared_bytes(name), 132)
-                    for name in numba_cuda_persistent.KERNEL_NAMES}
+            return {name: (kernel, geometry.threads, geometry.shared_bytes(direction), 132)
+                    for direction, name in numba_cuda_persistent.KERNEL_NAMES.items()}
 
-    from ltexec.backends import numba_cuda_persistent
+    from ltexec.backends.numba_cuda import persistent as numba_cuda_persistent
     monkeypatch.setattr(numba_cuda_persistent, "PersistentLauncher", Launcher)
     rows = gpu_check.numba_persistent_kernels(gpu_check.PAPER, 132, 2048)
-    geometry = numba_cuda_persistent.persistent_geometry(400, 100, np.float32, 132)
+    geometry = numba_cuda_persistent.launch_geometry(400, 100, np.float32, 132)
     assert [row["kernel"] for row in rows] == [f"{name}<{dtype}>" for dtype in ("float32", "float64")
-                                               for name in numba_cuda_persistent.KERNEL_NAMES]
+                                               for name in numba_cuda_persistent.KERNEL_NAMES.values()]
     assert rows[0]["dynamic_shared_bytes"] == geometry.forward_shared_bytes and rows[0]["active_blocks_per_sm"] == 1
     assert rows[0]["block"] == geometry.threads
     assert f"+ {geometry.forward_shared_bytes} B dynamic" in gpu_check.kernel_lines({"kernels": rows})[0]
@@ -525,15 +628,15 @@ def test_the_record_is_on_disk_after_every_check_and_says_where_a_kill_stopped_i
 
 
 def test_the_parent_probes_the_backends_and_the_environment_in_processes_of_their_own(monkeypatch):
-    reasons = gpu_check.backend_reasons()                         # a real subprocess: python gpu_check.py --probe
+    reasons = gpu_check.backend_reasons(120)                      # a real subprocess: python gpu_check.py --probe
     assert reasons == {name: available_backends()[name] for name in gpu_check.gpu_backends()}
     seen = []
     monkeypatch.setattr(gpu_check, "run_command", lambda command, timeout_s: seen.append(command) or
                         {"returncode": 3, "output": "Traceback: no driver", "seconds": 0.1})
     with pytest.raises(RuntimeError, match=r"probe environment in a subprocess: exit status 3: Traceback: no driver"):
-        gpu_check.probe_environment()
+        gpu_check.probe_environment(120)
     assert seen == [[sys.executable, str(gpu_check.SCRIPT), "--probe", "environment"]]
-    result = gpu_check.guarded("environment", gpu_check.probe_environment)
+    result = gpu_check.guarded("environment", gpu_check.probe_environment, 120)
     assert result["status"] == "error" and "exit status 3" in result["failures"][0]
 
 
@@ -566,14 +669,14 @@ def test_a_check_that_hangs_or_crashes_is_killed_or_recorded_and_the_next_one_ru
 
     monkeypatch.setattr(gpu_check, "parity_run", hang_in_one_mode)
     monkeypatch.setattr(gpu_check, "kernel_resources", crash)
-    monkeypatch.setattr(gpu_check, "MODE_TIMEOUT_S", 3)
     path = tmp_path / "record.json"
     started = clock.perf_counter()
-    assert gpu_check.main(["--skip-tests", "--json", str(path)]) == 1
+    assert gpu_check.main(["--skip-tests", "--budget", "60", "--json", str(path)]) == 1
     assert clock.perf_counter() - started < 30
     record = json.loads(path.read_text(encoding="utf-8"))
     assert record["complete"] is True and "running" not in record
-    hung = f"parity {REFERENCE.label} float32: still running after 3 s, killed"
+    hung = (f"parity {REFERENCE.label} float32: still running after "
+            f"{gpu_check.part_limit(record['limits_s']['parity'], 4):g} s, killed")
     assert record["parity"]["failures"] == [hung]                  # the other modes and dtypes ran and passed
     assert [run["status"] for run in record["parity"]["runs"]] == ["error", "pass", "pass", "pass"]
     assert record["kernels"]["failures"] == ["kernels: crashed: its process ended with exit code 3 and no result"]
@@ -582,12 +685,13 @@ def test_a_check_that_hangs_or_crashes_is_killed_or_recorded_and_the_next_one_ru
 
 
 def test_a_failed_check_makes_the_exit_status_1_and_is_listed(stand_ins, monkeypatch, capsys):
-    def no_driver():
+    def no_driver(limit_s):
         raise RuntimeError("no driver")
 
     monkeypatch.setattr(gpu_check, "probe_environment", no_driver)
     monkeypatch.setattr(gpu_check, "check_parity",
-                        lambda modes, cfg: finished({"runs": [], "failures": ["parity numpy/reference: off"]}))
+                        lambda modes, limit, cfg, make: finished({"runs": [],
+                                                                  "failures": ["parity numpy/reference: off"]}))
     assert gpu_check.main(["--quick", "--skip-tests"]) == 1
     day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     [path] = (gpu_check.RESULTS).iterdir()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ltexec.backends.numpy_backend import NumpyBackend
+from ltexec.backends.numpy.backend import NumpyBackend
 from ltexec.optim import SGD
 
 BACKEND = NumpyBackend(np.float64)

@@ -183,7 +183,7 @@ def fake_measure(profile, calls):
 
 @pytest.fixture
 def cpu_backend():
-    cpu = pytest.importorskip("ltexec.backends.cpu")
+    cpu = pytest.importorskip("ltexec.backends.cpu.backend")
     if cpu.CpuBackend.unavailable_reason():
         pytest.skip(cpu.CpuBackend.unavailable_reason())
     if cpu.Lanes().count < 2:

@@ -10,7 +10,7 @@ persistent recurrence), and the real ``cupy`` and ``numba_cuda`` on a CUDA
 device. A maker that cannot run here is skipped with its reason.
 
 The simulator has to be chosen before ``numba.cuda`` is first imported, so
-it runs in a subprocess of its own (tests/test_numba_cuda_kernels.py runs
+it runs in a subprocess of its own (tests/backends/numba_cuda/test_numba_cuda_kernels.py runs
 this suite there with ``NUMBA_ENABLE_CUDASIM=1``); in that process the
 simulator's makers are the only ones, everywhere else they are skipped.
 
@@ -23,15 +23,14 @@ order move the last bits), 2e-5 for ``cupy`` (a window of several steps),
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 import pytest
 
-from ltexec.backends.numba_cuda import _simulator_active
+from ltexec.backends.numba_cuda.backend import _simulator_active
 
 
 @dataclass(frozen=True)
@@ -85,13 +84,13 @@ class PoisonedEmpty:
 # ------------------------------------------------------------------ the makers
 
 def _numpy(dtype):
-    from ltexec.backends.numpy_backend import NumpyBackend
+    from ltexec.backends.numpy.backend import NumpyBackend
     return NumpyBackend(dtype)
 
 
 def _cpu(threads=None, step_products="auto", lanes="auto"):
     def build(dtype):
-        from ltexec.backends.cpu import CpuBackend
+        from ltexec.backends.cpu.backend import CpuBackend
         return CpuBackend(dtype, threads=threads, step_products=step_products, lanes=lanes)
     return build
 
@@ -99,19 +98,19 @@ def _cpu(threads=None, step_products="auto", lanes="auto"):
 def _cpu_tuned(dtype):
     """The default ``cpu`` backend, its options fixed by the tuner once (at a small workload) before any
     example, so that every example runs one path and the suite's call counts see no tuning runs."""
-    from ltexec.backends.cpu import CpuBackend
+    from ltexec.backends.cpu.backend import CpuBackend
     backend = CpuBackend(dtype)
     backend.tune(window=4, batch=8, hidden=8)
     return backend
 
 
 def _cpu_reason() -> str | None:
-    from ltexec.backends.cpu import CpuBackend
+    from ltexec.backends.cpu.backend import CpuBackend
     return CpuBackend.unavailable_reason()
 
 
 def _two_lanes_reason() -> str | None:
-    from ltexec.backends.cpu import Lanes
+    from ltexec.backends.cpu.backend import Lanes
     return _cpu_reason() or (None if Lanes(2).count == 2 else
                              "one lane only: the BLAS cannot be set to one thread (not OpenBLAS)")
 
@@ -119,7 +118,7 @@ def _two_lanes_reason() -> str | None:
 def _emulated_cupy(persistent: bool):
     def build(dtype):
         import cuda_emulation
-        from ltexec.backends.cupy_backend import CupyBackend
+        from ltexec.backends.cupy.backend import CupyBackend
         return CupyBackend(dtype, persistent=persistent, device=cuda_emulation.EmulatedDevice())
     return build
 
@@ -131,14 +130,14 @@ def _gxx_reason() -> str | None:
 
 def _cupy_device(persistent: bool | None):
     def build(dtype):
-        from ltexec.backends.cupy_backend import CupyBackend
+        from ltexec.backends.cupy.backend import CupyBackend
         return CupyBackend(dtype, persistent=persistent)
     return build
 
 
 def _numba_cuda(simulator: bool, gemm: str = "tiled", persistent: bool | None = None):
     def build(dtype):
-        from ltexec.backends.numba_cuda import NumbaCudaBackend
+        from ltexec.backends.numba_cuda.backend import NumbaCudaBackend
         return NumbaCudaBackend(dtype, gemm=gemm, persistent=persistent, simulator=simulator)
     return build
 
@@ -153,13 +152,13 @@ def _device_reason(name: str) -> Callable[[], str | None]:
 
 
 def _simulator_reason() -> str | None:
-    return ("runs on numba's CUDA simulator, in the subprocess of tests/test_numba_cuda_kernels.py "
+    return ("runs on numba's CUDA simulator, in the subprocess of tests/backends/numba_cuda/test_numba_cuda_kernels.py "
             "(NUMBA_ENABLE_CUDASIM=1)")
 
 
 SIMULATOR = Maker("numba_cuda-simulator", _numba_cuda(simulator=True, persistent=False), 1e-5, examples=2,
                   small=True, model_cases=((2, 4, 2, 2),))
-SIMULATORS = [SIMULATOR, dataclasses.replace(SIMULATOR, id="numba_cuda-simulator-persistent",
+SIMULATORS = [SIMULATOR, replace(SIMULATOR, id="numba_cuda-simulator-persistent",
                                              build=_numba_cuda(simulator=True, persistent=True))]
 """Per-step and persistent recurrence; the simulator plans for one SM, so one block covers all units."""
 
@@ -175,7 +174,7 @@ MAKERS = SIMULATORS if _simulator_active() else [
           model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
     Maker("cupy-emulated-per-step", _emulated_cupy(persistent=False), 2e-5, _gxx_reason, examples=5,
           model_cases=((2, 9, 5, 7), (1, 3, 1, 1))),
-    *(dataclasses.replace(maker, skip_reason=_simulator_reason) for maker in SIMULATORS),
+    *(replace(maker, skip_reason=_simulator_reason) for maker in SIMULATORS),
     Maker("cupy-device", _cupy_device(persistent=None), 2e-5, _device_reason("cupy"), gpu=True),
     Maker("cupy-device-per-step", _cupy_device(persistent=False), 2e-5, _device_reason("cupy"), gpu=True),
     Maker("numba_cuda-device", _numba_cuda(simulator=False), 1e-5, _device_reason("numba_cuda"), gpu=True),
@@ -188,5 +187,14 @@ MAKERS = SIMULATORS if _simulator_active() else [
 
 def pytest_generate_tests(metafunc):
     if "maker" in metafunc.fixturenames:
+        makers = device_examples(MAKERS, metafunc.config.getoption("--device-examples"))
         metafunc.parametrize("maker", [pytest.param(m, id=m.id, marks=[pytest.mark.gpu] if m.gpu else [])
-                                       for m in MAKERS])
+                                       for m in makers])
+
+
+def device_examples(makers, most: int | None) -> list:
+    """``makers`` with the GPU ones drawing at most ``most`` examples per property test (None: their own count)."""
+    if most is not None and most < 1:
+        raise pytest.UsageError(f"--device-examples must be at least 1, got {most}")
+    return [replace(m, examples=min(m.examples, most)) if m.gpu and most is not None else m
+            for m in makers]

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from ltexec.backends import base, common
 from ltexec.backends.common import BufferPool
-from ltexec.backends.numpy_backend import NumpyBackend
+from ltexec.backends.numpy.backend import NumpyBackend
 from ltexec.model import LSTMModel
 from ltexec.optim import SGD
 
@@ -493,7 +493,7 @@ def test_arguments_are_checked_once_per_call_not_per_step(maker, monkeypatch):
         return common.check_array(name, *args)
 
     monkeypatch.setattr(base, "check_array", counting)
-    kernels = sys.modules.get("ltexec.backends.numba_cuda_kernels")
+    kernels = sys.modules.get("ltexec.backends.numba_cuda.kernels")
     if kernels is not None:
         monkeypatch.setattr(kernels, "check_array", counting)
     bk = maker.backend(np.float32)
@@ -509,3 +509,25 @@ def test_arguments_are_checked_once_per_call_not_per_step(maker, monkeypatch):
         counts[T] = (forward, len(checked))
     assert counts[1] == counts[5] and min(counts[1]) > 0, counts
 
+
+
+def test_device_makers_draw_at_most_the_examples_asked_for():
+    """``pytest --device-examples N`` (what benchmarks/gpu_check.py passes) caps the GPU makers' examples only."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("conformance_makers", Path(__file__).with_name("conftest.py"))
+    makers = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = makers                  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(makers)
+    finally:
+        del sys.modules[spec.name]
+    from dataclasses import replace
+    maker = makers.MAKERS[0]
+    suite = [replace(maker, id="device", gpu=True, examples=20), replace(maker, id="host", gpu=False, examples=20),
+             replace(maker, id="device-few", gpu=True, examples=2)]
+    assert [(m.id, m.examples) for m in makers.device_examples(suite, 3)] == [("device", 3), ("host", 20),
+                                                                              ("device-few", 2)]
+    assert makers.device_examples(suite, None) == suite
+    with pytest.raises(pytest.UsageError, match="--device-examples must be at least 1, got 0"):
+        makers.device_examples(suite, 0)

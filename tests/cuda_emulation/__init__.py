@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltexec.backends import cupy_backend
+from ltexec.backends.cupy import backend as cupy_backend
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -62,9 +62,15 @@ def gxx_missing_reason() -> str | None:
     return None if shutil.which("g++") else "g++ is not installed (needed to run the CUDA kernels on the CPU)"
 
 
-def production_sources() -> dict[Path, list[str]]:
-    """Every kernel source of the package and the name expressions the backend instantiates from it."""
-    return {KERNEL_DIR / source: cupy_backend.name_expressions(source) for source in cupy_backend.KERNELS}
+def production_sources(directory: Path) -> dict[Path, list[str]]:
+    """Every kernel source of the package, written into ``directory`` as NVRTC gets it (the shared header in
+    front: :func:`ltexec.kernels.source`), and the name expressions the backend instantiates from it."""
+    sources = {}
+    for source in cupy_backend.KERNELS:
+        path = directory / source
+        path.write_text(cupy_backend.kernel_source(source), encoding="utf-8")
+        sources[path] = cupy_backend.name_expressions(source)
+    return sources
 
 
 def translation_unit(sources: dict[Path, list[str]]) -> str:
@@ -151,7 +157,7 @@ def kernels() -> EmulatedKernels:
     """The package's kernels and the self-test kernels, built once per process."""
     directory = Path(tempfile.mkdtemp(prefix="ltexec-cuda-emulation-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    return EmulatedKernels(build({**production_sources(), SELFTEST_SOURCE: SELFTEST_KERNELS}, directory))
+    return EmulatedKernels(build({**production_sources(directory), SELFTEST_SOURCE: SELFTEST_KERNELS}, directory))
 
 
 class EmulatedKernels:

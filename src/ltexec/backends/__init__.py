@@ -4,9 +4,11 @@ Backends are listed in :data:`REGISTRY` in order of preference, each as
 ``(name, "module:Class")``. Modules are imported only when a backend is asked
 about, and each class says through ``unavailable_reason()`` whether it can run
 here, so a missing optional dependency (CuPy, a GPU driver) never breaks the
-import of this package. Adding a backend is one module with a
-:class:`~ltexec.backends.base.Backend` subclass plus one line in
-:data:`REGISTRY`.
+import of this package. Each backend is one folder (``numpy/``, ``cpu/``,
+``cupy/``, ``numba_cuda/``) whose ``backend.py`` holds its
+:class:`~ltexec.backends.base.Backend` subclass; adding a backend is one
+folder plus one line in :data:`REGISTRY` and one maker in the conformance
+suite (tests/backends/conftest.py).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ __all__ = ["Backend", "BackendUnavailable", "BACKENDS", "REGISTRY", "available_b
            "get_backend", "resolve_backend_name"]
 
 REGISTRY = (
-    ("cupy", "ltexec.backends.cupy_backend:CupyBackend"),
-    ("numba_cuda", "ltexec.backends.numba_cuda:NumbaCudaBackend"),
-    ("cpu", "ltexec.backends.cpu:CpuBackend"),
-    ("numpy", "ltexec.backends.numpy_backend:NumpyBackend"),
+    ("cupy", "ltexec.backends.cupy.backend:CupyBackend"),
+    ("numba_cuda", "ltexec.backends.numba_cuda.backend:NumbaCudaBackend"),
+    ("cpu", "ltexec.backends.cpu.backend:CpuBackend"),
+    ("numpy", "ltexec.backends.numpy.backend:NumpyBackend"),
 )
 """Every backend, best first: ``auto`` picks the first one that can run here."""
 

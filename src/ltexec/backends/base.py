@@ -22,7 +22,7 @@ V vocabulary size):
 * Sequences are time-major: ``xs[t]`` is the (B, D) input of step ``t``.
 * The LSTM gate blocks along the 4H axis are ordered i, f, g, o (as in
   ``torch.nn.LSTM``); one layer computes, for each step ``t``, the cell of
-  :mod:`ltexec.backends.numpy_backend` (its docstring has the equations,
+  :mod:`ltexec.backends.numpy.backend` (its docstring has the equations,
   forward and backward, written once for every backend).
 
 Operations (what a backend must provide):
@@ -148,71 +148,6 @@ def check_threads(threads) -> int | None:
 SWITCH_VALUES = {"auto": None, "1": True, "true": True, "yes": True, "on": True,
                  "0": False, "false": False, "no": False, "off": False}
 """What the on/off options accept as text (an environment variable's): None is auto, or not requested."""
-
-PERSISTENT = "persistent"
-"""A GPU backend's ``launch_mode`` when the latest layer ran its recurrence as one launch per direction."""
-
-PER_STEP = "per-step launches"
-"""The start of a GPU backend's ``launch_mode``, "per-step launches (why)", when it ran a launch per step."""
-
-UNDECIDED = "persistent where a layer's shape fits, else per-step launches (no layer run yet)"
-"""A GPU backend's ``launch_mode`` in auto mode before the first layer: the choice is made per layer shape."""
-
-
-def turned_off_reason(variable: str) -> str:
-    """Why a GPU backend's recurrence runs per step when its persistent kernels were turned off."""
-    return f"persistent kernels turned off: persistent=False or {variable}=0"
-
-
-def recurrence_plan(requested: bool | None, shape: str, turned_off: str, find) -> tuple:
-    """How a layer of ``shape`` (e.g. "B=100, H=400") runs its recurrence: (geometry, None) for one
-    persistent launch per window and direction, or (None, why not) for per-step launches.
-
-    ``find()`` gives (the persistent launch's geometry, None where it fits,
-    else why not); it is not called when ``requested`` is False (``turned_off``
-    is then the reason). ``requested`` True turns a shape that does not fit
-    into a ValueError naming why; None (auto) falls back to per-step launches.
-    """
-    if requested is False:
-        return None, turned_off
-    geometry, problem = find()
-    if problem is None:
-        return geometry, None
-    if requested:
-        raise ValueError(f"persistent=True, but the persistent kernels cannot run a layer of {shape}: {problem}")
-    return None, f"persistent kernels do not fit at {shape}: {problem}"
-
-
-class LaunchModes:
-    """A GPU backend's plan per layer shape, and how its latest layer ran the recurrence.
-
-    ``launch_mode``: PERSISTENT or "per-step launches (why)" after a layer;
-    before the first, what ``requested`` implies (UNDECIDED in auto mode).
-    ``fallback_reason``: the why alone (None when persistent, or undecided).
-    """
-
-    def __init__(self, requested: bool | None, turned_off: str):
-        self.fallback_reason = turned_off if requested is False else None
-        self.launch_mode = {None: UNDECIDED, True: PERSISTENT, False: f"{PER_STEP} ({turned_off})"}[requested]
-        self._plans: dict = {}                       # shape -> (geometry or None, why not)
-
-    def geometry(self, shape, plan):
-        """The persistent launch for ``shape`` (any hashable key), or None for per-step launches.
-
-        ``plan()`` (a :func:`recurrence_plan`) is called once per shape; every
-        call records the shape's mode as the latest.
-        """
-        if shape not in self._plans:
-            self._plans[shape] = plan()
-        geometry, self.fallback_reason = self._plans[shape]
-        self.launch_mode = PERSISTENT if geometry is not None else f"{PER_STEP} ({self.fallback_reason})"
-        return geometry
-
-    def refuse(self, shape, why: str) -> None:
-        """``shape``'s persistent launch was refused at launch time: per step from now on, because ``why``."""
-        self._plans[shape] = (None, why)
-        self.fallback_reason, self.launch_mode = why, f"{PER_STEP} ({why})"
-
 
 def switch(setting, variable: str) -> bool | None:
     """An on/off option as True, False or None (auto, or not requested): a bool or None as given, else text.

@@ -21,7 +21,7 @@ Run with ``pytest --gradcheck``.
 import numpy as np
 import pytest
 
-from ltexec.backends.numpy_backend import NumpyBackend, cell_backward, cell_forward
+from ltexec.backends.numpy.backend import NumpyBackend, cell_backward, cell_forward
 from ltexec.model import LSTMModel
 
 pytestmark = pytest.mark.gradcheck

@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pytest
 
-from ltexec.backends.numba_cuda import PERSISTENT_ENV, _simulator_active
+from ltexec.backends.numba_cuda.backend import PERSISTENT_ENV, _simulator_active
 
 MODE = "simulator" if _simulator_active() else "device"
 T, B, D, H = 3, 2, 3, 5
@@ -59,8 +59,8 @@ def test_launch_mode_follows_the_option_and_its_environment_fallback(make_backen
 
 @pytest.mark.skipif(MODE != "simulator", reason="the simulator's one-block limit")
 def test_a_grid_that_does_not_fit_runs_the_per_step_path_or_is_refused(make_backend, monkeypatch):
-    problem = ("lstm_forward_persistent needs 3 co-resident blocks of 4 threads and 320 bytes of shared memory; "
-               "the device holds 1 (the CUDA simulator runs cooperative grids of one block only)")
+    problem = ("the forward kernel needs 3 co-resident blocks of 32 threads with 320 B of shared memory each, but the "
+               "device holds 1 at once (the CUDA simulator runs cooperative grids of one block only)")
     auto = make_backend(np.float64)
     monkeypatch.setattr(auto, "_multiprocessors", lambda: 4)
     results = layer_pass(auto)

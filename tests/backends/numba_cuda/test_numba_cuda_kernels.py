@@ -1,6 +1,6 @@
 """The numba_cuda backend without a GPU: simulator runs, real compiles, selection and launch geometry.
 
-* The kernel tests in ``tests/numba_cuda/`` and the conformance suite
+* The kernel tests of this folder's ``test_numba_cuda_device_*`` files and the conformance suite
   (tests/backends/test_conformance.py, which then runs only this backend)
   run here in a subprocess on numba's CUDA simulator: ``NUMBA_ENABLE_CUDASIM=1``
   has to be set before ``numba.cuda`` is first imported, and this process
@@ -35,9 +35,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ltexec.backends import BACKENDS, BackendUnavailable, available_backends, get_backend
-from ltexec.backends.numba_cuda import INSTALL_HINT, NumbaCudaBackend
+from ltexec.backends.numba_cuda.backend import INSTALL_HINT, NumbaCudaBackend
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
 DTYPES = [np.float32, np.float64]
 
 
@@ -57,9 +58,11 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 # ----------------------------------------------------------------- simulator
 
 def test_kernels_and_backend_match_the_reference_on_the_simulator():
-    """Runs tests/numba_cuda and the conformance suite on the CUDA simulator; all must pass, none be skipped."""
+    """Runs the device test files and the conformance suite on the CUDA simulator; all must pass, none be skipped."""
     numba_cuda()
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/numba_cuda",
+    device_tests = sorted(str(path.relative_to(ROOT)) for path in HERE.glob("test_numba_cuda_device_*.py"))
+    assert len(device_tests) == 3, device_tests
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *device_tests,
                              "tests/backends/test_conformance.py"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
@@ -76,7 +79,7 @@ def test_kernels_and_backend_match_the_reference_on_the_simulator():
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_kernel_compiles_to_ptx(compile_ptx, dtype, cc):
-    from ltexec.backends import numba_cuda_kernels as nk
+    from ltexec.backends.numba_cuda import kernels as nk
     kernels, signatures = nk.kernels(dtype), nk.signatures(dtype)
     assert kernels.keys() == signatures.keys()
     for name, kernel in kernels.items():
@@ -94,7 +97,7 @@ def test_every_kernel_compiles_to_ptx(compile_ptx, dtype, cc):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_no_kernel_spills_registers_on_sm90(compile_ptx, dtype, tmp_path):
     """ptxas (of NVVM's CUDA release, from the compile extra) assembles every kernel without spilling."""
-    from ltexec.backends import numba_cuda_kernels as nk
+    from ltexec.backends.numba_cuda import kernels as nk
     for name, kernel in nk.kernels(dtype).items():
         source = tmp_path / f"{name}.ptx"
         source.write_text(compile_ptx(kernel, nk.signatures(dtype)[name], (9, 0)))
@@ -148,7 +151,7 @@ def test_module_imports_and_explains_without_numba_cuda_or_cupy():
         sys.meta_path.insert(0, Missing())
         import numpy as np
         from ltexec.backends import BackendUnavailable, available_backends, get_backend
-        from ltexec.backends.numba_cuda import NumbaCudaBackend
+        from ltexec.backends.numba_cuda.backend import NumbaCudaBackend
         print(available_backends()["numba_cuda"])
         print(get_backend("auto").name)
         for make in (lambda: get_backend("numba_cuda"), lambda: NumbaCudaBackend(np.float32)):
@@ -183,7 +186,7 @@ sizes = st.integers(1, 5000)
 @settings(max_examples=200, deadline=None)
 @given(B=sizes, H=sizes, M=sizes, N=sizes, V=st.integers(1, 300))
 def test_launch_geometry_covers_every_element_within_the_tiles(B, H, M, N, V):
-    nk = pytest.importorskip("ltexec.backends.numba_cuda_kernels", reason="numba.cuda is not importable")
+    nk = pytest.importorskip("ltexec.backends.numba_cuda.kernels", reason="numba.cuda is not importable")
 
     (grid_b, grid_h), (tile_h, tile_b) = nk.recurrent_geometry(B, H)
     assert tile_h == min(nk.RECURRENT_TILE_H, H) and tile_b == min(nk.RECURRENT_TILE_B, B)
@@ -212,7 +215,7 @@ GRID_X_LIMIT = 2**31 - 1
 def test_a_window_of_millions_of_rows_stays_inside_the_grid_limits():
     """T x B = 5 million rows (grid.y would need 78,125 blocks of 64 rows): every launch of a training step
     at that size puts the rows along grid.x."""
-    nk = pytest.importorskip("ltexec.backends.numba_cuda_kernels", reason="numba.cuda is not importable")
+    nk = pytest.importorskip("ltexec.backends.numba_cuda.kernels", reason="numba.cuda is not importable")
     T, B, H, V = 50, 100_000, 400, 51
     rows = T * B
     grids = [nk.recurrent_geometry(B, H)[0], nk.gemm_geometry(rows, 4 * H)[0], nk.gemm_geometry(rows, V)[0],
@@ -225,7 +228,7 @@ def test_a_window_of_millions_of_rows_stays_inside_the_grid_limits():
 
 
 def test_a_grid_y_above_the_limit_is_refused_before_launch():
-    nk = pytest.importorskip("ltexec.backends.numba_cuda_kernels", reason="numba.cuda is not importable")
+    nk = pytest.importorskip("ltexec.backends.numba_cuda.kernels", reason="numba.cuda is not importable")
     assert nk.MAX_GRID_Y == 65535
     assert nk.gemm_geometry(3, 64 * 65535)[0] == (1, 65535)
     with pytest.raises(ValueError, match=r"^a product with N=4194241 columns \(64 per block\) needs 65536 blocks "

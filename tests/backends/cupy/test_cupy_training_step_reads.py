@@ -12,7 +12,7 @@ import pytest
 from tiny_run import TINY, quiet
 
 import cuda_emulation as emulation
-from ltexec.backends.cupy_backend import CupyBackend
+from ltexec.backends.cupy.backend import CupyBackend
 from ltexec.config import TrainConfig, build_model
 from ltexec.trainer import Trainer, TrainingDiverged
 

@@ -14,7 +14,7 @@ and keeps everything else out of their way:
   rows of dA summed per token, and the embedding's gradient (the rows of
   ``dA Wx^T`` summed per token) is ``S Wx^T``: three (T*B, D, 4H) products
   replaced by (V, D, 4H) ones, where that is less work (``2 V <= T B``).
-* The gate math of a step is one Numba pass (:mod:`.cpu_kernels`) that reads
+* The gate math of a step is one Numba pass (:mod:`.kernels`) that reads
   the two products and writes the activations over the projection in place;
   backwards, one pass turns them into ``da`` in place and accumulates ``db``.
   Softmax, loss, argmax and the logits gradient are one pass as well.
@@ -22,7 +22,7 @@ and keeps everything else out of their way:
   lane, a shape the BLAS runs far below the core's peak, repacking the weight
   matrix on every call. With ``step_products="tiled"`` the matrix is packed
   once per window and a register-blocked Numba kernel
-  (:mod:`.cpu_step_kernels`) runs each step's product; ``"blas"`` calls
+  (:mod:`.step_kernels`) runs each step's product; ``"blas"`` calls
   ``np.matmul``.
 * The cores work in :class:`Lanes`: a layer's recurrence is split by batch
   columns (independent sequences, so lanes never wait for each other inside
@@ -274,7 +274,7 @@ def per_step_product(W, how: str, take):
             np.copyto(contiguous, W)
             W = contiguous
         return lambda a, out: np.matmul(a, W, out=out)
-    from ltexec.backends.cpu_step_kernels import pack_columns, step_product
+    from ltexec.backends.cpu.step_kernels import pack_columns, step_product
     width = 80 if n % 80 == 0 else 64                      # the faster tile where it leaves no padded panel
     panels = pack_columns(W, width, take((ceil_div(n, width), W.shape[0], width), W.dtype))
     product = step_product(TILE_ROWS, width)
@@ -315,7 +315,7 @@ class CpuBackend(Backend):
             self.lanes = Lanes(check_int("lanes", lanes, minimum=1, maximum=most))
         self._products_given, self._lanes_given = step_products != "auto", lanes != "auto"
         self.tuning = None
-        from ltexec.backends import cpu_kernels   # compiles (or loads cached) kernels on first use
+        from ltexec.backends.cpu import kernels as cpu_kernels   # compiles (or loads cached) kernels on first use
         self._k = cpu_kernels
         self._pool = BufferPool()
 

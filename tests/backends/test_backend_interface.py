@@ -5,7 +5,7 @@ import pytest
 
 import ltexec.backends as backends
 from ltexec.backends import BACKENDS, Backend, BackendUnavailable, available_backends, get_backend
-from ltexec.backends.numpy_backend import NumpyBackend, sigmoid
+from ltexec.backends.numpy.backend import NumpyBackend, sigmoid
 
 
 class MissingLibraryBackend(NumpyBackend):
@@ -30,7 +30,7 @@ def fake_registry(monkeypatch):
     registry = (("missing", f"{__name__}:MissingLibraryBackend"),
                 ("broken", f"{__name__}:BrokenProbeBackend"),
                 ("absent", "ltexec.backends.no_such_module:Backend"),
-                ("numpy", "ltexec.backends.numpy_backend:NumpyBackend"))
+                ("numpy", "ltexec.backends.numpy.backend:NumpyBackend"))
     monkeypatch.setattr(backends, "REGISTRY", registry)
     monkeypatch.setattr(backends, "BACKENDS", tuple(name for name, _ in registry))
 

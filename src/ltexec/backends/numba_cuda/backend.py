@@ -6,7 +6,7 @@ where it fits (below); otherwise this backend fuses each LSTM step into one
 kernel: the recurrent product h_{t-1} Wh for a tile of hidden units and all
 four gates, the gate activations and the cell update run in one launch per
 layer and time step, and backwards the product da_{t+1} Wh^T runs in the
-same launch as the step's pointwise backward (:mod:`.numba_cuda_kernels`).
+same launch as the step's pointwise backward (:mod:`.kernels`).
 Products batched over the window (x_t Wx, weight gradients, dxs, the output
 layer) use a tiled shared-memory kernel; softmax, masked cross-entropy, its
 gradient and the argmax count are one kernel.
@@ -30,7 +30,7 @@ kernel. Without ``gemm=`` the choice comes from the environment variable
 
 The recurrence: ``persistent=None`` (auto, the default) runs each layer's
 whole window in ONE launch of the persistent kernels
-(:mod:`.numba_cuda_persistent`: every block keeps its slice of Wh in shared
+(:mod:`.persistent`: every block keeps its slice of Wh in shared
 memory for all T steps, a grid barrier between steps, and the backward
 kernel forms dh0 itself) wherever their grid fits on the device at once,
 and falls back to the per-step kernels (one launch per time step) where it
@@ -39,9 +39,9 @@ naming why they do not fit), ``persistent=False`` never uses them. Without
 ``persistent=`` the choice comes from ``LTEXEC_NUMBA_CUDA_PERSISTENT``
 (``auto``, 1/true/yes/on = required, 0/false/no/off = never). The decision is
 made once per layer shape (B, H) by :func:`persistent_plan`: one block per
-SM at most (:func:`~.numba_cuda_persistent.persistent_geometry`), then the
+SM at most (:func:`~ltexec.backends.numba_cuda.persistent.launch_geometry`), then the
 driver's ``max_cooperative_grid_blocks`` and the shared memory limit
-(:func:`~.numba_cuda_persistent.residency_problem`). ``launch_mode`` says how
+(:func:`~ltexec.backends.persistent_plan.residency_problem`). ``launch_mode`` says how
 the latest layer pass ran ("persistent", or "per-step launches (why)"; the
 same words as the CuPy backend's) and ``persistent_fallback_reason`` gives
 the why alone. The simulator runs cooperative grids of one block only, so
@@ -57,9 +57,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ltexec.backends.base import (Backend, BackendUnavailable, LaunchModes, option_from_environment,
-                                  recurrence_plan, switch, turned_off_reason)
+from ltexec.backends.base import Backend, BackendUnavailable, option_from_environment, switch
 from ltexec.backends.common import LstmCache
+from ltexec.backends.persistent_plan import LaunchModes, recurrence_plan, turned_off_reason
 
 GEMM_ENV = "LTEXEC_NUMBA_CUDA_GEMM"
 PERSISTENT_ENV = "LTEXEC_NUMBA_CUDA_PERSISTENT"
@@ -96,8 +96,8 @@ class NumbaCudaBackend(Backend):
                 raise BackendUnavailable(f"backend 'numba_cuda' is unavailable: {reason}")
             import cupy
             self.xp = cupy
-        from ltexec.backends.numba_cuda_kernels import Launcher
-        from ltexec.backends.numba_cuda_persistent import PersistentLauncher
+        from ltexec.backends.numba_cuda.kernels import Launcher
+        from ltexec.backends.numba_cuda.persistent import PersistentLauncher
         self.launcher = Launcher(self.dtype, self.xp, gemm, check=False)   # the operations check on entry
         self.persistent_launcher = PersistentLauncher(self.dtype)
         self._modes = LaunchModes(self.persistent, TURNED_OFF)
@@ -277,13 +277,13 @@ def persistent_plan(requested: bool | None, B: int, H: int, dtype, multiprocesso
     The grid has one block per SM at most (``multiprocessors``);
     ``residency_problem(geometry)`` is None when every block of both kernels
     can be resident at once, else why not (on a device,
-    :meth:`~.numba_cuda_persistent.PersistentLauncher.residency_problem`).
+    :meth:`~ltexec.backends.numba_cuda.persistent.PersistentLauncher.residency_problem`).
     ``requested``: None falls back, True raises ValueError with the reason,
     False never plans a persistent launch.
     """
     def find():
-        from ltexec.backends.numba_cuda_persistent import persistent_geometry
-        geometry = persistent_geometry(H, B, dtype, multiprocessors)
+        from ltexec.backends.numba_cuda.persistent import launch_geometry
+        geometry = launch_geometry(H, B, dtype, multiprocessors)
         return geometry, residency_problem(geometry)
 
     return recurrence_plan(requested, f"B={B}, H={H}", TURNED_OFF, find)

@@ -11,7 +11,7 @@ emulation and real compiles.
   count and ``max_cooperative_grid_blocks``; and the ``persistent`` option's
   values, also through ``LTEXEC_NUMBA_CUDA_PERSISTENT``.
 * Several blocks, emulated: the simulator runs grids of one block only
-  (tests/numba_cuda/test_persistent.py), so here the kernels' per-item
+  (tests/backends/numba_cuda/test_numba_cuda_device_persistent.py), so here the kernels' per-item
   functions (their own source, as plain Python: ``step_functions``) run for
   every block of a several-block grid, phase by phase: the shared-memory
   load, then each time step for every block, then (backward) dh0, which is
@@ -43,16 +43,14 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from cuda_toolkit import toolkit_program
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from ltexec.testing import assert_relative_error_below
-from ltexec.backends.numba_cuda import (PERSISTENT_ENV, TURNED_OFF, NumbaCudaBackend, persistent_plan,
+from ltexec.backends.numba_cuda.backend import (PERSISTENT_ENV, TURNED_OFF, NumbaCudaBackend, persistent_plan,
                                         persistent_requested)
-from ltexec.backends.common import ceil_div
-from ltexec.backends.numpy_backend import cell_backward, cell_forward
+from ltexec.backends.numpy.backend import cell_backward, cell_forward
+from ltexec.backends.persistent_plan import DIRECTIONS, persistent_geometry, residency_problem
 
-P = pytest.importorskip("ltexec.backends.numba_cuda_persistent", reason="numba-cuda is not installed")
+P = pytest.importorskip("ltexec.backends.numba_cuda.persistent", reason="numba-cuda is not installed")
 
 DTYPES = [np.float32, np.float64]
 TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
@@ -61,28 +59,18 @@ KB = 1024
 
 # ------------------------------------------------------------------- geometry
 
-@settings(max_examples=300, deadline=None)
-@given(H=st.integers(1, 3000), B=st.integers(1, 600), max_blocks=st.integers(1, 300),
-       dtype=st.sampled_from(DTYPES))
-def test_geometry_gives_every_unit_one_block_within_the_limits(H, B, max_blocks, dtype):
-    g = P.persistent_geometry(H, B, dtype, max_blocks)
-    U, itemsize = g.units_per_block, np.dtype(dtype).itemsize
-    assert (g.H, g.B, g.itemsize) == (H, B, itemsize)
-    assert g.grid <= max_blocks and g.grid * U >= H > (g.grid - 1) * U     # the last block is not empty
-    assert 1 <= g.threads <= min(P.MAX_THREADS, U * B)
-    per_thread = ceil_div(U * B, g.threads)
-    assert per_thread == ceil_div(U * B, P.MAX_THREADS)                 # items spread evenly
-    assert g.forward_shared_bytes == H * 4 * U * itemsize
-    assert g.backward_shared_bytes == U * (4 * H + 1) * itemsize
+@pytest.mark.parametrize("H, B, max_blocks", [(400, 100, 132), (37, 5, 6), (1, 1, 1), (3000, 600, 300)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_kernels_take_the_shared_plan_with_padded_backward_rows(H, B, max_blocks, dtype):
+    assert P.launch_geometry(H, B, dtype, max_blocks) == persistent_geometry(
+        H, B, np.dtype(dtype).itemsize, max_blocks, max_threads=P.MAX_THREADS, backward_row_pitch=4 * H + 1)
 
 
 def test_geometry_refuses_bad_arguments():
     with pytest.raises(ValueError, match="H must be a positive integer, got 0"):
-        P.persistent_geometry(0, 2, np.float32, 4)
-    with pytest.raises(ValueError, match="max_blocks must be a positive integer"):
-        P.persistent_geometry(5, 2, np.float32, 1.5)
+        P.launch_geometry(0, 2, np.float32, 4)
     with pytest.raises(ValueError, match="dtype must be float32 or float64, got float16"):
-        P.persistent_geometry(5, 2, np.float16, 4)
+        P.launch_geometry(5, 2, np.float16, 4)
 
 
 def test_shared_memory_limits():
@@ -95,8 +83,8 @@ def test_shared_memory_limits():
 def modelled_occupancy(shared_per_sm: int, sms: int, calls: list):
     """max_cooperative_grid_blocks of a device with ``sms`` SMs limited by shared memory (1 KB reserved
     per block) and 2048 threads per SM; registers are checked by the compile tests."""
-    def max_blocks(kernel, threads, nbytes):
-        calls.append((kernel, threads, nbytes))
+    def max_blocks(direction, threads, nbytes):
+        calls.append((direction, threads, nbytes))
         return min(shared_per_sm // (nbytes + KB), 2048 // threads, 32) * sms
     return max_blocks
 
@@ -104,29 +92,15 @@ def modelled_occupancy(shared_per_sm: int, sms: int, calls: list):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cc, sms, shared_per_sm", [((8, 0), 108, 164 * KB), ((9, 0), 132, 228 * KB)])
 def test_paper_size_fits_with_every_block_resident(dtype, cc, sms, shared_per_sm):
-    """H = 400, B = 100, one block per SM: 4 units per block, 100 blocks of 400 threads."""
-    g = P.persistent_geometry(400, 100, dtype, max_blocks=sms)
-    assert (g.units_per_block, g.grid, g.threads) == (4, 100, 400)
+    """H = 400, B = 100, one block per SM: 4 units per block, 100 blocks of 416 threads."""
+    g = P.launch_geometry(400, 100, dtype, max_blocks=sms)
+    assert (g.units_per_block, g.grid, g.threads) == (4, 100, 416)
     itemsize = np.dtype(dtype).itemsize
     assert g.forward_shared_bytes == 400 * 16 * itemsize and g.backward_shared_bytes == 4 * 1601 * itemsize
     assert (g.forward_shared_bytes > P.DEFAULT_SHARED_BYTES) == (dtype == np.float64)   # float64 needs the opt-in
     calls = []
-    assert P.residency_problem(g, P.shared_memory_limit(cc), modelled_occupancy(shared_per_sm, sms, calls)) is None
-    assert calls == [(name, 400, g.shared_bytes(name)) for name in P.KERNEL_NAMES]
-
-
-def test_residency_problem_says_why():
-    g = P.persistent_geometry(400, 100, np.float32, max_blocks=8)          # 50 units per block: 320 KB forward
-    assert P.residency_problem(g, 227 * KB, lambda *args: 1000) == (
-        "lstm_forward_persistent needs 320000 bytes of shared memory per block (H=400, 50 units per block), "
-        f"above the device's {227 * KB}")
-    g = P.persistent_geometry(400, 100, np.float32, max_blocks=132)
-
-    def backward_short(kernel, threads, nbytes):
-        return 1000 if kernel == "lstm_forward_persistent" else 64
-    assert P.residency_problem(g, 227 * KB, backward_short) == (
-        "lstm_backward_persistent needs 100 co-resident blocks of 400 threads and 25616 bytes of shared memory; "
-        "the device holds 64")
+    assert residency_problem(g, P.shared_memory_limit(cc), modelled_occupancy(shared_per_sm, sms, calls)) is None
+    assert calls == [(direction, 416, g.shared_bytes(direction)) for direction in DIRECTIONS]
 
 
 # -------------------------------------------------------- the backend's plan
@@ -134,7 +108,7 @@ def test_residency_problem_says_why():
 def device(cc, sms, shared_per_sm, calls=None):
     """A device's residency_problem(geometry), as the backend asks it, from the occupancy model above."""
     max_blocks = modelled_occupancy(shared_per_sm, sms, [] if calls is None else calls)
-    return lambda g: P.residency_problem(g, P.shared_memory_limit(cc), max_blocks)
+    return lambda g: residency_problem(g, P.shared_memory_limit(cc), max_blocks)
 
 
 H100 = ((9, 0), 132, 228 * KB)
@@ -163,25 +137,25 @@ def test_a_bad_persistent_setting_is_refused_naming_the_variable_before_any_devi
 def test_the_paper_size_plans_one_persistent_launch(requested):
     calls = []
     geometry, reason = persistent_plan(requested, 100, 400, np.float32, 132, device(*H100, calls))
-    assert reason is None and (geometry.grid, geometry.units_per_block, geometry.threads) == (100, 4, 400)
-    assert [kernel for kernel, *_ in calls] == list(P.KERNEL_NAMES)
+    assert reason is None and (geometry.grid, geometry.units_per_block, geometry.threads) == (100, 4, 416)
+    assert [direction for direction, *_ in calls] == list(DIRECTIONS)
 
 
 def test_a_shape_that_does_not_fit_falls_back_with_the_reason_or_is_refused():
     """H = 2000 over 132 SMs: 16 units per block need 500 KiB of Wh columns forward; on a device holding 64
     co-resident blocks the paper's 100 do not fit."""
-    too_wide = ("lstm_forward_persistent needs 512000 bytes of shared memory per block (H=2000, 16 units per block), "
-                "above the device's 232448")
+    too_wide = ("the forward kernel needs 512000 B of shared memory per block (H=2000, 16 units per block), "
+                "above the 232448 B a block may have")
     assert persistent_plan(None, 100, 2000, np.float32, 132, device(*H100)) == (
         None, f"persistent kernels do not fit at B=100, H=2000: {too_wide}")
     with pytest.raises(ValueError, match=re.escape(
             f"persistent=True, but the persistent kernels cannot run a layer of B=100, H=2000: {too_wide}")):
         persistent_plan(True, 100, 2000, np.float32, 132, device(*H100))
-    too_many = ("lstm_forward_persistent needs 100 co-resident blocks of 400 threads and 25600 bytes of shared "
-                "memory; the device holds 64")
-    assert persistent_plan(None, 100, 400, np.float32, 132, lambda g: P.residency_problem(
-        g, 227 * KB, lambda kernel, threads, nbytes: 64)) == (None, f"persistent kernels do not fit at B=100, H=400: "
-                                                                     f"{too_many}")
+    too_many = ("the forward kernel needs 100 co-resident blocks of 416 threads with 25600 B of shared memory "
+                "each, but the device holds 64 at once")
+    holding_64 = lambda g: residency_problem(g, 227 * KB, lambda direction, threads, nbytes: 64)   # noqa: E731
+    assert persistent_plan(None, 100, 400, np.float32, 132, holding_64) == (
+        None, f"persistent kernels do not fit at B=100, H=400: {too_many}")
 
 
 def test_persistent_false_plans_per_step_launches_without_asking_the_device():
@@ -244,7 +218,7 @@ def emulate(geometry, dtype, arrays: dict, backward: bool, seed: int) -> Recorde
     rng, rec = np.random.default_rng(seed), Recorder()
     tracked = {name: Tracked(name, a, rec) for name, a in arrays.items()}
     blocks = [fn.block_units(blk, g.units_per_block, g.H) for blk in range(g.grid)]
-    shared = [Tracked(f"w_s{blk}", np.full(g.shared_bytes(P.KERNEL_NAMES[backward]) // g.itemsize, np.nan, dtype),
+    shared = [Tracked(f"w_s{blk}", np.full(g.shared_bytes(DIRECTIONS[backward]) // g.itemsize, np.nan, dtype),
                       rec) for blk in range(g.grid)]
 
     def phase(name, count, work):
@@ -281,7 +255,7 @@ def random_inputs(rng, dtype, T, B, H) -> dict:
 
 
 def forward_reference(x: dict) -> dict:
-    """hs, cs, gates of numpy_backend's cells in float64."""
+    """hs, cs, gates of the reference's cells in float64."""
     f64 = {name: a.astype(np.float64) for name, a in x.items()}
     h, c, out = f64["h0"], f64["c0"], defaultdict(list)
     for t in range(len(f64["xproj"])):
@@ -293,7 +267,7 @@ def forward_reference(x: dict) -> dict:
 
 
 def backward_reference(x: dict, gates, cs) -> dict:
-    """dA, dh0, dc0 of numpy_backend's cells in float64, from the given activations and cells."""
+    """dA, dh0, dc0 of the reference's cells in float64, from the given activations and cells."""
     f64 = {name: a.astype(np.float64) for name, a in x.items()}
     gates, cs = gates.astype(np.float64), cs.astype(np.float64)
     c_prev = np.concatenate([f64["c0"][None], cs[:-1]])
@@ -310,7 +284,7 @@ def backward_reference(x: dict, gates, cs) -> dict:
                                                         (3, 2, 5, 1, [5])])
 def test_several_blocks_emulated_phase_by_phase(dtype, T, B, H, max_blocks, units):
     x = random_inputs(np.random.default_rng(T * B * H + max_blocks), dtype, T, B, H)
-    g = P.persistent_geometry(H, B, dtype, max_blocks)
+    g = P.launch_geometry(H, B, dtype, max_blocks)
     fn = P.step_functions(dtype)
     assert [fn.block_units(blk, g.units_per_block, H) for blk in range(g.grid)] == \
         [(sum(units[:blk]), n) for blk, n in enumerate(units)]
@@ -367,7 +341,7 @@ def ptxas_report(ptx_file, arch: str) -> str:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kernels_compile_without_spills(compile_ptx, dtype, cc, tmp_path):
     kernels, signatures = P.kernels(dtype), P.signatures(dtype)
-    assert tuple(kernels) == tuple(signatures) == P.KERNEL_NAMES
+    assert tuple(kernels) == tuple(signatures) == tuple(P.KERNEL_NAMES.values())
     for name, kernel in kernels.items():
         ptx = compile_ptx(kernel, signatures[name], cc)
         assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx, name

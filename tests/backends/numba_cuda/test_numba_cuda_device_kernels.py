@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from ltexec.testing import assert_relative_error_below
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
-from ltexec.backends import numba_cuda_kernels as nk
-from ltexec.backends import numba_cuda_persistent as P
-from ltexec.backends.numba_cuda import NumbaCudaBackend, _simulator_active
-from ltexec.backends.numpy_backend import cell_backward, cell_forward
+from ltexec.backends.numba_cuda import kernels as nk
+from ltexec.backends.numba_cuda import persistent as P
+from ltexec.backends.numba_cuda.backend import NumbaCudaBackend, _simulator_active
+from ltexec.backends.numpy.backend import cell_backward, cell_forward
 from ltexec.model import LSTMModel
 
 DTYPES = [np.float32, np.float64]
@@ -91,7 +91,7 @@ def test_column_sums(make_backend, dtype, M, N):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T, B, H", [(1, 1, 1), (3, 2, 5), (2, 9, 5), (2, 2, 33)])
 def test_lstm_steps_match_reference_cells(make_backend, dtype, T, B, H):
-    """All fused forward steps, then all fused backward steps, against numpy_backend's cells.
+    """All fused forward steps, then all fused backward steps, against the reference's cells.
 
     (2, 9, 5) needs two blocks along the batch rows; (2, 2, 33) two along the
     hidden units and several k-chunks (H = 33 forward, 4H = 132 backward).
@@ -279,7 +279,7 @@ def test_training_step_launches_every_kernel_with_its_signature(make_backend, dt
     assert np.isfinite(result.loss)
     assert (backend.launch_mode == "persistent") == persistent
     signatures = {**nk.signatures(dtype), **P.signatures(dtype)}
-    recurrence = set(P.KERNEL_NAMES) if persistent else {"lstm_forward_step", "lstm_backward_step"}
+    recurrence = set(P.KERNEL_NAMES.values()) if persistent else {"lstm_forward_step", "lstm_backward_step"}
     expected = nk.signatures(dtype).keys() - {"lstm_forward_step", "lstm_backward_step"} | recurrence
     assert {name for name, types in launched.items() if types} == expected - ({"gemm"} if gemm == "cublas" else set())
     for name, types in launched.items():

@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ltexec.backends.common import ceil_div
-from ltexec.backends.cpu_kernels import FASTMATH
+from ltexec.backends.cpu.kernels import FASTMATH
 
 jit = njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 

@@ -6,7 +6,7 @@ from ltexec.testing import assert_relative_error_below
 
 pytest.importorskip("numba")
 
-from ltexec.backends.cpu_step_kernels import host_has_avx512, pack_columns, step_product  # noqa: E402
+from ltexec.backends.cpu.step_kernels import host_has_avx512, pack_columns, step_product  # noqa: E402
 
 TOL = {np.float32: 1e-4, np.float64: 1e-12}
 BLOCKS = [(5, 64), (6, 64), (5, 80)]
@@ -21,7 +21,7 @@ def test_host_has_avx512_is_a_bool():
 
 
 def test_an_unknown_step_products_choice_is_named():
-    from ltexec.backends.cpu import CpuBackend
+    from ltexec.backends.cpu.backend import CpuBackend
     with pytest.raises(ValueError, match="fast"):
         CpuBackend(np.float32, step_products="fast")
 

@@ -42,15 +42,14 @@ import pytest
 import cuda_emulation as emulation
 from ltexec.testing import relative_error as rel_error
 from ltexec.backends import BackendUnavailable, available_backends, get_backend
-from ltexec.backends import cupy_backend
-from ltexec.backends.base import PER_STEP, PERSISTENT, UNDECIDED
 from ltexec.backends.common import BufferPool
-from ltexec.backends.cupy_backend import (GRAPHS_ENV, PERSISTENT_ENV, TURNED_OFF,
-                                          CudaDevice, CupyBackend, DeviceLimits, PersistentGeometry,
-                                          PersistentUnfit, check_cooperative_grid, check_on_device, launch_geometry,
-                                          persistent_geometry,
-                                          probe, softmax_block, switch)
-from ltexec.backends.numpy_backend import NumpyBackend
+from ltexec.backends.cupy import backend as cupy_backend
+from ltexec.backends.cupy.backend import (GRAPHS_ENV, PERSISTENT_ENV, TURNED_OFF, CudaDevice, CupyBackend,
+                                          DeviceLimits, check_on_device, launch_geometry, plan_persistent, probe,
+                                          softmax_block, switch)
+from ltexec.backends.persistent_plan import (DIRECTIONS, PER_STEP, PERSISTENT, UNDECIDED, PersistentGeometry,
+                                             PersistentUnfit)
+from ltexec.backends.numpy.backend import NumpyBackend
 from ltexec.config import TrainConfig
 from ltexec.model import LSTMModel
 from ltexec.progress import Reporter
@@ -150,7 +149,7 @@ def test_name_expressions_cover_every_kernel_and_dtype():
 
 # ------------------------------------------------- persistent kernels' geometry
 
-def one_per_sm(block, shared_bytes):
+def one_per_sm(direction, threads, shared_bytes):
     return 1
 
 
@@ -158,38 +157,40 @@ def one_per_sm(block, shared_bytes):
 @pytest.mark.parametrize("itemsize", [4, 8])
 def test_paper_size_runs_one_block_of_four_units_per_sm(limits, itemsize):
     """H = 400, B = 100: 100 blocks of 4 units, 416 threads, 25.6 KB (float) or 51.2 KB (double) of W_h."""
-    assert persistent_geometry(50, 100, 400, itemsize, limits, one_per_sm) == \
-        PersistentGeometry(units=4, grid=100, block=416, shared_bytes=4 * 400 * 4 * itemsize)
+    assert plan_persistent(50, 100, 400, itemsize, limits, one_per_sm) == \
+        PersistentGeometry(H=400, B=100, itemsize=itemsize, units_per_block=4, grid=100, threads=416,
+                           forward_shared_bytes=4 * 400 * 4 * itemsize, backward_shared_bytes=4 * 400 * 4 * itemsize)
 
 
 @pytest.mark.parametrize("T, B, H, sms, geometry", [
     (7, 5, 37, 6, (7, 6, 64, 4 * 37 * 7 * 4)),      # ragged: five blocks of 7 units, the last of 2
     (1, 1, 1, 6, (1, 1, 32, 16)),                    # one unit, one row: one warp
     (3, 2, 5, 132, (1, 5, 32, 80)),                  # fewer units than SMs: one unit per block
-    (2, 300, 400, 132, (4, 100, 1024, 25600)),       # B * units = 1200 pairs: capped at 1024 threads
+    (2, 300, 400, 132, (4, 100, 608, 25600)),        # B * units = 1200 pairs: two passes of 608 threads
     (2, 13, 13, 6, (3, 5, 64, 624)),                 # 39 pairs: the next multiple of 32
 ])
 def test_persistent_geometry(T, B, H, sms, geometry):
     limits = DeviceLimits(sms=sms, shared_per_block=48 * 1024, cooperative=True)
     asked = []
-    found = persistent_geometry(T, B, H, 4, limits, lambda block, shared: asked.append((block, shared)) or 1)
-    assert found == PersistentGeometry(*geometry)
-    assert found.block % 32 == 0 and found.grid <= sms
-    assert (found.grid - 1) * found.units < H <= found.grid * found.units      # no empty block
-    assert asked == [(found.block, found.shared_bytes)]
+    found = plan_persistent(T, B, H, 4, limits, lambda *query: asked.append(query) or 1)
+    units, grid, threads, shared = geometry
+    assert (found.units_per_block, found.grid, found.threads) == (units, grid, threads)
+    assert found.forward_shared_bytes == found.backward_shared_bytes == shared     # both hold 4H values a unit
+    assert found.threads % 32 == 0 and found.grid <= sms
+    assert asked == [(direction, threads, shared) for direction in DIRECTIONS]
 
 
 @pytest.mark.parametrize("T, B, H, limits, resident, fragment", [
     (5, 4, 16, DeviceLimits(8, 48 * 1024, cooperative=False), 1, "cannot launch cooperative kernels"),
-    (5, 100, 2000, H100, 1, "a block's slice of W_h (16 units of H=2000) needs 512000 B of shared memory, "
-                            "more than the 232448 B a block may have"),
-    (5, 4, 400, H100, 0, "100 blocks of 32 threads and 25600 B of shared memory must all be resident at once, "
-                         "but the device holds 0 per SM x 132 SMs"),
+    (5, 100, 2000, H100, 1, "the forward kernel needs 512000 B of shared memory per block (H=2000, 16 units per "
+                            "block), above the 232448 B a block may have"),
+    (5, 4, 400, H100, 0, "the forward kernel needs 100 co-resident blocks of 32 threads with 25600 B of shared "
+                         "memory each, but the device holds 0 at once"),
     (50000, 100, 400, H100, 1, "T*B*4H = 8000000000 values, more than the kernels' 32-bit indexing allows"),
 ])
 def test_persistent_geometry_says_why_it_does_not_fit(T, B, H, limits, resident, fragment):
     with pytest.raises(PersistentUnfit) as unfit:
-        persistent_geometry(T, B, H, 4, limits, lambda block, shared: resident)
+        plan_persistent(T, B, H, 4, limits, lambda *query: resident)
     assert fragment in str(unfit.value)
 
 
@@ -425,13 +426,12 @@ def test_persistent_layer_is_one_launch_each_way_and_matches_reference(dtype, T,
     assert backend.launch_mode == UNDECIDED
     check = LayerCheck(backend, T, B, D, H, dtype, seed=T * 1000 + B * 100 + D * 10 + H)
     check()
-    geometry = persistent_geometry(T, B, H, np.dtype(dtype).itemsize, emulation.EMULATED_LIMITS, one_per_sm)
-    launch = (geometry.grid, geometry.block, geometry.shared_bytes)
+    geometry = plan_persistent(T, B, H, np.dtype(dtype).itemsize, emulation.EMULATED_LIMITS, one_per_sm)
+    shared = geometry.shared_bytes("forward")
+    launch = (geometry.grid, geometry.threads, shared)
     real = cupy_backend.REAL_TYPES[np.dtype(dtype)]
-    queries = [("resident", f"{kernel}<{real}>", geometry.block, geometry.shared_bytes)
-               for kernel in cupy_backend.PERSISTENT_KERNELS]
     forward, backward = (f"lstm_persistent_{way}<{real}>" for way in ("forward", "backward"))
-    guards = [("resident", kernel, geometry.block, geometry.shared_bytes) for kernel in (forward, backward)]
+    queries = guards = [("resident", kernel, geometry.threads, shared) for kernel in (forward, backward)]
     assert device.calls == ["gemm", *queries, guards[0], (forward, *launch),     # each launch checked first
                             guards[1], (backward, *launch), "gemm", "gemm", "gemm"]
     assert backend.launch_mode == PERSISTENT and backend.persistent_fallback_reason is None
@@ -456,9 +456,10 @@ def test_per_step_layer_is_a_product_and_a_cell_kernel_per_step_and_matches_refe
 
 @needs_gxx
 @pytest.mark.parametrize("device_options, fragment", [
-    ({"resident_per_sm": 0}, "must all be resident at once, but the device holds 0 per SM x 6 SMs"),
+    ({"resident_per_sm": 0}, "needs 6 co-resident blocks of 32 threads with 4144 B of shared memory each, but the "
+                             "device holds 0 at once"),
     ({"limits": DeviceLimits(sms=6, shared_per_block=1024, cooperative=True)},
-     "needs 4144 B of shared memory, more than the 1024 B a block may have"),
+     "needs 4144 B of shared memory per block (H=37, 7 units per block), above the 1024 B a block may have"),
     ({"limits": DeviceLimits(sms=6, shared_per_block=48 * 1024, cooperative=False)},
      "the device cannot launch cooperative kernels"),
 ])
@@ -469,13 +470,6 @@ def test_a_shape_that_does_not_fit_runs_per_step_and_says_why(device_options, fr
     assert backend.persistent_fallback_reason.startswith(reason) and fragment in backend.persistent_fallback_reason
     assert backend.launch_mode == per_step(backend.persistent_fallback_reason)
     assert all(not isinstance(call, tuple) or call[0] == "resident" for call in backend._device.calls)
-
-
-def test_a_cooperative_grid_above_the_occupancy_limit_is_refused_naming_both_numbers():
-    check_cooperative_grid("k", grid=12, block=64, shared_bytes=4144, resident_per_sm=2, sms=6)   # fits exactly
-    with pytest.raises(PersistentUnfit, match=r"^k needs 13 co-resident blocks of 64 threads with 4144 B of shared "
-                                              r"memory each, but the device holds 2 per SM x 6 SMs = 12 at once$"):
-        check_cooperative_grid("k", grid=13, block=64, shared_bytes=4144, resident_per_sm=2, sms=6)
 
 
 def test_a_warning_from_cupys_cooperative_launch_is_an_error_not_a_smaller_grid():
@@ -503,7 +497,7 @@ def test_a_launch_the_device_can_no_longer_hold_falls_back_to_per_step_in_auto_m
     backend._device.calls.clear()
     check()                                                            # still against the reference
     assert backend.launch_mode.startswith(f"{PER_STEP} (persistent launch refused at T=3, B=2, H=13: ")
-    assert "but the device holds 0 per SM x 6 SMs = 0 at once" in backend.persistent_fallback_reason
+    assert "but the device holds 0 at once" in backend.persistent_fallback_reason
     launched = [call for call in backend._device.calls if isinstance(call, str) and "persistent" in call]
     assert launched == []                                              # no cooperative launch was tried
     check()                                                            # the shape stays per step
@@ -517,7 +511,7 @@ def test_persistent_true_refuses_a_launch_the_device_can_no_longer_hold():
     check()
     backend._device.resident_per_sm = 0
     with pytest.raises(ValueError, match=r"persistent=True, but the persistent kernels cannot run a layer of "
-                                         r"T=2, B=3, H=13: .* holds 0 per SM x 6 SMs = 0 at once"):
+                                         r"T=2, B=3, H=13: .* holds 0 at once"):
         check()
 
 
@@ -527,7 +521,7 @@ def test_persistent_true_refuses_a_shape_that_does_not_fit():
     assert backend.launch_mode == PERSISTENT
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"persistent=True, but the persistent kernels cannot run a layer of "
-                                         r"T=2, B=3, H=37: .* but the device holds 0 per SM x 6 SMs"):
+                                         r"T=2, B=3, H=37: .* but the device holds 0 at once"):
         backend.lstm_forward(*random_layer(rng, 2, 3, 4, 37, np.float32), training=True)
 
 

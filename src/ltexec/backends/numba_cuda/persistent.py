@@ -1,6 +1,6 @@
 """Persistent LSTM recurrence in numba-cuda: one launch runs all T steps of one layer and window.
 
-The per-step kernels of :mod:`.numba_cuda_kernels` launch once per layer,
+The per-step kernels of :mod:`.kernels` launch once per layer,
 time step and direction (100 launches per layer and window at T = 50), and
 each launch stages its tile of Wh from global memory again. Here one
 cooperative launch runs the whole recurrence: every block loads its part of
@@ -8,7 +8,7 @@ Wh into shared memory once and keeps it there for all T steps, and a grid
 barrier (``cuda.cg.this_grid().sync()``) stands between consecutive steps.
 
 The arithmetic is the reference's cell, step by step (the equations are in
-:mod:`.numpy_backend`'s docstring); xproj_t = x_t Wx comes computed for the
+:mod:`ltexec.backends.numpy.backend`'s docstring); xproj_t = x_t Wx comes computed for the
 whole window by the products batched over it. Forward runs t = 0 .. T-1 from
 h0, c0; backward runs t = T-1 .. 0 with dh_t = dhs[t] + dA_{t+1} Wh^T (dhT in
 place of the last term at t = T-1) and dc starting at dcT, and leaves
@@ -62,9 +62,9 @@ that attribute (numba-cuda issue 94 asks for one): :func:`allow_dynamic_shared_m
 sets it through numba's driver wrapper on the compiled kernel's handle, the
 call numba's own ``set_shared_memory_carveout`` makes for another attribute.
 
-A cooperative launch needs every block resident at once: :func:`residency_problem`
-compares the grid with ``max_cooperative_grid_blocks`` (an injected callable
-in tests) and says why it does not fit, so a backend can fall back to its
+A cooperative launch needs every block resident at once: the shared plan's
+``residency_problem`` compares the grid with ``max_cooperative_grid_blocks``
+(an injected callable in tests) and says why it does not fit, so a backend can fall back to its
 per-step kernels and report that. numba's CUDA simulator runs cooperative
 grids of one block only (its grid barrier is a block barrier), so the
 launcher refuses a larger grid there instead of computing garbage.
@@ -81,14 +81,12 @@ import functools
 import math
 import types
 import warnings
-from dataclasses import dataclass
-from typing import Callable
 
 import numba
 import numpy as np
 from numba import cuda
 
-from ltexec.backends.common import ceil_div
+from ltexec.backends.persistent_plan import PersistentGeometry, persistent_geometry, residency_problem
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_THREADS = 512
@@ -98,50 +96,18 @@ DEFAULT_SHARED_BYTES = 48 * 1024
 OPT_IN_SHARED_BYTES = {(7, 0): 96 * 1024, (7, 5): 64 * 1024, (8, 0): 163 * 1024, (8, 6): 99 * 1024,
                        (8, 7): 163 * 1024, (8, 9): 99 * 1024, (9, 0): 227 * 1024}
 """Shared memory per block with the opt-in, by compute capability (CUDA programming guide)."""
-KERNEL_NAMES = ("lstm_forward_persistent", "lstm_backward_persistent")
+KERNEL_NAMES = {"forward": "lstm_forward_persistent", "backward": "lstm_backward_persistent"}
+"""The kernel of each direction."""
 
 
 
 # ------------------------------------------------------------------ geometry
 
-@dataclass(frozen=True)
-class PersistentGeometry:
-    """One persistent launch: ``grid`` blocks of ``threads`` threads, ``units_per_block`` units each."""
-
-    H: int
-    B: int
-    itemsize: int
-    units_per_block: int
-    grid: int
-    threads: int
-    forward_shared_bytes: int     # H x 4U values: the Wh columns of U units, four gates
-    backward_shared_bytes: int    # U x (4H+1) values: the Wh rows of U units, padded
-
-    def shared_bytes(self, kernel: str) -> int:
-        """Dynamic shared memory of ``kernel`` (one of KERNEL_NAMES)."""
-        if kernel not in KERNEL_NAMES:
-            raise ValueError(f"kernel must be one of {KERNEL_NAMES}, got {kernel!r}")
-        return self.forward_shared_bytes if kernel == KERNEL_NAMES[0] else self.backward_shared_bytes
-
-
-def persistent_geometry(H: int, B: int, dtype, max_blocks: int) -> PersistentGeometry:
-    """Split H units over at most ``max_blocks`` blocks (e.g. the SM count: one block per SM).
-
-    U = ceil(H / max_blocks) units per block, grid = ceil(H / U) blocks (every
-    block non-empty); U*B items per block spread evenly over at most
-    MAX_THREADS threads.
-    """
-    for name, value in (("H", H), ("B", B), ("max_blocks", max_blocks)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    itemsize = _float_dtype(dtype).itemsize
-    units = ceil_div(H, max_blocks)
-    items = units * B
-    threads = ceil_div(items, ceil_div(items, MAX_THREADS))
-    return PersistentGeometry(H=int(H), B=int(B), itemsize=itemsize, units_per_block=units,
-                              grid=ceil_div(H, units), threads=threads,
-                              forward_shared_bytes=H * 4 * units * itemsize,
-                              backward_shared_bytes=units * (4 * H + 1) * itemsize)
+def launch_geometry(H: int, B: int, dtype, max_blocks: int) -> PersistentGeometry:
+    """The shared plan (:func:`~ltexec.backends.persistent_plan.persistent_geometry`) for these kernels: at
+    most MAX_THREADS threads a block, the backward kernel's Wh rows padded to 4H+1 values."""
+    return persistent_geometry(H, B, _float_dtype(dtype).itemsize, max_blocks, max_threads=MAX_THREADS,
+                               backward_row_pitch=4 * H + 1)
 
 
 def shared_memory_limit(cc: tuple[int, int]) -> int:
@@ -151,28 +117,6 @@ def shared_memory_limit(cc: tuple[int, int]) -> int:
     authority (:meth:`PersistentLauncher.residency_problem` reads it).
     """
     return OPT_IN_SHARED_BYTES.get(tuple(cc), DEFAULT_SHARED_BYTES)
-
-
-def residency_problem(geometry: PersistentGeometry, shared_limit: int,
-                      max_cooperative_grid_blocks: Callable[[str, int, int], int]) -> str | None:
-    """None if both kernels can run with every block resident, else why not.
-
-    ``max_cooperative_grid_blocks(kernel, threads, shared_bytes)``: the largest
-    cooperative grid of ``kernel`` (one of KERNEL_NAMES) the device holds;
-    on a device the compiled kernel's method of that name, with the shared
-    memory limit already raised.
-    """
-    g = geometry
-    for kernel in KERNEL_NAMES:
-        nbytes = g.shared_bytes(kernel)
-        if nbytes > shared_limit:
-            return (f"{kernel} needs {nbytes} bytes of shared memory per block (H={g.H}, "
-                    f"{g.units_per_block} units per block), above the device's {shared_limit}")
-        fits = max_cooperative_grid_blocks(kernel, g.threads, nbytes)
-        if fits < g.grid:
-            return (f"{kernel} needs {g.grid} co-resident blocks of {g.threads} threads and {nbytes} bytes "
-                    f"of shared memory; the device holds {fits}")
-    return None
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -411,7 +355,7 @@ class PersistentLauncher:
             raise ValueError(f"geometry is for {geometry.itemsize}-byte values, the launcher for {self.dtype}")
         if geometry not in self._problems:
             if self.simulated:
-                limit, max_blocks = math.inf, lambda kernel, threads, nbytes: 1
+                limit, max_blocks = math.inf, lambda direction, threads, nbytes: 1
             else:
                 limit, max_blocks = cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, self._max_blocks
             problem = residency_problem(geometry, limit, max_blocks)
@@ -428,7 +372,7 @@ class PersistentLauncher:
                                ("Wh", Wh, (H, 4 * H)), ("b", b, (4 * H,)), ("cs", cs, (T, B, H)),
                                ("gates", gates, (T, B, 4 * H))):
             self._check(name, a, shape)
-        self._launch("lstm_forward_persistent", geometry, stream, xproj, h0, c0, Wh, b, hs, cs, gates)
+        self._launch("forward", geometry, stream, xproj, h0, c0, Wh, b, hs, cs, gates)
 
     def backward(self, geometry: PersistentGeometry, gates, cs, c0, Wh, dhs, dhT, dcT, dA, dh0, dc0,
                  stream=0) -> None:
@@ -439,7 +383,7 @@ class PersistentLauncher:
                                ("Wh", Wh, (H, 4 * H)), ("dhT", dhT, (B, H)), ("dcT", dcT, (B, H)),
                                ("dA", dA, (T, B, 4 * H)), ("dh0", dh0, (B, H)), ("dc0", dc0, (B, H))):
             self._check(name, a, shape)
-        self._launch("lstm_backward_persistent", geometry, stream, gates, cs, c0, Wh, dhs, dhT, dcT, dA, dh0, dc0)
+        self._launch("backward", geometry, stream, gates, cs, c0, Wh, dhs, dhT, dcT, dA, dh0, dc0)
 
     # ------------------------------------------------------------ plumbing
 
@@ -466,25 +410,28 @@ class PersistentLauncher:
             raise ValueError(f"geometry is for H={geometry.H}, B={geometry.B}, {geometry.itemsize}-byte values; "
                              f"the arrays have H={H}, B={B}, {self.dtype}")
 
-    def _launch(self, name: str, geometry: PersistentGeometry, stream, *arrays) -> None:
+    def _launch(self, direction: str, geometry: PersistentGeometry, stream, *arrays) -> None:
         problem = self.residency_problem(geometry)
         if problem is not None:
             raise RuntimeError(f"the persistent launch does not fit: {problem}")
         args = arrays if self.simulated else tuple(_device_view(a) for a in arrays)
         with warnings.catch_warnings():      # grids are as large as H allows: silence numba's under-utilisation hint
             warnings.filterwarnings("ignore", message="Grid size .* under-utilization")
-            kernel = self._k[name][geometry.grid, geometry.threads, stream, geometry.shared_bytes(name)]
+            kernel = self._k[KERNEL_NAMES[direction]][geometry.grid, geometry.threads, stream,
+                                                      geometry.shared_bytes(direction)]
         kernel(*args, geometry.units_per_block)
 
     def launch_resources(self, geometry: PersistentGeometry) -> dict:
         """Per kernel name: (compiled kernel, threads per block, dynamic shared bytes, the driver's largest
         cooperative grid) at ``geometry``, on the current device (what the GPU check reports)."""
-        return {name: (self._k[name].compile(self._signatures[name]), geometry.threads, geometry.shared_bytes(name),
-                       self._max_blocks(name, geometry.threads, geometry.shared_bytes(name)))
-                for name in KERNEL_NAMES}
+        return {name: (self._k[name].compile(self._signatures[name]), geometry.threads,
+                       geometry.shared_bytes(direction), self._max_blocks(direction, geometry.threads,
+                                                                          geometry.shared_bytes(direction)))
+                for direction, name in KERNEL_NAMES.items()}
 
-    def _max_blocks(self, name: str, threads: int, nbytes: int) -> int:
-        """The driver's largest cooperative grid of kernel ``name``, its shared memory limit raised first."""
+    def _max_blocks(self, direction: str, threads: int, nbytes: int) -> int:
+        """The driver's largest cooperative grid of the ``direction`` kernel, its shared memory limit raised first."""
+        name = KERNEL_NAMES[direction]
         compiled = self._k[name].compile(self._signatures[name])
         if nbytes > max(DEFAULT_SHARED_BYTES, self._shared_allowed.get(name, 0)):
             allow_dynamic_shared_memory(compiled, nbytes)      # raised only, never lowered (the call may synchronise)

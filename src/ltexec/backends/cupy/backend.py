@@ -12,7 +12,7 @@ ones, so the layer is arranged like the fast CPU backend, on the GPU:
   - **persistent** (``lstm_persistent.cu``): ONE cooperative launch per layer,
     window and direction. Every block keeps its slice of W_h in shared
     memory for all T steps and a grid barrier separates the steps, so all
-    blocks must be resident at once. :func:`persistent_geometry` picks the
+    blocks must be resident at once. :func:`plan_persistent` picks the
     launch (one block per SM at most) and checks it against the device's
     shared memory and the occupancy API; every launch is checked again
     first (:func:`check_cooperative_grid`: a grid that no longer fits runs
@@ -58,9 +58,11 @@ from typing import Callable
 
 import numpy as np
 
-from ltexec.backends.base import (Backend, LaunchModes, option_from_environment, recurrence_plan,
-                                  switch, turned_off_reason)
+from ltexec.backends.base import Backend, option_from_environment, switch
 from ltexec.backends.common import BufferPool, LstmCache, ceil_div
+from ltexec.backends.persistent_plan import (DIRECTIONS, LaunchModes, PersistentGeometry, PersistentUnfit,
+                                             check_cooperative_grid, persistent_geometry, recurrence_plan,
+                                             residency_problem, turned_off_reason)
 
 KERNELS = {
     "lstm_cell.cu": ("lstm_cell_forward", "lstm_cell_backward"),
@@ -72,7 +74,7 @@ KERNELS = {
 COOPERATIVE_SOURCES = frozenset({"lstm_persistent.cu"})
 """Sources compiled with ``enable_cooperative_groups=True``: CuPy launches their kernels cooperatively."""
 
-PERSISTENT_KERNELS = KERNELS["lstm_persistent.cu"]
+PERSISTENT_KERNELS = dict(zip(DIRECTIONS, KERNELS["lstm_persistent.cu"]))
 """The kernels a persistent launch uses: both must let the grid be resident at once."""
 
 REAL_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -184,69 +186,28 @@ class DeviceLimits:
     """Whether the device can launch cooperative kernels (``CooperativeLaunch``)."""
 
 
-@dataclass(frozen=True)
-class PersistentGeometry:
-    """One persistent launch: ``grid`` blocks of ``block`` threads, ``units`` hidden units each."""
-
-    units: int
-    grid: int
-    block: int
-    shared_bytes: int
-    """Dynamic shared memory per block: its slice of W_h, 4 * H * units values."""
-
-
-class PersistentUnfit(ValueError):
-    """The persistent kernels cannot run a layer of this shape on this device; the message says why."""
-
-
-def check_cooperative_grid(kernel: str, grid: int, block: int, shared_bytes: int, resident_per_sm: int,
-                           sms: int) -> None:
-    """Raise :class:`PersistentUnfit` naming both numbers unless all ``grid`` blocks fit on the device at once.
-
-    Checked before every cooperative launch, not only when the launch is
-    planned: the persistent grid is semantic (block b owns a slice of the
-    hidden units), and CuPy shrinks a 1-D cooperative grid that does not fit
-    to what does, with only a warning, which would leave units uncomputed.
-    """
-    fits = resident_per_sm * sms
-    if grid > fits:
-        raise PersistentUnfit(f"{kernel} needs {grid} co-resident blocks of {block} threads with {shared_bytes} B "
-                              f"of shared memory each, but the device holds {resident_per_sm} per SM x {sms} SMs "
-                              f"= {fits} at once")
-
-
-def persistent_geometry(T: int, B: int, H: int, itemsize: int, limits: DeviceLimits,
-                        resident_blocks: Callable[[int, int], int]) -> PersistentGeometry:
+def plan_persistent(T: int, B: int, H: int, itemsize: int, limits: DeviceLimits,
+                    resident_blocks: Callable[[str, int, int], int]) -> PersistentGeometry:
     """How the persistent kernels run a layer window of (T, B, H), or PersistentUnfit saying why they cannot.
 
-    Units per block: ceil(H / SMs), the fewest that keep the grid within one
-    block per SM. Every block reads all of h_{t-1} (backward: da_{t+1}) each
-    step and arrives at the grid barrier, so more, emptier blocks would only
-    add traffic and arrivals, while one block per SM already spreads W_h
-    over the whole device. Block: a multiple of 32 near B * units (one (row,
-    unit) pair per thread), at most MAX_BLOCK; threads loop over the rest.
-    Shared memory: the block's slice of W_h, at most the opt-in limit.
-    ``resident_blocks(block, shared_bytes)`` is how many such blocks the
-    occupancy API lets an SM hold at once; times the SM count it must cover
-    the grid, since a block that waits for an SM would hang the barrier.
+    The plan is the shared one (:func:`~ltexec.backends.persistent_plan.persistent_geometry`: one block per
+    SM at most, blocks of at most MAX_BLOCK threads; both kernels hold 4H values per unit of W_h in shared
+    memory). ``resident_blocks(direction, threads, shared_bytes)`` is how many blocks of that direction's
+    kernel the occupancy API lets an SM hold at once; times the SM count it must cover the grid, since a
+    block that waits for an SM would hang the barrier.
     """
     if not limits.cooperative:
         raise PersistentUnfit("the device cannot launch cooperative kernels")
     if T * B * 4 * H > MAX_LAUNCH_INDEX:
         raise PersistentUnfit(f"the window's gates hold T*B*4H = {T * B * 4 * H} values, "
                               f"more than the kernels' 32-bit indexing allows")
-    units = ceil_div(H, limits.sms)
-    grid = ceil_div(H, units)
-    block = min(MAX_BLOCK, 32 * ceil_div(B * units, 32))
-    shared = 4 * H * units * itemsize
-    if shared > limits.shared_per_block:
-        raise PersistentUnfit(f"a block's slice of W_h ({units} units of H={H}) needs {shared} B of shared "
-                              f"memory, more than the {limits.shared_per_block} B a block may have")
-    resident = resident_blocks(block, shared)
-    if resident * limits.sms < grid:
-        raise PersistentUnfit(f"{grid} blocks of {block} threads and {shared} B of shared memory must all be "
-                              f"resident at once, but the device holds {resident} per SM x {limits.sms} SMs")
-    return PersistentGeometry(units, grid, block, shared)
+    geometry = persistent_geometry(H, B, itemsize, limits.sms, max_threads=MAX_BLOCK, backward_row_pitch=4 * H)
+    problem = residency_problem(geometry, limits.shared_per_block,
+                                lambda direction, threads, nbytes: resident_blocks(direction, threads, nbytes)
+                                * limits.sms)
+    if problem is not None:
+        raise PersistentUnfit(problem)
+    return geometry
 
 
 # --------------------------------------------------------------- validation
@@ -474,8 +435,8 @@ class CupyBackend(Backend):
         T, B, H = cs.shape[0] - 1, cs.shape[1], cs.shape[2]
         geometry = self._persistent_geometry(T, B, H)
         if geometry is not None and self._launch_persistent(
-                "lstm_persistent_forward", geometry, (T, B, H), gates, Wh, b, hs[0], cs[0], hs[1:], cs[1:],
-                self._barrier, np.int32(T), np.int32(B), np.int32(H), np.int32(geometry.units)):
+                "forward", geometry, (T, B, H), gates, Wh, b, hs[0], cs[0], hs[1:], cs[1:],
+                self._barrier, np.int32(T), np.int32(B), np.int32(H), np.int32(geometry.units_per_block)):
             return
         rec = self._pool.take((B, 4 * H), self.dtype)   # h_{t-1} Wh of the current step
         for t in range(T):
@@ -490,8 +451,8 @@ class CupyBackend(Backend):
         dc0 = take((B, H), dt)   # per step: c_t's gradient from step t+1, updated in place
         geometry = self._persistent_geometry(T, B, H)
         if geometry is not None and self._launch_persistent(
-                "lstm_persistent_backward", geometry, (T, B, H), gates, cs[1:], cs[0], Wh, dhs, dhT, dcT, dh0, dc0,
-                self._barrier, np.int32(T), np.int32(B), np.int32(H), np.int32(geometry.units)):
+                "backward", geometry, (T, B, H), gates, cs[1:], cs[0], Wh, dhs, dhT, dcT, dh0, dc0,
+                self._barrier, np.int32(T), np.int32(B), np.int32(H), np.int32(geometry.units_per_block)):
             return dh0, dc0
         dh0[...] = dhT
         dc0[...] = dcT
@@ -508,17 +469,17 @@ class CupyBackend(Backend):
         """
         def find():
             try:
-                return persistent_geometry(T, B, H, self.dtype.itemsize, self._limits, self._resident_blocks), None
+                return plan_persistent(T, B, H, self.dtype.itemsize, self._limits, self._resident_blocks), None
             except PersistentUnfit as unfit:
                 return None, str(unfit)
 
         return self._modes.geometry((T, B, H), lambda: recurrence_plan(
             self._persistent, f"T={T}, B={B}, H={H}", TURNED_OFF, find))
 
-    def _resident_blocks(self, block: int, shared_bytes: int) -> int:
-        """Blocks per SM both persistent kernels of this dtype can have resident at once."""
-        return min(self._device.resident_blocks(name_expression(kernel, self.dtype), block, shared_bytes)
-                   for kernel in PERSISTENT_KERNELS)
+    def _resident_blocks(self, direction: str, threads: int, shared_bytes: int) -> int:
+        """Blocks per SM the persistent kernel of ``direction`` in this dtype can have resident at once."""
+        return self._device.resident_blocks(name_expression(PERSISTENT_KERNELS[direction], self.dtype), threads,
+                                            shared_bytes)
 
     # ------------------------------------------------------------- output
 
@@ -546,14 +507,14 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------- kernel launches
 
-    def _launch_persistent(self, kernel: str, geometry: PersistentGeometry, shape: tuple, *args) -> bool:
+    def _launch_persistent(self, direction: str, geometry: PersistentGeometry, shape: tuple, *args) -> bool:
         """One cooperative launch, once the grid is checked to fit (:func:`check_cooperative_grid`); False where it
         does not and the mode is auto (the layer then runs per step, and so does its shape from now on)."""
-        name = name_expression(kernel, self.dtype)
-        resident = self._device.resident_blocks(name, geometry.block, geometry.shared_bytes)
+        name = name_expression(PERSISTENT_KERNELS[direction], self.dtype)
+        threads, shared_bytes = geometry.threads, geometry.shared_bytes(direction)
+        resident = self._resident_blocks(direction, threads, shared_bytes) * self._limits.sms
         try:
-            check_cooperative_grid(name, geometry.grid, geometry.block, geometry.shared_bytes, resident,
-                                   self._limits.sms)
+            check_cooperative_grid(name, geometry.grid, threads, shared_bytes, resident)
         except PersistentUnfit as unfit:
             if self._persistent:
                 raise ValueError(f"persistent=True, but the persistent kernels cannot run a layer of "
@@ -561,7 +522,7 @@ class CupyBackend(Backend):
             self._modes.refuse(shape, f"persistent launch refused at T={shape[0]}, B={shape[1]}, H={shape[2]}: "
                                       f"{unfit}")
             return False
-        self._device.launch_cooperative(name, geometry.grid, geometry.block, geometry.shared_bytes, args)
+        self._device.launch_cooperative(name, geometry.grid, threads, shared_bytes, args)
         return True
 
     def _cell_forward(self, gates, rec, b, c_prev, c, h):

@@ -6,7 +6,7 @@ odd sizes (every thread is a Python thread). What this proves: the
 arithmetic, the indexing of the inputs, outputs and dynamic shared memory,
 the time loops and the in-place use of the per-step path's buffers. The
 same algorithm with several blocks is run step by step on the CPU in
-tests/test_numba_cuda_persistent_geometry.py; a real multi-block grid (the
+tests/backends/numba_cuda/test_numba_cuda_persistent_geometry.py; a real multi-block grid (the
 barrier, memory visibility between blocks, co-residency) only on a GPU,
 where :func:`test_several_blocks` runs one.
 
@@ -22,9 +22,9 @@ import pytest
 from numba import cuda
 
 from ltexec.testing import assert_relative_error_below
-from ltexec.backends import numba_cuda_persistent as P
-from ltexec.backends.numba_cuda import _simulator_active
-from ltexec.backends.numpy_backend import cell_backward, cell_forward
+from ltexec.backends.numba_cuda import persistent as P
+from ltexec.backends.numba_cuda.backend import _simulator_active
+from ltexec.backends.numpy.backend import cell_backward, cell_forward
 
 DTYPES = [np.float32, np.float64]
 TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
@@ -51,7 +51,7 @@ class Problem:
         self.dhs, self.dhT, self.dcT = uniform((T, B, H)), uniform((B, H)), uniform((B, H))
 
     def forward_reference(self):
-        """(hs, cs, gates) of numpy_backend's cells in float64."""
+        """(hs, cs, gates) of the reference's cells in float64."""
         f64 = np.float64
         h, c, hs, cs, gates = self.h0.astype(f64), self.c0.astype(f64), [], [], []
         for t in range(self.T):
@@ -62,7 +62,7 @@ class Problem:
         return np.stack(hs), np.stack(cs), np.stack(gates)
 
     def backward_reference(self, gates, cs):
-        """(dA, dh0, dc0) of numpy_backend's cells in float64, from the given activations and cells."""
+        """(dA, dh0, dc0) of the reference's cells in float64, from the given activations and cells."""
         f64 = np.float64
         gates, cs, Wh = gates.astype(f64), cs.astype(f64), self.Wh.astype(f64)
         c_prev = np.concatenate([self.c0.astype(f64)[None], cs[:-1]])
@@ -95,7 +95,7 @@ def run_backward(launcher, geometry, p, gates, cs):
 
 
 def one_block(p):
-    return P.persistent_geometry(p.H, p.B, p.dtype, max_blocks=1)
+    return P.launch_geometry(p.H, p.B, p.dtype, max_blocks=1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -103,7 +103,7 @@ def one_block(p):
 def test_forward_matches_reference(dtype, T, B, H):
     p = Problem(dtype, T, B, H, seed=T * B * H)
     geometry = one_block(p)
-    assert geometry.grid == 1 and geometry.threads == B * H
+    assert geometry.grid == 1 and B * H <= geometry.threads < B * H + 32   # one item a thread, the rest idle
     hs, cs, gates = run_forward(P.PersistentLauncher(dtype), geometry, p)
     ref_hs, ref_cs, ref_gates = p.forward_reference()
     assert_close("h_t", hs, ref_hs, dtype)
@@ -160,7 +160,7 @@ def test_several_blocks(max_blocks):
     on a GPU it runs and matches the reference."""
     dtype, (T, B, H) = np.float64, (4, 3, 10)
     p = Problem(dtype, T, B, H, seed=max_blocks)
-    geometry = P.persistent_geometry(H, B, dtype, max_blocks)
+    geometry = P.launch_geometry(H, B, dtype, max_blocks)
     assert geometry.grid == max_blocks
     launcher = P.PersistentLauncher(dtype)
     if MODE == "simulator":
@@ -197,7 +197,7 @@ def test_bad_arrays_and_geometry_are_refused_before_launch():
     with pytest.raises(ValueError, match="xproj must be C-contiguous"):
         forward_with(0, np.ones((T, 4 * H, B), dtype).transpose(0, 2, 1))
     with pytest.raises(ValueError, match="geometry is for H=3, B=1"):
-        forward_with(1, to(p.h0), geometry=P.persistent_geometry(H, 1, dtype, 1))
+        forward_with(1, to(p.h0), geometry=P.launch_geometry(H, 1, dtype, 1))
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
         P.PersistentLauncher(np.int64)
     with pytest.raises(ValueError, match="dhs has shape"):

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from ltexec.testing import assert_relative_error_below
 from ltexec.backends import BACKENDS, available_backends, get_backend
 from ltexec.backends.common import BufferPool
-from ltexec.backends.cpu import CpuBackend, Lanes, _openblas_thread_setter
-from ltexec.backends.numpy_backend import NumpyBackend
+from ltexec.backends.cpu.backend import CpuBackend, Lanes, _openblas_thread_setter
+from ltexec.backends.numpy.backend import NumpyBackend
 from ltexec.model import LSTMModel
 
 TOLERANCE = {np.float32: 1e-4, np.float64: 1e-12}
@@ -223,7 +223,7 @@ def test_threads_cap_the_lanes():
 
 def test_lanes_without_a_settable_blas_are_one(monkeypatch):
     """More lanes than the BLAS allows is a cap, not an error: one lane."""
-    monkeypatch.setattr("ltexec.backends.cpu._openblas_thread_setter", lambda: None)
+    monkeypatch.setattr("ltexec.backends.cpu.backend._openblas_thread_setter", lambda: None)
     assert Lanes(3).count == 1 and Lanes(None).count == 1
     with pytest.raises(ValueError, match="at least 1"):
         Lanes(0)
