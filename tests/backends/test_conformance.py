@@ -232,6 +232,49 @@ def test_linear_matches_reference(maker, dtype, bk, draw, T, B, H, V):
     check_dtypes(bk, grads, ("dhs", "dW", "db"))
 
 
+@each_example(T=6, B=13, N=13)
+def test_tanh_matches_reference(maker, dtype, bk, draw, T, B, N):
+    (x, x_ref), (dy, dy_ref) = draw.uniform((T, B, N), 3.0), draw.uniform((T, B, N))
+    y, y_ref = bk.tanh_forward(x), REFERENCE.tanh_forward(x_ref)
+    check(maker, "y", y, np.tanh(x_ref), dtype)
+    dx = bk.tanh_backward(dy, y)
+    check(maker, "dx", dx, REFERENCE.tanh_backward(dy_ref, y_ref), dtype, floor=float(np.abs(dy_ref).max()))
+    check_dtypes(bk, (y, dx), ("y", "dx"))
+    np.testing.assert_array_equal(host(x), x_ref)                   # the input is left as it was
+
+
+@each_example(T=6, B=13, sizes=st.lists(st.integers(1, 7), min_size=1, max_size=4))
+def test_concat_and_split_along_the_last_axis_are_exact_inverses(maker, dtype, bk, draw, T, B, sizes):
+    pieces = [draw.uniform((T, B, n)) for n in sizes]
+    out = bk.concat_last([piece for piece, _ in pieces])
+    np.testing.assert_array_equal(host(out), np.concatenate([ref for _, ref in pieces], axis=-1))
+    parts = bk.split_last(out, sizes)
+    assert [tuple(part.shape) for part in parts] == [(T, B, n) for n in sizes]
+    for part, (_, ref) in zip(parts, pieces):
+        np.testing.assert_array_equal(host(part), ref)
+    check_dtypes(bk, [out, *parts], ["out", *(f"parts[{k}]" for k in range(len(parts)))])
+    parts[0][...] = 0                                               # fresh arrays, not views of out
+    np.testing.assert_array_equal(host(out), np.concatenate([ref for _, ref in pieces], axis=-1))
+
+
+def test_activation_and_concatenation_reject_bad_input(maker):
+    bk = maker.backend(np.float32)
+    draw = Draw(bk, np.float32, seed=0)
+    x, other = draw.uniform((2, 3, 4))[0], draw.uniform((2, 4, 4))[0]
+    with pytest.raises(ValueError, match=r"dy has shape \(2, 4, 4\), expected \(2, 3, 4\)"):
+        bk.tanh_backward(other, x)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        bk.tanh_forward(x.astype(np.float64))
+    with pytest.raises(ValueError, match=r"parts\[1\] has shape \(2, 4, 4\), expected \(2, 3, any\)"):
+        bk.concat_last([x, other])
+    with pytest.raises(ValueError, match="parts must be a non-empty list of arrays"):
+        bk.concat_last([])
+    with pytest.raises(ValueError, match=r"sizes \[1, 2\] sum to 3, x's last axis has 4"):
+        bk.split_last(x, [1, 2])
+    with pytest.raises(ValueError, match=r"sizes must be a non-empty list of positive integers, got \[4, 0\]"):
+        bk.split_last(x, [4, 0])
+
+
 @each_example(T=6, B=13, V=13, ties=st.booleans())
 def test_softmax_xent_matches_reference(maker, dtype, bk, draw, T, B, V, ties):
     """Loss, gradient and the count of correct argmaxes; with ties the first maximum counts.

@@ -51,6 +51,12 @@ Operations (what a backend must provide):
     S the rows of dA summed per id).
 ``linear_forward(hs, W, b) -> logits`` and ``linear_backward(dlogits, hs, W) -> (dhs, dW, db)``
     hs (T,B,H), W (H,V), b (V,), logits (T,B,V).
+``tanh_forward(x) -> y`` and ``tanh_backward(dy, y) -> dx``
+    The elementwise activation of an encoder: x, y, dy, dx of one shape (T,B,N);
+    dx = dy * (1 - y^2) from the forward's output.
+``concat_last(parts) -> out`` and ``split_last(x, sizes) -> parts``
+    Arrays (T,B,N_k) side by side along the last axis, out (T,B,sum N_k), and
+    back: each is the other's backward. Every part is a fresh array.
 ``softmax_xent(logits, y, mask) -> (loss_sum, dlogits, correct)``
     y (T,B) ids, mask (T,B) of 0/1 in ``self.dtype``. ``loss_sum`` (a
     float64 backend scalar) is the cross-entropy summed over positions with
@@ -275,6 +281,37 @@ class Backend:
         dW = hs.reshape(T * B, H).T @ dlogits2
         db = dlogits2.sum(axis=0)
         return dhs, dW, db
+
+    def tanh_forward(self, x):
+        """Elementwise tanh: (T,B,N) -> (T,B,N)."""
+        self._check("x", x, (None, None, None))
+        return self.xp.tanh(x)
+
+    def tanh_backward(self, dy, y):
+        """Gradient through ``y = tanh(x)`` from its output: ``dy * (1 - y^2)``."""
+        shape = self._check("y", y, (None, None, None))
+        self._check("dy", dy, shape)
+        return dy * (1 - y * y)
+
+    def concat_last(self, parts):
+        """(T,B,N_k) arrays side by side along the last axis: (T,B,sum N_k)."""
+        if not isinstance(parts, (list, tuple)) or not parts:
+            raise ValueError(f"parts must be a non-empty list of arrays, got {parts!r}")
+        T, B, _ = self._check("parts[0]", parts[0], (None, None, None))
+        for k, part in enumerate(parts[1:], 1):
+            self._check(f"parts[{k}]", part, (T, B, None))
+        return self.xp.concatenate(parts, axis=-1)
+
+    def split_last(self, x, sizes):
+        """x (T,B,N) cut along the last axis into fresh (T,B,sizes[k]) arrays (``sizes`` sums to N)."""
+        N = self._check("x", x, (None, None, None))[2]
+        if (not isinstance(sizes, (list, tuple)) or not sizes
+                or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sizes)):
+            raise ValueError(f"sizes must be a non-empty list of positive integers, got {sizes!r}")
+        if sum(sizes) != N:
+            raise ValueError(f"sizes {list(sizes)} sum to {sum(sizes)}, x's last axis has {N}")
+        bounds = np.cumsum([0, *sizes])
+        return [x[..., start:end].copy() for start, end in zip(bounds[:-1], bounds[1:])]   # C order, never a view
 
     def softmax_xent(self, logits, y, mask):
         """Masked summed cross-entropy, its gradient and the count of correct argmaxes (backend scalars)."""

@@ -20,47 +20,14 @@ Run with ``pytest --gradcheck``.
 
 import numpy as np
 import pytest
+from finite_differences import assert_gradients_match
 
 from ltexec.backends.numpy.backend import NumpyBackend, cell_backward, cell_forward
 from ltexec.model import LSTMModel
 
 pytestmark = pytest.mark.gradcheck
 
-H_STEP = 1e-3
-FLOOR = 1e-8
-TOLERANCE = 1e-6
 V = 7
-
-
-def _shifted(f, array, index, delta):
-    """f() with ``array[index]`` moved by ``delta``, the element restored afterwards."""
-    old = array[index]
-    array[index] = old + delta
-    value = f()
-    array[index] = old
-    return value
-
-
-def numeric_gradient(f, array):
-    """Fourth-order central differences of the scalar f() for every element of ``array`` (perturbed in place)."""
-    grad = np.zeros_like(array)
-    for index in np.ndindex(array.shape):
-        near = _shifted(f, array, index, H_STEP) - _shifted(f, array, index, -H_STEP)
-        far = _shifted(f, array, index, 2 * H_STEP) - _shifted(f, array, index, -2 * H_STEP)
-        grad[index] = (8 * near - far) / (12 * H_STEP)
-    return grad
-
-
-def max_relative_error(numeric, analytic):
-    return float((np.abs(numeric - analytic) / np.maximum(np.abs(numeric) + np.abs(analytic), FLOOR)).max())
-
-
-def assert_gradients_match(f, checks):
-    """``checks`` maps a name to (array f reads, its analytic gradient); every element is checked."""
-    errors = {name: max_relative_error(numeric_gradient(f, array), analytic)
-              for name, (array, analytic) in checks.items()}
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < TOLERANCE, f"largest relative error {errors[worst]:.3g} in {worst}; all: {errors}"
 
 
 @pytest.mark.parametrize("window", [1, 2, 5])
@@ -126,3 +93,19 @@ def test_layer_backward_with_gradient_arriving_at_the_final_state(window):
     assert_gradients_match(loss, {
         "xs": (xs, dxs), "h0": (h0, dh0), "c0": (c0, dc0), "Wx": (Wx, dWx), "Wh": (Wh, dWh), "b": (b, db),
     })
+
+
+def test_tanh_concatenation_and_split_gradients():
+    """The encoder's operations (the NPI's): tanh, then side by side with another input, then cut differently."""
+    bk, rng = NumpyBackend(np.float64), np.random.default_rng(5)
+    x, y = rng.uniform(-2, 2, (2, 3, 4)), rng.uniform(-1, 1, (2, 3, 2))
+    weights = [rng.uniform(-1, 1, (2, 3, n)) for n in (1, 5)]
+
+    def loss():
+        parts = bk.split_last(bk.concat_last([bk.tanh_forward(x), y]), [1, 5])
+        return sum(float((part * w).sum()) for part, w in zip(parts, weights))
+
+    d_tanh, dy = bk.split_last(bk.concat_last(weights), [4, 2])
+    dx = bk.tanh_backward(d_tanh, bk.tanh_forward(x))
+    assert_gradients_match(loss, {"x": (x, dx), "y": (y, dy)})
+

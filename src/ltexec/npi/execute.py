@@ -1,0 +1,135 @@
+"""The trained NPI running by itself: it picks programs and arguments, acts on the pad, keeps its call stack.
+
+No teacher forcing: at every core step the model sees the pad under its
+pointers, its current program and that program's arguments, and decides: end
+the program (end probability above 1/2), or call the program whose key
+matches best with the arguments it predicts. ``ACT`` acts on the pad and
+control returns at once; any other program is pushed on the call stack with a
+zero core state, and when it ends its caller resumes from the state it had.
+
+Many additions run at once, their top frames batched into one core step, so
+the kernels see real batches here too. Each run has a step bound
+(:func:`step_bound`): a run that reaches it, makes an action the pad refuses,
+or nests calls deeper than :data:`MAX_DEPTH` is recorded as a failure with
+the reason, never an endless loop. A run's answer is the output row; for a
+wrong one, the first core step where the run left the true trace is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ltexec.npi.addition import ACT, ADD, PROGRAMS, AdditionPad, PadError, add_digits, addition_trace
+from ltexec.npi.programs import Call, CoreStep, core_steps_in_order
+
+STEPS_PER_COLUMN = 16
+"""The step bound's allowance per pad column: the true trace takes 10-12 (:func:`step_bound`)."""
+MAX_DEPTH = 8
+"""Nested calls at most: the true trace nests three deep (ADD, ADD1, CARRY)."""
+
+
+def step_bound(a: str, b: str) -> int:
+    """The most core steps a run of ``a + b`` may take: :data:`STEPS_PER_COLUMN` per pad column, plus 16."""
+    return STEPS_PER_COLUMN * (max(len(a), len(b)) + 2) + 16
+
+
+@dataclass
+class Run:
+    """One addition run by the model: the answer, whether it is the sum, and what happened."""
+
+    a: str
+    b: str
+    output: str = ""
+    correct: bool = False
+    steps: int = 0
+    failure: str | None = None
+    """Why the run stopped before ADD ended (the step bound, a refused action, too deep a stack), or None."""
+    log: list[CoreStep] = field(default_factory=list)
+    """Every core step it took, in order (kept when asked for: a trace to print or to compare)."""
+    first_divergence: int | None = None
+    """For a wrong answer: the first core step (0-based) that differs from the true trace's."""
+
+
+@dataclass
+class _Frame:
+    call: Call
+    state: list                                   # per layer (h, c), each (H,) on the backend
+
+
+def execute(model, problems: list[tuple[str, str]], keep_log: bool = False, on_step=None) -> list[Run]:
+    """Run every addition ``(a, b)`` (digit strings) by the model, all at once; one :class:`Run` each.
+
+    ``on_step(index, run, step, pad)``, if given, is called after each core
+    step of every run (the command line prints traces with it).
+    """
+    bk, layers, H = model.backend, model.config.layers, model.config.hidden
+    xp = bk.xp
+    runs = [Run(a, b) for a, b in problems]
+    pads = [AdditionPad(a, b) for a, b in problems]
+    bounds = [step_bound(pad.a, pad.b) for pad in pads]
+    zero = [(xp.zeros(H, model.dtype), xp.zeros(H, model.dtype)) for _ in range(layers)]
+    stacks = [[_Frame(Call(ADD), zero)] for _ in problems]
+    active = list(range(len(problems)))
+    while active:
+        frames = [stacks[i][-1] for i in active]
+        observation = np.array([pads[i].observe() for i in active], np.int64)[None]
+        args = np.array([f.call.args for f in frames], np.int64)[None]
+        program = np.array([[f.call.program for f in frames]], np.int64)
+        state = [(xp.stack([f.state[k][0] for f in frames]), xp.stack([f.state[k][1] for f in frames]))
+                 for k in range(layers)]
+        (end, scores, arg_logits), new_state, _ = model.forward(observation, args, program, state, training=False)
+        ends = bk.to_numpy(end[0]).argmax(axis=-1) == 1
+        chosen = bk.to_numpy(scores[0]).argmax(axis=-1)
+        chosen_args = np.stack([bk.to_numpy(logits[0]).argmax(axis=-1) for logits in arg_logits], axis=-1)
+        still = []
+        for j, i in enumerate(active):
+            run, frame, pad = runs[i], frames[j], pads[i]
+            frame.state = [(h[j], c[j]) for h, c in new_state]
+            made = None if ends[j] else Call(int(chosen[j]), tuple(int(v) for v in chosen_args[j]))
+            step = CoreStep(frame.call, tuple(int(v) for v in observation[0, j]), made)
+            run.steps += 1
+            if keep_log:
+                run.log.append(step)
+            run.failure = _carry_out(made, stacks[i], pad, zero)
+            if on_step is not None:
+                on_step(i, run, step, pad)
+            if run.failure is None and stacks[i] and run.steps >= bounds[i]:
+                run.failure = f"reached the step bound ({bounds[i]} core steps) before ADD ended"
+            if run.failure is None and stacks[i]:
+                still.append(i)
+        active = still
+    for run, pad in zip(runs, pads):
+        run.output = pad.output()
+        run.correct = run.failure is None and run.output == add_digits(run.a, run.b)
+        if keep_log and not run.correct:
+            run.first_divergence = first_divergence(run.log, core_steps_in_order(addition_trace(run.a, run.b),
+                                                                                 PROGRAMS))
+    return runs
+
+
+def _carry_out(made: Call | None, stack: list, pad: AdditionPad, zero: list) -> str | None:
+    """Do what a step decided: end its program (pop), act on the pad, or push a callee; why not, or None."""
+    if made is None:
+        stack.pop()
+        return None
+    if made.program == ACT:
+        try:
+            pad.act(made.args)
+        except PadError as refused:
+            return f"the pad refused ACT{made.args}: {refused}"
+        return None
+    if len(stack) >= MAX_DEPTH:
+        return f"calls nested deeper than {MAX_DEPTH}"
+    stack.append(_Frame(made, zero))
+    return None
+
+
+def first_divergence(log: list[CoreStep], truth: list[CoreStep]) -> int:
+    """The first position where two step sequences differ (the shorter one's length if one is a prefix)."""
+    for position, (ran, true) in enumerate(zip(log, truth)):
+        if ran != true:
+            return position
+    return min(len(log), len(truth))
+
