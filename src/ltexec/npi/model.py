@@ -183,6 +183,18 @@ class NPIModel:
         counts.update(steps=batch.steps, calls=int(batch.call_mask.sum()))
         return NPIStepResult(loss=sum(float(loss) for loss in losses) / normalizer, grads=grads, counts=counts)
 
+    def counts(self, batch: SequenceBatch) -> dict:
+        """Teacher-forced right predictions on a batch, without a backward pass: like ``loss_and_grads``'s counts."""
+        bk = self.backend
+        (end, scores, arg_logits), _, _ = self.forward(batch.observation, batch.args, batch.program,
+                                                       self.zero_state(batch.shape[1]), training=False)
+        real, calls = batch.mask > 0, batch.call_mask > 0
+        args_correct = sum(int(((bk.to_numpy(logits).argmax(-1) == batch.next_args[..., slot]) & calls).sum())
+                           for slot, logits in enumerate(arg_logits))
+        return {"end_correct": int(((bk.to_numpy(end).argmax(-1) == batch.end) & real).sum()),
+                "program_correct": int(((bk.to_numpy(scores).argmax(-1) == batch.next_program) & calls).sum()),
+                "args_correct": args_correct, "steps": batch.steps, "calls": int(calls.sum())}
+
     # ------------------------------------------------------------ parameters
 
     def state_dict(self) -> dict[str, np.ndarray]:
