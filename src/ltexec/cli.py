@@ -1,10 +1,11 @@
-"""The ``ltexec`` command line: ``sample``, ``train``, ``sweep``, ``plot``, ``predict`` and ``tune``.
+"""The ``ltexec`` command line: ``sample``, ``train``, ``sweep``, ``plot``, ``predict``, ``tune`` and ``npi``.
 
 ``ltexec sample`` prints a task's examples, ``ltexec train`` trains (or
 resumes) one run, ``ltexec sweep`` trains a grid of runs, ``ltexec plot``
 draws a sweep's heatmaps, ``ltexec predict`` shows what a trained run
 answers for programs given to it and ``ltexec tune`` shows (or measures
-again) the backend choices the tuner made on this machine. Every bad argument, a bad path included,
+again) the backend choices the tuner made on this machine; ``ltexec npi``
+trains and runs Neural Programmer-Interpreters (:mod:`ltexec.npi.cli`). Every bad argument, a bad path included,
 ends the command with exit status 2 and one line naming the argument and
 what is wrong; no traceback.
 """
@@ -416,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot(subparsers)
     _add_predict(subparsers)
     _add_tune(subparsers)
+    from ltexec.npi.cli import add_npi
+    add_npi(subparsers, checked_arg, int_arg)
     return parser
 
 

@@ -30,6 +30,10 @@ MAX_DEPTH = 8
 """Nested calls at most: the true trace nests three deep (ADD, ADD1, CARRY)."""
 
 
+MAX_OPERAND_DIGITS = 10_000
+"""The longest operand a run takes: its step bound (16 core steps a column) is then 160,000 steps."""
+
+
 def step_bound(a: str, b: str) -> int:
     """The most core steps a run of ``a + b`` may take: :data:`STEPS_PER_COLUMN` per pad column, plus 16."""
     return STEPS_PER_COLUMN * (max(len(a), len(b)) + 2) + 16
@@ -61,8 +65,9 @@ class _Frame:
 def execute(model, problems: list[tuple[str, str]], keep_log: bool = False, on_step=None) -> list[Run]:
     """Run every addition ``(a, b)`` (digit strings) by the model, all at once; one :class:`Run` each.
 
-    ``on_step(index, run, step, pad)``, if given, is called after each core
-    step of every run (the command line prints traces with it).
+    ``on_step(index, run, step, depth, pad)``, if given, is called after each
+    core step of every run, with the depth of the program that took it (1 for
+    ADD) and the pad after it (the command line prints traces with it).
     """
     bk, layers, H = model.backend, model.config.layers, model.config.hidden
     xp = bk.xp
@@ -92,9 +97,10 @@ def execute(model, problems: list[tuple[str, str]], keep_log: bool = False, on_s
             run.steps += 1
             if keep_log:
                 run.log.append(step)
+            depth = len(stacks[i])
             run.failure = _carry_out(made, stacks[i], pad, zero)
             if on_step is not None:
-                on_step(i, run, step, pad)
+                on_step(i, run, step, depth, pad)
             if run.failure is None and stacks[i] and run.steps >= bounds[i]:
                 run.failure = f"reached the step bound ({bounds[i]} core steps) before ADD ended"
             if run.failure is None and stacks[i]:

@@ -167,21 +167,26 @@ class NPITrainer:
             since.add(self.train_step())
             self.elapsed += time.perf_counter() - started
             self.step += 1
-            if self._stop_requested:
-                self._evaluate_and_save(since)
-                return "interrupted (checkpoint saved)"
-            if self.step % c.eval_every == 0:
+            stop = self._budget_spent()
+            if self.step % c.eval_every == 0 or stop:
                 self._evaluate_and_save(since)
                 since = _Since()
+                if stop:
+                    return stop
                 if c.stop_at_target and [r["held_out_exact"] for r in self.history[-2:]] == [1.0, 1.0]:
                     return (f"every held-out addition right at two evaluations in a row ({len(self.held_out)} of "
                             f"1 to {c.max_digits} digits)")
-            if c.steps and self.step >= c.steps:
-                self._evaluate_and_save(since)
-                return f"reached {c.steps} steps"
-            if self.elapsed >= c.minutes * 60:
-                self._evaluate_and_save(since)
-                return f"reached {c.minutes:g} minutes of training"
+
+    def _budget_spent(self) -> str | None:
+        """Why the run stops after this step (Ctrl-C, the step or time budget), or None."""
+        c = self.config
+        if self._stop_requested:
+            return "interrupted (checkpoint saved)"
+        if c.steps and self.step >= c.steps:
+            return f"reached {c.steps} steps"
+        if self.elapsed >= c.minutes * 60:
+            return f"reached {c.minutes:g} minutes of training"
+        return None
 
     def _evaluate_and_save(self, since: _Since) -> dict:
         rates = since.rates()                            # training figures, before the evaluation's time
