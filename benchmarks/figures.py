@@ -6,7 +6,10 @@
 * ``training-step.png``: milliseconds per training step of the ``cpu``
   backend as it runs by default, of each of its forced variants and of torch,
   per configuration and run, from one ``bench_lstm.py`` record file (ratios
-  are only compared within a run).
+  are only compared within a run);
+* ``npi-vs-lte.png``: exact match against the number of digits (log scale),
+  every seed of the NPI and of Learning to Execute's LSTM trained on the same
+  lengths, from one ``npi_vs_lte.py`` record.
 
     python benchmarks/figures.py [--out docs/figures]
 """
@@ -26,6 +29,8 @@ TIME_TO_ACCURACY = (
 )
 """(label, record file) of the time-to-accuracy rows, bottom to top."""
 TRAINING_STEP = "cpu-2core-amd-epyc-zen4-tuned-2026-12-07-964ce45.json"
+NPI_VS_LTE = None
+"""The ``npi_vs_lte.py`` record drawn (None: the figure is not drawn)."""
 RUNNERS = ("cpu", "cpu-tiled-2lanes", "cpu-blas-2lanes", "cpu-blas-1lane", "cpu-tiled-1lane", "torch")
 """The runners drawn, in order: the tuned default first."""
 
@@ -94,6 +99,39 @@ def training_step_figure(records: list[dict], title: str):
     return figure
 
 
+def npi_vs_lte_figure(record: dict, title: str):
+    """Exact match against digits (log scale): a thin line per seed and system, their mean thick."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8.5, 3.6))
+    systems = (("npi", "NPI (2x256 core, traces)", "tab:blue"), ("lte", "Learning to Execute (1x128 LSTM)",
+                                                                  "tab:orange"))
+    for key, label, color in systems:
+        runs = [seed[key]["exact_by_digits"] for seed in record["seeds"].values() if key in seed]
+        if not runs:
+            continue
+        digits = sorted({int(d) for run in runs for d in run})
+        for run in runs:
+            shown = sorted(int(d) for d in run)
+            axes.plot(shown, [100 * run[str(d)] for d in shown], color=color, alpha=0.35, linewidth=1)
+        mean = [100 * statistics.mean(run[str(d)] for run in runs if str(d) in run) for d in digits]
+        axes.plot(digits, mean, color=color, linewidth=2.2, marker="o", markersize=3,
+                  label=f"{label}: mean of {len(runs)} seeds")
+    trained = record["max_digits"]
+    axes.axvspan(1, trained, color="gray", alpha=0.12, label=f"training lengths (1-{trained})")
+    axes.set_xscale("log")
+    axes.set_xlabel("digits of the longer operand (log scale)", fontsize=8)
+    axes.set_ylabel("exact match, % of held-out additions", fontsize=8)
+    axes.set_ylim(-3, 103)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="center right")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "figures"),
@@ -109,7 +147,14 @@ def main(argv=None) -> int:
     figure = training_step_figure(steps, "one training step, float32, 2-core AMD EPYC (Zen 4); one bar per run "
                                          "(4 runs, OpenBLAS's own and AVX2 kernels alternating; medians of 9)")
     figure.savefig(out / "training-step.png", dpi=120)
-    for name in ("time-to-accuracy.png", "training-step.png"):
+    drawn = ["time-to-accuracy.png", "training-step.png"]
+    if NPI_VS_LTE is not None:
+        record = json.loads((RESULTS / NPI_VS_LTE).read_text(encoding="utf-8"))
+        figure = npi_vs_lte_figure(record, "addition trained on 1-10 digits, held-out additions, 2-core AMD EPYC "
+                                           "(Zen 4), no GPU")
+        figure.savefig(out / "npi-vs-lte.png", dpi=120)
+        drawn.append("npi-vs-lte.png")
+    for name in drawn:
         print(out / name)
     return 0
 

@@ -257,6 +257,21 @@ def test_concat_and_split_along_the_last_axis_are_exact_inverses(maker, dtype, b
     np.testing.assert_array_equal(host(out), np.concatenate([ref for _, ref in pieces], axis=-1))
 
 
+@each_example(R=7, C=7)
+def test_add_gathers_gradients_in_place(maker, dtype, bk, draw, R, C):
+    (a, a_ref), (b, b_ref), (v, v_ref) = draw.uniform((R, C)), draw.uniform((C,)), draw.uniform((R, C))
+    grads, more = {"a": a, "b": b}, {"a": v, "b": bk.asarray(np.ones(C, dtype))}
+    bk.add_(grads, more)
+    assert grads["a"] is a and grads["b"] is b                     # in place
+    check(maker, "a", a, a_ref + v_ref, dtype)
+    check(maker, "b", b, b_ref + 1, dtype)
+    np.testing.assert_array_equal(host(v), v_ref)                   # what was added is left as it was
+    with pytest.raises(ValueError, match=r"more must name the same arrays as grads: \['a'\] vs \['a', 'b'\]"):
+        bk.add_(grads, {"a": v})
+    with pytest.raises(ValueError, match=r"more\['b'\] has shape"):
+        bk.add_(grads, {"a": v, "b": v})
+
+
 def test_activation_and_concatenation_reject_bad_input(maker):
     bk = maker.backend(np.float32)
     draw = Draw(bk, np.float32, seed=0)

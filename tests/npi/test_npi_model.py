@@ -39,10 +39,21 @@ def test_every_parameter_gradient_matches_finite_differences():
                            {name: (model.params[name], result.grads[name]) for name in model.params})
 
 
-def test_the_cpu_backend_gives_the_reference_loss_and_gradients():
+def emulated_cupy(dtype):
+    """The CuPy backend with its CUDA kernels on the tests' C++ emulation (skip without g++)."""
+    import cuda_emulation
+    if cuda_emulation.gxx_missing_reason():
+        pytest.skip(cuda_emulation.gxx_missing_reason())
+    from ltexec.backends.cupy.backend import CupyBackend
+    return CupyBackend(dtype, device=cuda_emulation.EmulatedDevice())
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cupy-emulated"])
+def test_other_backends_give_the_reference_loss_and_gradients(backend):
     batch = tiny_batch()
+    other = emulated_cupy(np.float64) if backend == "cupy-emulated" else backend
     results = [NPIModel(TINY, backend=name, dtype=np.float64, init_scale=0.8, seed=3).loss_and_grads(batch)
-               for name in ("numpy", "cpu")]
+               for name in ("numpy", other)]
     assert results[1].loss == pytest.approx(results[0].loss, rel=1e-12)
     for name, grad in results[0].grads.items():
         assert_relative_error_below(name, results[1].grads[name], grad, 1e-10)

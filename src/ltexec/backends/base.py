@@ -62,9 +62,11 @@ Operations (what a backend must provide):
     float64 backend scalar) is the cross-entropy summed over positions with
     mask 1, ``dlogits`` its gradient, ``correct`` (an integer backend scalar)
     the number of those positions whose argmax (first maximum) equals y.
-``global_norm(grads) -> norm``, ``scale_(grads, factor)``
+``global_norm(grads) -> norm``, ``scale_(grads, factor)``, ``add_(grads, more)``
     On dicts of arrays: the Euclidean norm of all gradients together (a
-    backend scalar); scaling every gradient in place.
+    backend scalar); scaling every gradient in place; adding each array of
+    ``more`` to the one of ``grads`` with its name, in place (gradients of
+    one step gathered from several batches).
 ``clipped_sgd_update_(params, grads, velocity, lr, momentum, clip) -> norm``
     One optimizer step in place, decided on the device: with ``norm`` the
     global norm of ``grads`` and ``s = clip / max(norm, clip)`` (1 unless the
@@ -346,6 +348,15 @@ class Backend:
         self._check_arrays("grads", grads)
         for g in grads.values():
             g *= factor
+
+    def add_(self, grads: dict, more: dict) -> None:
+        """Add every array of ``more`` to the array of ``grads`` with its name, in place (the same names and shapes)."""
+        if set(more) != set(grads):
+            raise ValueError(f"more must name the same arrays as grads: {sorted(more)} vs {sorted(grads)}")
+        self._check_arrays("grads", grads)
+        self._check_arrays("more", more, like=grads)
+        for name, g in grads.items():
+            g += more[name]
 
     def clipped_sgd_update_(self, params: dict, grads: dict, velocity, lr: float, momentum: float, clip: float):
         """Clipped SGD in place (PyTorch's momentum convention), skipped where the norm is not finite; the norm.

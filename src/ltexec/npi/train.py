@@ -134,8 +134,7 @@ class NPITrainer:
         total = sum(len(inv.steps) for inv in invocations)
         results = [self.model.loss_and_grads(batch_invocations(group, len(PROGRAMS) - 1), total) for group in groups]
         grads = results[0].grads
-        for name, grad in results[1].grads.items():
-            grads[name] += grad
+        self.model.backend.add_(grads, results[1].grads)
         self.optimizer.step(self.model.backend, self.model.params, grads)
         counts = {key: sum(r.counts[key] for r in results) for key in results[0].counts}
         self.seen["traces"] += self.config.traces
