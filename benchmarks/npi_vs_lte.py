@@ -111,7 +111,10 @@ def main(argv=None) -> int:
     commit = (git_revision()["commit"] or "unknown")[:7]
     path = Path(args.json) if args.json else REPOSITORY / "benchmarks" / "results" / f"npi-vs-lte-{day}-{commit}.json"
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="npi-vs-lte-"))
-    command = " ".join(["python", "benchmarks/npi_vs_lte.py", *(sys.argv[1:] if argv is None else argv)])
+    given = sys.argv[1:] if argv is None else list(argv)
+    kept = [word for k, word in enumerate(given)                  # where runs and the record go: not part of it
+            if word not in ("--out", "--json") and (k == 0 or given[k - 1] not in ("--out", "--json"))]
+    command = " ".join(["python", "benchmarks/npi_vs_lte.py", *kept])
     record = {"benchmark": "npi_vs_lte", "command": command, "date": day, "max_digits": args.max_digits,
               "machine": machine(), "seeds": {}}
 

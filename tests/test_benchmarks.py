@@ -18,6 +18,7 @@ import bench_sampler  # noqa: E402
 import bench_step_product  # noqa: E402
 import figures  # noqa: E402
 import machine  # noqa: E402
+import npi_vs_lte  # noqa: E402
 import time_to_accuracy  # noqa: E402
 from flops import PAPER_STEP_GFLOP, check_paper_count, step_flops  # noqa: E402
 
@@ -210,3 +211,27 @@ def test_the_readmes_figures_are_drawn_from_the_committed_records(tmp_path, caps
     drawn = figures.time_to_accuracy_figure([("a row", record)], "t")
     texts = [text.get_text() for text in drawn.axes[0].texts]
     assert "median 2.50 min" in texts and "1 not reached" in texts and "2 of 3 seeds" in texts
+
+
+def test_npi_vs_lte_writes_its_record_with_the_fastest_seed_at_3000_digits_and_no_paths(tmp_path, monkeypatch):
+    monkeypatch.setattr(npi_vs_lte, "run_npi", lambda seed, args, out, log: {
+        "minutes": 3.0 - seed, "exact_by_digits": {"1": 1.0}, "by_digits": {"1": {"exact": 1.0}}})
+    monkeypatch.setattr(npi_vs_lte, "run_lte", lambda seed, args, out, log: {"exact_by_digits": {"1": 0.5}})
+    monkeypatch.setattr(npi_vs_lte, "load_trained_npi", lambda run_dir: ("model", "config"))
+    monkeypatch.setattr(npi_vs_lte, "exact_by_digits",
+                        lambda model, config, digits, count, per_step, log: {"3000": {"exact": 1.0}})
+    path = tmp_path / "record.json"
+    assert npi_vs_lte.main(["--seeds", "0-1", "--out", str(tmp_path / "runs"), "--json", str(path)]) == 0
+    record = json.loads(path.read_text())
+    assert record["command"] == "python benchmarks/npi_vs_lte.py --seeds 0-1"     # where things went is not kept
+    assert record["seeds"]["1"]["npi"]["exact_by_digits"] == {"1": 1.0, "3000": 1.0}   # the fastest to train
+    assert record["seeds"]["0"]["npi"]["exact_by_digits"] == {"1": 1.0}
+    assert record["seeds"]["0"]["lte"]["exact_by_digits"] == {"1": 0.5} and record["max_digits"] == 10
+
+
+def test_npi_vs_lte_refuses_training_lengths_lte_cannot_be_measured_at_twice(capsys):
+    with pytest.raises(SystemExit):
+        npi_vs_lte.parse_args(["--max-digits", "11"])
+    assert "--max-digits must be in 1..10 (LtE is evaluated at 2N <= 20), got 11" in capsys.readouterr().err
+    assert npi_vs_lte.seeds_arg("2-4") == [2, 3, 4] and npi_vs_lte.seeds_arg("7") == [7]
+
