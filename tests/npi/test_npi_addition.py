@@ -124,3 +124,11 @@ def test_calls_are_checked():
     with pytest.raises(ValueError, match=r"a call has 3 arguments in 0..9, got \(1, 2\)"):
         Call(ACT, (1, 2))
     assert PROGRAMS[ACT].primitive and not any(p.primitive for p in PROGRAMS[:ACT])
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=digits(), b=digits())
+def test_the_trace_holds_the_steps_the_algorithm_makes_in_order(a, b):
+    from ltexec.npi.addition import grade_school_steps
+    from ltexec.npi.programs import core_steps_in_order
+    assert core_steps_in_order(addition_trace(a, b), PROGRAMS) == list(grade_school_steps(a, b))

@@ -23,9 +23,11 @@ refuses to convert more than 4,300 digits to text by default), and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
-from ltexec.npi.programs import Call, Invocation, Program, Step
+from ltexec.npi.programs import Call, CoreStep, Invocation, Program, Step
 
 BLANK = 10
 """The value of a cell with no digit."""
@@ -127,48 +129,62 @@ class AdditionPad:
 
 # ----------------------------------------------------------------- the trace
 
-def _run(pad: AdditionPad, invocation: Invocation) -> None:
-    """Run ``invocation``'s program on ``pad`` by the grade-school algorithm, recording its steps."""
-    program, observe = invocation.call.program, pad.observe
+def grade_school_steps(a: str, b: str) -> Iterator[CoreStep]:
+    """Every core step of ``ADD`` on the pad of ``a + b`` by the grade-school algorithm, in execution order,
+    made one at a time (a trace of thousands of digits is never held whole)."""
+    yield from _steps(AdditionPad(a, b), Call(ADD))
+
+
+def _steps(pad: AdditionPad, call: Call) -> Iterator[CoreStep]:
+    """The steps of one invocation of ``call``'s program and of everything it calls."""
+    program = call.program
     if program == ADD:
         while True:
-            a, b, c, _ = observe()
+            a, b, c, _ = pad.observe()
             if a == b == c == BLANK:
                 break
-            _call(pad, invocation, Call(ADD1))
-            _call(pad, invocation, Call(LSHIFT))
+            yield from _make(pad, call, Call(ADD1))
+            yield from _make(pad, call, Call(LSHIFT))
     elif program == ADD1:
-        a, b, c, _ = observe()
+        a, b, c, _ = pad.observe()
         total = sum(v for v in (a, b, c) if v != BLANK)
-        _call(pad, invocation, Call(ACT, (WRITE, OUT, total % 10)))
+        yield from _make(pad, call, Call(ACT, (WRITE, OUT, total % 10)))
         if total > 9:
-            _call(pad, invocation, Call(CARRY))
+            yield from _make(pad, call, Call(CARRY))
     elif program == CARRY:
         for args in ((PTR, CARRY_ROW, LEFT), (WRITE, CARRY_ROW, 1), (PTR, CARRY_ROW, RIGHT)):
-            _call(pad, invocation, Call(ACT, args))
+            yield from _make(pad, call, Call(ACT, args))
     elif program == LSHIFT:
         for row in range(len(ROWS)):
-            _call(pad, invocation, Call(ACT, (PTR, row, LEFT)))
+            yield from _make(pad, call, Call(ACT, (PTR, row, LEFT)))
     else:
         raise ValueError(f"no composite program {program}")
-    invocation.steps.append(Step(observe(), None))
+    yield CoreStep(call, pad.observe(), None)
 
 
-def _call(pad: AdditionPad, caller: Invocation, call: Call) -> None:
-    """Record the caller's step that makes ``call``, then carry it out (ACT on the pad, else a callee's run)."""
-    caller.steps.append(Step(pad.observe(), call))
-    if PROGRAMS[call.program].primitive:
-        pad.act(call.args)
+def _make(pad: AdditionPad, caller: Call, made: Call) -> Iterator[CoreStep]:
+    """The caller's step that makes ``made``, then what it does: ACT on the pad, or the callee's steps."""
+    yield CoreStep(caller, pad.observe(), made)
+    if PROGRAMS[made.program].primitive:
+        pad.act(made.args)
     else:
-        callee = Invocation(call)
-        caller.callees.append(callee)
-        _run(pad, callee)
+        yield from _steps(pad, made)
 
 
 def addition_trace(a: str, b: str) -> Invocation:
-    """The hierarchical execution trace of ``ADD`` on the pad of ``a + b``."""
+    """The hierarchical execution trace of ``ADD`` on the pad of ``a + b``: :func:`grade_school_steps` with every
+    invocation's steps gathered under it."""
     root = Invocation(Call(ADD))
-    _run(AdditionPad(a, b), root)
+    stack = [root]
+    for step in grade_school_steps(a, b):
+        caller = stack[-1]
+        caller.steps.append(Step(step.observation, step.made))
+        if step.made is None:
+            stack.pop()
+        elif not PROGRAMS[step.made.program].primitive:
+            callee = Invocation(step.made)
+            caller.callees.append(callee)
+            stack.append(callee)
     return root
 
 

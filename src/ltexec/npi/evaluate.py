@@ -61,7 +61,7 @@ def exact_by_digits(model, config: NPITrainConfig, digits: list[int], count: int
     results = {}
     for d in digits:
         problems = problems_of(config, d, count)
-        runs = execute(model, problems, keep_log=True)
+        runs = execute(model, problems)
         wrong = [run for run in runs if not run.correct]
         result = {"exact": sum(run.correct for run in runs) / len(runs), "count": len(runs),
                   "failures": dict(Counter(run.failure or "wrong sum" for run in wrong)),

@@ -12,7 +12,9 @@ the kernels see real batches here too. Each run has a step bound
 (:func:`step_bound`): a run that reaches it, makes an action the pad refuses,
 or nests calls deeper than :data:`MAX_DEPTH` is recorded as a failure with
 the reason, never an endless loop. A run's answer is the output row; for a
-wrong one, the first core step where the run left the true trace is reported.
+wrong one, the first core step where the run left the true trace is reported (the
+true steps are made alongside, one at a time, so runs of thousands of digits
+hold no trace).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ltexec.npi.addition import ACT, ADD, PROGRAMS, AdditionPad, PadError, add_digits, addition_trace
-from ltexec.npi.programs import Call, CoreStep, core_steps_in_order
+from ltexec.npi.addition import ACT, ADD, AdditionPad, PadError, add_digits, grade_school_steps
+from ltexec.npi.programs import Call, CoreStep
 
 STEPS_PER_COLUMN = 16
 """The step bound's allowance per pad column: the true trace takes 10-12 (:func:`step_bound`)."""
@@ -51,9 +53,9 @@ class Run:
     failure: str | None = None
     """Why the run stopped before ADD ended (the step bound, a refused action, too deep a stack), or None."""
     log: list[CoreStep] = field(default_factory=list)
-    """Every core step it took, in order (kept when asked for: a trace to print or to compare)."""
+    """Every core step it took, in order (kept only when asked for)."""
     first_divergence: int | None = None
-    """For a wrong answer: the first core step (0-based) that differs from the true trace's."""
+    """The first core step (0-based) that differs from the true trace's; None while the run follows it."""
 
 
 @dataclass
@@ -74,6 +76,7 @@ def execute(model, problems: list[tuple[str, str]], keep_log: bool = False, on_s
     runs = [Run(a, b) for a, b in problems]
     pads = [AdditionPad(a, b) for a, b in problems]
     bounds = [step_bound(pad.a, pad.b) for pad in pads]
+    truths = [grade_school_steps(pad.a, pad.b) for pad in pads]   # compared step by step, never held whole
     zero = [(xp.zeros(H, model.dtype), xp.zeros(H, model.dtype)) for _ in range(layers)]
     stacks = [[_Frame(Call(ADD), zero)] for _ in problems]
     active = list(range(len(problems)))
@@ -94,6 +97,8 @@ def execute(model, problems: list[tuple[str, str]], keep_log: bool = False, on_s
             frame.state = [(h[j], c[j]) for h, c in new_state]
             made = None if ends[j] else Call(int(chosen[j]), tuple(int(v) for v in chosen_args[j]))
             step = CoreStep(frame.call, tuple(int(v) for v in observation[0, j]), made)
+            if run.first_divergence is None and step != next(truths[i], None):
+                run.first_divergence = run.steps
             run.steps += 1
             if keep_log:
                 run.log.append(step)
@@ -106,12 +111,11 @@ def execute(model, problems: list[tuple[str, str]], keep_log: bool = False, on_s
             if run.failure is None and stacks[i]:
                 still.append(i)
         active = still
-    for run, pad in zip(runs, pads):
+    for run, pad, truth in zip(runs, pads, truths):
         run.output = pad.output()
         run.correct = run.failure is None and run.output == add_digits(run.a, run.b)
-        if keep_log and not run.correct:
-            run.first_divergence = first_divergence(run.log, core_steps_in_order(addition_trace(run.a, run.b),
-                                                                                 PROGRAMS))
+        if run.first_divergence is None and next(truth, None) is not None:
+            run.first_divergence = run.steps                      # it stopped before the true trace ended
     return runs
 
 
@@ -130,12 +134,3 @@ def _carry_out(made: Call | None, stack: list, pad: AdditionPad, zero: list) -> 
         return f"calls nested deeper than {MAX_DEPTH}"
     stack.append(_Frame(made, zero))
     return None
-
-
-def first_divergence(log: list[CoreStep], truth: list[CoreStep]) -> int:
-    """The first position where two step sequences differ (the shorter one's length if one is a prefix)."""
-    for position, (ran, true) in enumerate(zip(log, truth)):
-        if ran != true:
-            return position
-    return min(len(log), len(truth))
-
