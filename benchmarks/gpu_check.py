@@ -250,38 +250,48 @@ def guarded(label: str, check, *args, **kwargs) -> dict:
 
 def isolated(label: str, check, timeout_s: float) -> dict:
     """:func:`guarded` ``check()`` in a forked child process that has ``timeout_s``: a hang is killed and
-    recorded, a crash (the child ends without a result) is recorded, and a sticky CUDA error stays in the
-    child, so the next check starts on a clean device. The parent holds no CUDA context (the probes run
-    apart), so forking is safe; where fork is not available the check runs in this process.
+    recorded, a crash (the child ends without a result) is recorded, each with the tail of what the child
+    printed, and a sticky CUDA error stays in the child, so the next check starts on a clean device. The
+    parent holds no CUDA context (the probes run apart), so forking is safe; where fork is not available the
+    check runs in this process.
     """
     import multiprocessing
     if "fork" not in multiprocessing.get_all_start_methods():
         return guarded(label, check)
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_send_result, args=(label, check, send), daemon=True)
-    child.start()
-    send.close()
-    ended = receive.poll(timeout_s)                      # a result, or the pipe closed by the child's end
-    result = None
-    if ended:
-        try:
-            result = receive.recv()
-        except EOFError:
-            pass
-    else:
-        child.kill()
-    child.join(10)
-    receive.close()
+    with tempfile.TemporaryFile() as output:
+        child = context.Process(target=_send_result, args=(label, check, send, output.fileno()), daemon=True)
+        child.start()
+        send.close()
+        ended = receive.poll(timeout_s)                  # a result, or the pipe closed by the child's end
+        result = None
+        if ended:
+            try:
+                result = receive.recv()
+            except EOFError:
+                pass
+        else:
+            child.kill()
+        child.join(10)
+        receive.close()
+        output.seek(0)
+        tail = output.read().decode("utf-8", errors="replace")[-OUTPUT_TAIL:]
     if result is not None:
         return result
     what = (f"still running after {timeout_s:g} s, killed" if not ended
             else f"crashed: its process ended with exit code {child.exitcode} and no result")
-    return {"status": "error", "error": what, "failures": [f"{label}: {what}"]}
+    return {"status": "error", "error": what, "tail": tail, "failures": [f"{label}: {what}"]}
 
 
-def _send_result(label: str, check, send) -> None:
-    """In the child of :func:`isolated`: the guarded result, as plain JSON values, through the pipe."""
+def _send_result(label: str, check, send, output: int) -> None:
+    """In the child of :func:`isolated`: its output into ``output`` (a file descriptor), the guarded result, as
+    plain JSON values, through the pipe."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(output, 1)                                   # what libraries write to the descriptors
+    os.dup2(output, 2)
+    sys.stdout = sys.stderr = open(output, "w", buffering=1, closefd=False)   # and what Python prints
     send.send(json_safe(guarded(label, check)))
     send.close()
 

@@ -663,10 +663,12 @@ def test_a_check_that_hangs_or_crashes_is_killed_or_recorded_and_the_next_one_ru
 
     def hang_in_one_mode(mode, dtype, cfg, make_backend):
         if mode.label == REFERENCE.label and dtype == np.float32:
+            print("waiting for a barrier that never comes", flush=True)
             clock.sleep(60)
         return real_parity_run(mode, dtype, cfg, make_backend)
 
     def crash(backends, cfg):
+        print("about to fault", file=sys.stderr, flush=True)
         os._exit(3)                                      # as a segfault or an out-of-memory kill would end it
 
     monkeypatch.setattr(gpu_check, "parity_run", hang_in_one_mode)
@@ -682,6 +684,8 @@ def test_a_check_that_hangs_or_crashes_is_killed_or_recorded_and_the_next_one_ru
     assert record["parity"]["failures"] == [hung]                  # the other modes and dtypes ran and passed
     assert [run["status"] for run in record["parity"]["runs"]] == ["error", "pass", "pass", "pass"]
     assert record["kernels"]["failures"] == ["kernels: crashed: its process ended with exit code 3 and no result"]
+    assert record["kernels"]["tail"] == "about to fault\n"                          # what it printed last
+    assert record["parity"]["runs"][0]["tail"] == "waiting for a barrier that never comes\n"
     assert record["timing"]["status"] == "pass" and record["sanitizer"]["status"] == "pass"
     assert record["failures"] == record["parity"]["failures"] + record["kernels"]["failures"]
 
