@@ -29,8 +29,8 @@ TIME_TO_ACCURACY = (
 )
 """(label, record file) of the time-to-accuracy rows, bottom to top."""
 TRAINING_STEP = "cpu-2core-amd-epyc-zen4-tuned-2026-12-07-964ce45.json"
-NPI_VS_LTE = None
-"""The ``npi_vs_lte.py`` record drawn (None: the figure is not drawn)."""
+NPI_VS_LTE = "npi-vs-lte-2026-12-07-9ad8762.json"
+"""The ``npi_vs_lte.py`` record drawn."""
 RUNNERS = ("cpu", "cpu-tiled-2lanes", "cpu-blas-2lanes", "cpu-blas-1lane", "cpu-tiled-1lane", "torch")
 """The runners drawn, in order: the tuned default first."""
 
@@ -117,6 +117,12 @@ def npi_vs_lte_figure(record: dict, title: str):
             shown = sorted(int(d) for d in run)
             axes.plot(shown, [100 * run[str(d)] for d in shown], color=color, alpha=0.35, linewidth=1)
         mean = [100 * statistics.mean(run[str(d)] for run in runs if str(d) in run) for d in digits]
+        for d in digits:
+            measured = sum(str(d) in run for run in runs)
+            if measured < len(runs):                     # a point not every seed was measured at
+                axes.annotate(f"{measured} seed", (d, 100 * statistics.mean(run[str(d)] for run in runs
+                                                                             if str(d) in run) - 6),
+                              ha="center", fontsize=7, color=color)
         axes.plot(digits, mean, color=color, linewidth=2.2, marker="o", markersize=3,
                   label=f"{label}: mean of {len(runs)} seeds")
     trained = record["max_digits"]
@@ -147,14 +153,11 @@ def main(argv=None) -> int:
     figure = training_step_figure(steps, "one training step, float32, 2-core AMD EPYC (Zen 4); one bar per run "
                                          "(4 runs, OpenBLAS's own and AVX2 kernels alternating; medians of 9)")
     figure.savefig(out / "training-step.png", dpi=120)
-    drawn = ["time-to-accuracy.png", "training-step.png"]
-    if NPI_VS_LTE is not None:
-        record = json.loads((RESULTS / NPI_VS_LTE).read_text(encoding="utf-8"))
-        figure = npi_vs_lte_figure(record, "addition trained on 1-10 digits, held-out additions, 2-core AMD EPYC "
-                                           "(Zen 4), no GPU")
-        figure.savefig(out / "npi-vs-lte.png", dpi=120)
-        drawn.append("npi-vs-lte.png")
-    for name in drawn:
+    record = json.loads((RESULTS / NPI_VS_LTE).read_text(encoding="utf-8"))
+    figure = npi_vs_lte_figure(record, "addition trained on 1-10 digits; 100 held-out additions per point; "
+                                       "5 seeds each; 2-core AMD EPYC (Zen 4), no GPU")
+    figure.savefig(out / "npi-vs-lte.png", dpi=120)
+    for name in ("time-to-accuracy.png", "training-step.png", "npi-vs-lte.png"):
         print(out / name)
     return 0
 
