@@ -203,10 +203,18 @@ def test_time_to_accuracy_sets_seed_and_out_itself(capsys):
 def test_the_readmes_figures_are_drawn_from_the_committed_records(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert figures.main(["--out", str(tmp_path)]) == 0
-    for name in ("time-to-accuracy.png", "training-step.png"):
+    names = ("time-to-accuracy.png", "training-step.png", "npi-vs-lte.png")
+    for name in names:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert capsys.readouterr().out.splitlines() == [str(tmp_path / "time-to-accuracy.png"),
-                                                    str(tmp_path / "training-step.png")]
+    assert capsys.readouterr().out.splitlines() == [str(tmp_path / name) for name in names]
+    npi = {"max_digits": 2,
+           "seeds": {"0": {"npi": {"exact_by_digits": {"1": 1.0, "9": 1.0}}, "lte": {"exact_by_digits": {"1": 0.5}}},
+                     "1": {"npi": {"exact_by_digits": {"1": 1.0}}, "lte": {"exact_by_digits": {"1": 0.7}}}}}
+    drawn = figures.npi_vs_lte_figure(npi, "t")
+    assert [text.get_text() for text in drawn.axes[0].texts] == ["1 seed"]      # 9 digits: one seed of two
+    labels = [text.get_text() for text in drawn.axes[0].get_legend().get_texts()]
+    assert labels[:2] == ["NPI (2x256 core, traces): mean of 2 seeds",
+                          "Learning to Execute (1x128 LSTM): mean of 2 seeds"]
     record = {"runs": [{"target_minutes": 2.0}, {"target_minutes": None}, {"target_minutes": 3.0}]}
     drawn = figures.time_to_accuracy_figure([("a row", record)], "t")
     texts = [text.get_text() for text in drawn.axes[0].texts]
