@@ -13,28 +13,14 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from ltexec.machine import cpuinfo_fields, package_version, processor_name, thread_settings, threadpools, vector_flags
+from ltexec.machine import (cpuinfo_fields, git_revision, package_version, processor_name, thread_settings,
+                            threadpools, vector_flags)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-
-
-def git_revision(repository: Path = REPOSITORY) -> dict:
-    """The commit checked out in ``repository`` and whether tracked files differ from it (None: unknown)."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=repository, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
 def machine(**extra) -> dict:
@@ -45,7 +31,8 @@ def machine(**extra) -> dict:
             "python": platform.python_version(), "implementation": platform.python_implementation(),
             "numpy": np.__version__, "numba": package_version("numba"),
             "torch": package_version("torch"),
-            "threadpools": threadpools(), "thread_settings": thread_settings(), "git": git_revision(), **extra}
+            "threadpools": threadpools(), "thread_settings": thread_settings(), "git": git_revision(REPOSITORY),
+            **extra}
 
 
 def write_records(path, records: list[dict]) -> None:

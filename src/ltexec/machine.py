@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import subprocess
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np  # also loads NumPy's BLAS, which threadpoolctl only sees once loaded
 from threadpoolctl import threadpool_info
@@ -129,3 +131,23 @@ def speed_key() -> dict:
             "blas": [dict(zip(("library", "version", "kernel", "file"), pool)) for pool in blas],
             "python": platform.python_version(), "numpy": np.__version__, "numba": package_version("numba"),
             "llvmlite": package_version("llvmlite"), "ltexec": __version__}
+
+
+SOURCE_TREE = Path(__file__).resolve().parents[2]
+"""The folder above ``src/``: the repository, where ltexec runs from a clone (an editable install)."""
+
+
+def git_revision(repository: Path = SOURCE_TREE) -> dict:
+    """The commit checked out in ``repository`` and whether tracked files differ from it (None: unknown, e.g.
+    an installed wheel has no repository). Runs record it, so a result names the code that made it."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=repository, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+

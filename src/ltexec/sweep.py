@@ -9,7 +9,9 @@ input transform x length for ``copy`` (Figure 7). Its directory holds
   a restart with a different grid is refused, so results never mix two grids;
 - ``cells/NAME/``: each run's own ``metrics.jsonl``, ``checkpoint.npz``,
   ``train.log`` (the trainer's output) and, once it is done, ``result.json``
-  (written atomically: its presence is what marks the run finished). NAME is
+  (written atomically: its presence is what marks the run finished; it names
+  the code that made it, ``source``: ltexec's version and the git commit it
+  ran from, with ``dirty`` where tracked files differed). NAME is
   the cell's name, followed by ``-sSEED`` when the sweep has several seeds;
 - ``results.jsonl``: every finished run's result, in grid order, rewritten
   after each run.
@@ -39,11 +41,13 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
+from ltexec import __version__
 from ltexec.atomic import atomic_write
 from ltexec.checkpoint import checkpoint_path
 from ltexec.config import TrainConfig
 from ltexec.curriculum import STRATEGIES
 from ltexec.generalization import evaluate_beyond
+from ltexec.machine import git_revision
 from ltexec.sampler import TASKS
 from ltexec.trainer import open_run
 from ltexec.validation import check_choice, check_float, check_int
@@ -312,7 +316,8 @@ def run_cell(job: dict) -> dict:
             return {"status": "interrupted", "cell": job["cell"]}
         beyond = evaluate_beyond(out, job["beyond"], backend=trainer.model.backend)
     result = {"status": "done", "cell": job["cell"], "seed": trainer.config.seed, **summary, "beyond": beyond,
-              "config": dataclasses.asdict(trainer.config), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "config": dataclasses.asdict(trainer.config), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "source": {"ltexec": __version__, **git_revision()}}
     write_json(out / CELL_RESULT_NAME, result)
     return result
 
