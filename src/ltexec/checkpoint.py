@@ -123,7 +123,7 @@ def run_state(trainer) -> tuple[dict[str, np.ndarray], dict]:
         "elapsed": trainer.elapsed,
         "lr": trainer.optimizer.lr,
         "curriculum": trainer.curriculum.state_dict(),
-        "rng": _rng_state_to_json(trainer.rng.getstate()),
+        "rng": rng_state_to_json(trainer.rng.getstate()),
         "history": list(trainer.history),
         "spikes": trainer.spikes,
         "lowest_loss": trainer.lowest_loss,
@@ -207,7 +207,7 @@ def load_training_state(trainer, arrays: dict, meta: dict) -> None:
     trainer.state = state
     trainer.batcher.load_state_dict(arrays_under(arrays, "batcher"))
     trainer.curriculum = Curriculum.from_state_dict(meta["curriculum"])
-    trainer.rng.setstate(_rng_state_from_json(meta["rng"]))
+    trainer.rng.setstate(rng_state_from_json(meta["rng"]))
 
 
 def arrays_under(arrays: dict, group: str) -> dict:
@@ -216,12 +216,12 @@ def arrays_under(arrays: dict, group: str) -> dict:
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
-def _rng_state_to_json(state) -> list:
+def rng_state_to_json(state) -> list:
     """A ``random.Random`` state as JSON (its internal tuple as a list)."""
     version, internal, gauss = state
     return [version, list(internal), gauss]
 
 
-def _rng_state_from_json(state) -> tuple:
+def rng_state_from_json(state) -> tuple:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
-from ltexec.npi.addition import ADD, PROGRAMS, addition_trace
+from ltexec.npi.addition import PROGRAMS, addition_trace
 from ltexec.npi.data import batch_invocations
 from ltexec.npi.execute import execute
 from ltexec.npi.programs import ARG_SLOTS
-from ltexec.npi.train import NPITrainConfig, OperandStream
+from ltexec.npi.train import NPITrainConfig, OperandStream, long_and_short
 from ltexec.seeds import derive_seed
 from ltexec.validation import check_int
 
@@ -40,19 +40,13 @@ def teacher_forced(model, problems) -> dict:
     totals = Counter()
     for start in range(0, len(problems), 16):
         invocations = [inv for a, b in problems[start:start + 16] for inv in addition_trace(a, b).walk()]
-        for group in _by_kind(invocations):
+        for group in long_and_short(invocations):
             if group:
                 totals.update(model.counts(batch_invocations(group, len(PROGRAMS) - 1)))
     calls = max(totals["calls"], 1)
     return {"end_acc": totals["end_correct"] / max(totals["steps"], 1),
             "program_acc": totals["program_correct"] / calls,
             "args_acc": totals["args_correct"] / (ARG_SLOTS * calls)}
-
-
-def _by_kind(invocations) -> tuple[list, list]:
-    """ADD's long invocations apart from the short ones, so that padding stays small."""
-    top = [inv for inv in invocations if inv.call.program == ADD]
-    return top, [inv for inv in invocations if inv.call.program != ADD]
 
 
 def exact_by_digits(model, config: NPITrainConfig, digits: list[int], count: int, per_step: bool = True,

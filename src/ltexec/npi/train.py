@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ltexec.atomic import atomic_write
-from ltexec.checkpoint import (CheckpointError, _rng_state_from_json, _rng_state_to_json, arrays_under,
-                               load_checkpoint, save_checkpoint)
+from ltexec.checkpoint import (CheckpointError, arrays_under, load_checkpoint, rng_state_from_json,
+                               rng_state_to_json, save_checkpoint)
 from ltexec.npi.addition import ADD, PROGRAMS, addition_trace
 from ltexec.npi.data import batch_invocations
 from ltexec.npi.execute import execute
@@ -101,10 +101,17 @@ class OperandStream:
         return "".join(self.random.choice("0123456789") for _ in range(n))
 
 
-def held_out_problems(config: NPITrainConfig, count: int | None = None, digits: int | None = None) -> list:
-    """Problems no training step draws (their own seeded stream): lengths 1..max_digits, or exactly ``digits``."""
-    stream = OperandStream(config.max_digits, derive_seed(config.seed, "npi held-out", digits or 0))
-    return [stream.problem(digits) for _ in range(count or config.held_out)]
+def held_out_problems(config: NPITrainConfig) -> list:
+    """``config.held_out`` problems of 1..max_digits digits no training step draws (their own seeded stream)."""
+    stream = OperandStream(config.max_digits, derive_seed(config.seed, "npi held-out", 0))   # level 0: all lengths
+    return [stream.problem() for _ in range(config.held_out)]
+
+
+def long_and_short(invocations: list) -> tuple[list, list]:
+    """``ADD``'s invocations (two steps a column) apart from all the others (two to five steps), so that each
+    batch is padded only to lengths like its own."""
+    return ([inv for inv in invocations if inv.call.program == ADD],
+            [inv for inv in invocations if inv.call.program != ADD])
 
 
 class NPITrainer:
@@ -129,8 +136,7 @@ class NPITrainer:
         """One SGD update on ``traces`` fresh traces; the step's summed counts and loss."""
         traces = [addition_trace(*self.stream.problem()) for _ in range(self.config.traces)]
         invocations = [inv for trace in traces for inv in trace.walk()]
-        groups = [[inv for inv in invocations if inv.call.program == ADD],
-                  [inv for inv in invocations if inv.call.program != ADD]]
+        groups = long_and_short(invocations)
         total = sum(len(inv.steps) for inv in invocations)
         results = [self.model.loss_and_grads(batch_invocations(group, len(PROGRAMS) - 1), total) for group in groups]
         grads = results[0].grads
@@ -229,7 +235,7 @@ class NPITrainer:
         velocity = self.optimizer.state_dict()["velocity"] or {}
         arrays.update({f"velocity/{name}": array for name, array in velocity.items()})
         meta = {"kind": "npi", "config": dataclasses.asdict(self.config), "step": self.step, "elapsed": self.elapsed,
-                "rng": _rng_state_to_json(self.stream.random.getstate()), "history": self.history, "seen": self.seen}
+                "rng": rng_state_to_json(self.stream.random.getstate()), "history": self.history, "seen": self.seen}
         save_checkpoint(self.out_dir / CHECKPOINT, arrays, meta)
 
     def _restore(self) -> None:
@@ -244,7 +250,7 @@ class NPITrainer:
         self.model.load_params(arrays_under(arrays, "param"))
         velocity = arrays_under(arrays, "velocity") or None
         self.optimizer.load_state_dict({**self.optimizer.state_dict(), "velocity": velocity})
-        self.stream.random.setstate(_rng_state_from_json(meta["rng"]))
+        self.stream.random.setstate(rng_state_from_json(meta["rng"]))
         self.step, self.elapsed, self.history, self.seen = meta["step"], meta["elapsed"], meta["history"], meta["seen"]
         self.log(f"resumed from {self.out_dir / CHECKPOINT} at step {self.step}")
 
