@@ -171,7 +171,7 @@ def test_parallel_workers_run_every_cell_and_keep_training_output_in_cell_logs(t
         assert result["steps"] == 10 and 0.0 <= result["exact_match_acc"] <= 1.0
         assert result["config"]["max_steps"] == 10 and result["chars_per_s"] > 0
         assert [level["offset"] for level in result["beyond"]] == ["length+1"]
-        assert result["source"] == {"ltexec": ltexec.__version__, **git_revision()}   # the code that made it
+        assert result["source"] == {"ltexec": ltexec.__version__, **git_revision(), "command": None}
         assert result["backend_choices"] is not None
     assert len((tmp_path / sweep.RESULTS_NAME).read_text().splitlines()) == 4
     assert sum("finished" in line for line in lines) == 4 and "4/4 done" in lines[-1]
@@ -276,6 +276,37 @@ def test_two_seeds_per_cell_train_resume_and_are_skipped_on_a_rerun(tmp_path, mo
     assert "2 already done" in out and "started" not in out
     assert kept == [(sweep.run_dir(tmp_path, run) / sweep.CELL_RESULT_NAME).read_text() for run in (first, second)]
     assert "| baseline | 1 | 1 | " in out and "(n=2) | 12 ± 0 (n=2) |" in out
+    assert {r["source"]["command"] for r in records} == {"ltexec " + " ".join(argv)}   # the command that made it
+
+
+def test_backend_options_pin_the_cpu_path_of_every_run_and_are_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "local_executor", inline_executor())
+    argv = ["sweep", "--out", str(tmp_path), "--task", "addition", "--strategies", "baseline,combined",
+            "--lengths", "1", "--steps-per-cell", "6", "--beyond", "1", "--seeds", "2",
+            *TINY_FLAGS[:6], *TINY_FLAGS[8:], "--backend", "cpu", "--step-products", "blas", "--lanes", "1",
+            "--threads-per-cell", "1"]
+    assert main(argv) == 0
+    spec = sweep.load_spec(tmp_path)
+    assert spec.backend_options == {"step_products": "blas", "lanes": 1}
+    records = [json.loads(line) for line in (tmp_path / sweep.RESULTS_NAME).open()]
+    assert len(records) == 4
+    assert all(r["backend_choices"] == {"step_products": "blas", "lanes": 1} for r in records)
+    assert main(["sweep", "--out", str(tmp_path)]) == 0                 # --out alone continues it: nothing left
+    assert "4 already done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--step-products", "blas"], "backend options (step_products) need a named backend (e.g. --backend cpu)"),
+    (["--backend", "numpy", "--lanes", "1"], "backend 'numpy' takes no option 'lanes' in a sweep"),
+    (["--backend", "cpu", "--lanes", "2", "--threads-per-cell", "1"], "lanes must be an integer"),
+])
+def test_bad_backend_options_are_refused_before_any_run(argv, message, tmp_path, capsys):
+    code = main(["sweep", "--out", str(tmp_path / "s"), "--task", "addition", "--lengths", "1",
+                 "--steps-per-cell", "2", *argv])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "s" / sweep.CELLS_DIR).exists()
 
 
 def record(teacher_forced: float, exact: float, beyond_exact: float, steps: int = 10) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from ltexec import __version__
@@ -253,6 +254,12 @@ def _add_sweep(subparsers) -> None:
         help="steps between evaluations (default: the preset's, else 500)")
     add("--eval-examples", type=int_arg("eval-examples", 1),
         help="examples per evaluation and per generalization level (default: the preset's, else 500)")
+    add("--step-products", choices=("blas", "tiled"),
+        help="cpu backend (with --backend cpu): the per-step products every run uses, fixing its float32 "
+             "rounding (default: the tuner's choice on this machine, recorded in each result)")
+    add("--lanes", type=int_arg("lanes", 1),
+        help="cpu backend (with --backend cpu): the lanes every run uses, at most --threads-per-cell "
+             "(default: the tuner's choice)")
     add("--workers", type=int_arg("workers", 1), default=1, help="cells trained at once (default 1)")
     add("--threads-per-cell", type=int_arg("threads-per-cell", 1),
         help="BLAS threads (cpu backend lanes) per cell (default: cores / workers)")
@@ -264,6 +271,7 @@ def _add_sweep(subparsers) -> None:
 SWEEP_GRID_OPTIONS = ("task", "strategies", "lengths", "nestings", "transforms", "seeds", "steps_per_cell",
                       "minutes_per_cell", "beyond")
 SWEEP_TRAIN_OPTIONS = ("hidden", "layers", "batch", "seed", "backend", "eval_every", "eval_examples")
+SWEEP_BACKEND_OPTIONS = ("step_products", "lanes")
 
 
 def _run_sweep(args) -> None:
@@ -272,6 +280,9 @@ def _run_sweep(args) -> None:
     check_output_dir("--out", args.out)
     grid = {k: getattr(args, k) for k in SWEEP_GRID_OPTIONS if getattr(args, k) is not None}
     train = {k: getattr(args, k) for k in SWEEP_TRAIN_OPTIONS if getattr(args, k) is not None}
+    backend_options = {k: getattr(args, k) for k in SWEEP_BACKEND_OPTIONS if getattr(args, k) is not None}
+    if backend_options:
+        grid["backend_options"] = backend_options
     if args.preset:
         spec = sweep.preset(args.preset, train=train, **grid)
     elif grid or train:
@@ -280,7 +291,8 @@ def _run_sweep(args) -> None:
         spec = sweep.load_spec(args.out)
     executor = sweep.ray_executor(args.ray) if args.ray else sweep.local_executor
     sweep.run_sweep(spec, args.out, workers=args.workers, threads=args.threads_per_cell,
-                    executor_factory=executor, log=lambda line: print(line, flush=True))
+                    executor_factory=executor, log=lambda line: print(line, flush=True),
+                    command=args.command_line)
     print(sweep.results_table(args.out))
 
 
@@ -424,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["ltexec", *argv])      # what a result records as the command that made it
     try:
         args.run(args)
     except ValueError as error:

@@ -11,7 +11,8 @@ input transform x length for ``copy`` (Figure 7). Its directory holds
   ``train.log`` (the trainer's output) and, once it is done, ``result.json``
   (written atomically: its presence is what marks the run finished; it names
   the code that made it, ``source``: ltexec's version and the git commit it
-  ran from, with ``dirty`` where tracked files differed). NAME is
+  ran from, with ``dirty`` where tracked files differed, and the command
+  that ran it). NAME is
   the cell's name, followed by ``-sSEED`` when the sweep has several seeds;
 - ``results.jsonl``: every finished run's result, in grid order, rewritten
   after each run.
@@ -43,6 +44,7 @@ from typing import Callable
 
 from ltexec import __version__
 from ltexec.atomic import atomic_write
+from ltexec.backends import backend_options, get_backend
 from ltexec.checkpoint import checkpoint_path
 from ltexec.config import TrainConfig
 from ltexec.curriculum import STRATEGIES
@@ -106,6 +108,9 @@ class SweepSpec:
     seed, backend, ...). ``seeds`` is the number of runs per cell, from the
     ``train`` seed on. ``beyond`` lists the offsets k at which each trained
     model is also evaluated, at length + k and (programs) nesting + k.
+    ``backend_options`` fixes options of the ``train`` backend (named, not
+    ``auto``) in every run, e.g. the ``cpu`` backend's ``step_products``: a
+    sweep can pin its float32 arithmetic instead of taking the tuner's choice.
     """
 
     task: str
@@ -118,6 +123,7 @@ class SweepSpec:
     minutes_per_cell: float | None = None
     beyond: tuple = (1, 2)
     train: dict = dataclasses.field(default_factory=dict)
+    backend_options: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> SweepSpec:
         """Check every field; raise ValueError naming the first bad one."""
@@ -147,7 +153,23 @@ class SweepSpec:
         if clash:
             raise ValueError(f"train options must not set {', '.join(clash)}: the grid and the budget set them")
         self.cell_config(self.cells()[0])          # the training options themselves, as TrainConfig checks them
+        self._check_backend_options()
         return self
+
+    def _check_backend_options(self) -> None:
+        if not isinstance(self.backend_options, dict):
+            raise ValueError(f"backend_options must be a dict, got {type(self.backend_options).__name__}")
+        if not self.backend_options:
+            return
+        name = self.train.get("backend", TrainConfig.backend)
+        if name == "auto":
+            raise ValueError(f"backend options ({', '.join(self.backend_options)}) need a named backend "
+                             f"(e.g. --backend cpu), not auto: the backend auto picks may not take them")
+        accepted = [option for option in backend_options(name) if option != "threads"]
+        unknown = sorted(set(self.backend_options) - set(accepted))
+        if unknown:
+            raise ValueError(f"backend {name!r} takes no option {unknown[0]!r} in a sweep; "
+                             f"its options are: {', '.join(accepted) or 'none'} (threads: --threads-per-cell)")
 
     def cells(self) -> list[Cell]:
         """Every cell, in grid order (strategy, then rows, then length)."""
@@ -297,8 +319,9 @@ def run_cell(job: dict) -> dict:
     """Train (or resume) one run of a cell, evaluate it beyond its target, write its result file; runs in a worker.
 
     ``job`` holds ``config`` (a TrainConfig dict, its seed the run's), ``dir``,
-    ``cell``, ``beyond`` and ``threads`` (the BLAS threads, i.e. lanes of the
-    ``cpu`` backend, this run may use). The trainer's output goes to the run's
+    ``cell``, ``beyond``, ``threads`` (the BLAS threads, i.e. lanes of the
+    ``cpu`` backend, this run may use), ``backend_options`` and ``command``
+    (what started the sweep, recorded in the result). The trainer's output goes to the run's
     ``train.log``. Returns the result, or ``{"status": "interrupted"}`` (no
     result file) if the run was stopped before its budget ran out.
     """
@@ -310,14 +333,14 @@ def run_cell(job: dict) -> dict:
             print(line, file=log_file, flush=True)
 
         trainer = open_run(job["config"], out, resume=checkpoint_path(out).exists(), log=log,
-                           threads=job["threads"])
+                           threads=job["threads"], **job["backend_options"])
         summary = trainer.run()
         if summary["stopped"] == "interrupted":
             return {"status": "interrupted", "cell": job["cell"]}
         beyond = evaluate_beyond(out, job["beyond"], backend=trainer.model.backend)
     result = {"status": "done", "cell": job["cell"], "seed": trainer.config.seed, **summary, "beyond": beyond,
               "config": dataclasses.asdict(trainer.config), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "source": {"ltexec": __version__, **git_revision()}}
+              "source": {"ltexec": __version__, **git_revision(), "command": job["command"]}}
     write_json(out / CELL_RESULT_NAME, result)
     return result
 
@@ -458,15 +481,20 @@ def default_threads(workers: int) -> int:
 
 
 def run_sweep(spec: SweepSpec, sweep_dir, workers: int = 1, threads: int | None = None,
-              executor_factory=local_executor, log: Callable[[str], None] = print) -> list[dict]:
+              executor_factory=local_executor, log: Callable[[str], None] = print,
+              command: str | None = None) -> list[dict]:
     """Run every unfinished run of ``spec`` with at most ``workers`` at once; return all results in grid order.
 
     ``executor_factory(workers, threads)`` is a context manager giving a
     ``concurrent.futures.Executor`` (:func:`local_executor`, :func:`ray_executor`).
+    ``command`` (e.g. the ``ltexec sweep`` command line) goes into each result's ``source``.
     Raises :class:`SweepError` after the other runs are done if some failed.
     """
     workers = check_int("workers", workers, 1)
     threads = default_threads(workers) if threads is None else check_int("threads", threads, 1)
+    spec.validate()
+    if spec.backend_options:        # the backend checks their values (and lanes against threads) before any run
+        get_backend(spec.train["backend"], threads=threads, **spec.backend_options)
     open_sweep_dir(sweep_dir, spec)
     runs = spec.runs()
     _, finished = load_results(sweep_dir)
@@ -485,7 +513,8 @@ def run_sweep(spec: SweepSpec, sweep_dir, workers: int = 1, threads: int | None 
                     for run in itertools.islice(queue, workers - len(in_flight)):
                         job = {"config": dataclasses.asdict(spec.cell_config(run.cell, run.seed)),
                                "cell": run.cell.to_dict(), "dir": str(run_dir(sweep_dir, run)),
-                               "beyond": list(spec.beyond), "threads": threads}
+                               "beyond": list(spec.beyond), "threads": threads,
+                               "backend_options": spec.backend_options, "command": command}
                         in_flight[executor.submit(run_cell, job)] = run
                         progress.start(run)
                     if not in_flight:

@@ -88,8 +88,9 @@ def resolve_backend_name(name: str = "auto") -> str:
     return name
 
 
-def backend_options(cls: type[Backend]) -> tuple[str, ...]:
-    """The options a backend class's constructor takes by keyword, besides dtype."""
+def backend_options(backend: str | type[Backend]) -> tuple[str, ...]:
+    """The options a backend (its name or class) takes by keyword in its constructor, besides dtype."""
+    cls = _backend_class(backend) if isinstance(backend, str) else backend
     parameters = inspect.signature(cls.__init__).parameters.values()
     return tuple(p.name for p in parameters if p.name not in ("self", "dtype")
                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
