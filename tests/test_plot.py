@@ -1,5 +1,5 @@
-"""Heatmaps from a synthetic sweep: every figure written, missing cells drawn, several seeds summarized and
-differences within their spread marked, no display needed."""
+"""Heatmaps and forest plots from a synthetic sweep: every figure written, missing cells drawn, several seeds
+summarized and differences whose interval includes 0 marked, no display needed."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_plot_writes_absolute_and_relative_figures_with_missing_cells(tmp_path):
     fake_sweep(tmp_path, programs_spec(), skip={"combined-L2-N2-none", "baseline-L1-N1-none"})
     written = plot.plot_sweep(tmp_path)
     names = {p.name for p in written}
-    assert names == {f"{kind}-{metric}.{ext}" for kind in ("absolute", "relative")
+    assert names == {f"{kind}-{metric}.{ext}" for kind in ("absolute", "relative", "forest")
                      for metric in ("teacher_forced", "exact_match") for ext in ("png", "svg")}
     for path in written:
         assert path.parent == tmp_path / "figures" and path.stat().st_size > 10_000
@@ -92,12 +92,14 @@ def test_plot_command_and_its_errors(tmp_path, capsys):
     assert capsys.readouterr().err == f"ltexec plot: error: figures_dir {in_the_way} is a file, not a directory\n"
 
 
-def test_within_spread_rule():
-    assert plot.within_spread(5.0, 3.0, 4.0) and plot.within_spread(-5.0, 3.0, 4.0)   # |d| = sqrt(3² + 4²)
-    assert not plot.within_spread(5.1, 3.0, 4.0) and not plot.within_spread(-5.1, 3.0, 4.0)
-    assert plot.within_spread(0.0, 0.0, 0.0)
-    assert not plot.within_spread(0.0, math.nan, 1.0)                # one seed: no spread known, no mark
-    assert plot._relative_cell(None, {"mean": 0.5, "sd": 0.1})[1] is False
+def test_relative_cells_carry_the_welch_interval_of_the_difference():
+    baseline, better = {"mean": 0.5, "sd": 0.1, "n": 2}, {"mean": 0.7, "sd": 0.1, "n": 2}
+    interval = plot._relative_cell(better, baseline)
+    assert interval.difference == pytest.approx(0.2) and not interval.excludes_zero    # 2 seeds: t(0.975, 2) = 4.3
+    assert plot._relative_text(interval) == "+20.0\n[-23.0, +63.0]"
+    assert plot._relative_cell(None, baseline) is None and plot._relative_text(None) == ""
+    one_seed = plot._relative_cell({"mean": 0.7, "sd": math.nan, "n": 1}, baseline)
+    assert plot._relative_text(one_seed) == "+20.0"                                 # no interval known
 
 
 def relative_texts(spec, directory):
@@ -110,21 +112,45 @@ def relative_texts(spec, directory):
     return texts, title
 
 
-def test_two_seeds_show_mean_and_sd_and_mark_differences_within_spread(tmp_path):
-    """combined beats baseline by 20 points at length 1 and by 10 at length 2; each sd is 8.5, their spread 12."""
-    spec = programs_spec(seeds=2)
-    fake_sweep(tmp_path, spec, per_seed=0.12)
+def test_seeds_show_mean_and_sd_and_mark_differences_whose_interval_includes_zero(tmp_path):
+    """combined beats baseline by 20 points at length 1 and by 10 at length 2; each cell's seeds spread by sd 3.2."""
+    spec = programs_spec(seeds=4)
+    fake_sweep(tmp_path, spec, per_seed=0.025)
     summaries = summaries_of(tmp_path)
-    assert plot._accuracy_texts(plot._grid(spec, summaries, "baseline", "teacher_forced_acc"))[0] == ["26±8"] * 2
+    assert plot._accuracy_texts(plot._grid(spec, summaries, "baseline", "teacher_forced_acc"))[0] == ["24±3"] * 2
     texts, title = relative_texts(spec, tmp_path)
-    assert texts == ["+20.0", "~+10.0"] * 2
-    assert "|difference| <= sqrt(sd² + sd_baseline²)" in title and "2 seeds" in title
+    assert texts == ["+20.0\n[+14.4, +25.6]", "+10.0\n[+4.4, +15.6]"] * 2          # t(0.975, 6) = 2.447
+    assert "95% interval of the difference, Welch's t" in title and "4 seeds" in title
     written = plot.plot_sweep(tmp_path)
-    assert len(written) == 8 and all(path.stat().st_size > 10_000 for path in written)
+    assert len(written) == 12 and all(path.stat().st_size > 10_000 for path in written)
+
+    fake_sweep(tmp_path / "noisy", programs_spec(seeds=2), per_seed=0.12)          # 2 seeds, sd 8.5: 10 points is noise
+    figure = plot._relative_figure(plot.import_pyplot(), programs_spec(seeds=2), summaries_of(tmp_path / "noisy"),
+                                   "teacher_forced_acc", "accuracy")
+    dotted = [patch for patch in figure.axes[0].patches if patch.get_hatch() == ".."]
+    assert len(dotted) == 4                                  # every interval of 2 seeds that far apart includes 0
 
     fake_sweep(tmp_path / "one", programs_spec())
     texts, title = relative_texts(programs_spec(), tmp_path / "one")
-    assert texts == ["+20.0", "+10.0"] * 2 and "sd" not in title
+    assert texts == ["+20.0", "+10.0"] * 2 and "interval" not in title
+
+
+def test_forest_figure_draws_each_cell_with_its_interval_filled_where_it_excludes_zero(tmp_path):
+    from ltexec.comparison import compare_sweep
+
+    fake_sweep(tmp_path, programs_spec(seeds=4), per_seed=0.025)
+    differences = compare_sweep(tmp_path, ("teacher_forced_acc",))
+    plt = plot.import_pyplot()
+    figure = plot.forest_figure(plt, [("A", "programs", differences), ("B", "addition", differences[:1])], "t")
+    axes = figure.axes[0]
+    assert [label.get_text() for label in axes.get_yticklabels()] == [
+        "B: 1 digits", "A: length 2, nesting 2", "A: length 1, nesting 2", "A: length 2, nesting 1",
+        "A: length 1, nesting 1"]
+    bars = [line for line in axes.lines if len(line.get_xdata()) == 2 and line.get_xdata()[0] != 0]
+    assert [tuple(round(x, 1) for x in line.get_xdata()) for line in bars][:2] == [(14.4, 25.6), (4.4, 15.6)]
+    marks = [line for line in axes.lines if line.get_marker() == "o"]
+    assert len(marks) == 5 and all(mark.get_markerfacecolor() != "white" for mark in marks)
+    plt.close(figure)
 
 
 def test_a_sweep_written_before_seeds_existed_plots_as_before(tmp_path):
@@ -132,7 +158,7 @@ def test_a_sweep_written_before_seeds_existed_plots_as_before(tmp_path):
     fake_sweep(tmp_path, spec)
     old_spec = {k: v for k, v in sweep.load_spec(tmp_path).to_dict().items() if k != "seeds"}
     sweep.write_json(tmp_path / sweep.SPEC_NAME, old_spec)
-    assert len(plot.plot_sweep(tmp_path)) == 8
+    assert len(plot.plot_sweep(tmp_path)) == 12
     grid = plot._means(plot._grid(spec, summaries_of(tmp_path), "combined", "teacher_forced_acc"))
     assert grid[0] == pytest.approx([40.0, 30.0])
 

@@ -1,7 +1,8 @@
-"""The ``ltexec`` command line: ``sample``, ``train``, ``sweep``, ``plot``, ``predict``, ``tune`` and ``npi``.
+"""The ``ltexec`` command line: ``sample``, ``train``, ``sweep``, ``compare``, ``plot``, ``predict``, ``tune``, ``npi``.
 
 ``ltexec sample`` prints a task's examples, ``ltexec train`` trains (or
-resumes) one run, ``ltexec sweep`` trains a grid of runs, ``ltexec plot``
+resumes) one run, ``ltexec sweep`` trains a grid of runs, ``ltexec compare``
+sets each strategy of a sweep against baseline with confidence intervals, ``ltexec plot``
 draws a sweep's heatmaps, ``ltexec predict`` shows what a trained run
 answers for programs given to it and ``ltexec tune`` shows (or measures
 again) the backend choices the tuner made on this machine; ``ltexec npi``
@@ -296,17 +297,39 @@ def _run_sweep(args) -> None:
     print(sweep.results_table(args.out))
 
 
+def _add_compare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="each strategy against baseline, per cell, with confidence intervals",
+        description="Print a Markdown table of a sweep: per cell and accuracy, baseline's and each other "
+                    "strategy's mean ± sample sd over the finished seeds, and Welch's confidence interval of "
+                    "the difference strategy - baseline in percentage points, marked where it excludes 0; "
+                    "then which commits, backend paths and commands made the results.")
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR",
+                        help="a directory written by ltexec sweep (or its sweep.json and results.jsonl alone)")
+    parser.add_argument("--confidence", type=float_arg("confidence", 0.0, 1.0, inclusive_min=False), default=0.95,
+                        help="the intervals' confidence level, below 1 (default 0.95)")
+    parser.set_defaults(run=_run_compare)
+
+
+def _run_compare(args) -> None:
+    from ltexec.comparison import comparison_table
+
+    print(comparison_table(args.sweep_dir, confidence=args.confidence))
+
+
 def _add_plot(subparsers) -> None:
     parser = subparsers.add_parser(
-        "plot", help="draw a sweep's heatmaps (PNG and SVG)",
+        "plot", help="draw a sweep's heatmaps and forest plots (PNG and SVG)",
         description="Draw heatmaps in the style of the paper's figures from a sweep directory: accuracy "
                     "per strategy (rows nesting or transform, columns length), each strategy relative "
                     "to baseline, and accuracy beyond the training target, for teacher-forced and "
-                    "exact-match accuracy. With several seeds per cell the cells show mean±sd and relative "
-                    "cells within the seed-to-seed spread are marked ~. Cells not yet run are hatched. "
-                    "Needs matplotlib "
+                    "exact-match accuracy; and a forest plot of each strategy's difference from baseline "
+                    "per cell with its interval. With several seeds per cell the cells show mean±sd, relative "
+                    "cells write the 95% interval of the difference (Welch's t) and are dotted where it "
+                    "includes 0. Cells not yet run are hatched. Needs matplotlib "
                     '(pip install "ltexec[plot]").')
-    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a directory written by ltexec sweep")
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR",
+                        help="a directory written by ltexec sweep (or its sweep.json and results.jsonl alone)")
     parser.add_argument("--figures", help="where to write the figures (default SWEEP_DIR/figures)")
     parser.set_defaults(run=_run_plot)
 
@@ -426,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(subparsers)
     _add_train(subparsers)
     _add_sweep(subparsers)
+    _add_compare(subparsers)
     _add_plot(subparsers)
     _add_predict(subparsers)
     _add_tune(subparsers)

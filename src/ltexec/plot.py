@@ -1,22 +1,25 @@
-"""Heatmaps of a sweep in the style of the paper's Figures 4, 5 and 7.
+"""Figures of a sweep: heatmaps in the style of the paper's Figures 4, 5 and 7, and forest plots.
 
 For each accuracy (teacher-forced characters, the paper's; greedy exact
-match) :func:`plot_sweep` draws two figures, as PNG and SVG:
+match) :func:`plot_sweep` draws, as PNG and SVG:
 
 - ``absolute-METRIC``: one panel per strategy, rows nesting (``copy``: input
   transform), columns target length, the accuracy written in each cell
   (Figures 4 and 7); below it, one panel per strategy of each trained
   model's accuracy beyond its target (length + k, nesting + k);
 - ``relative-METRIC``: every other strategy minus ``baseline``, in
-  percentage points (Figure 5); only when the sweep has a baseline.
+  percentage points (Figure 5); only when the sweep has a baseline;
+- ``forest-METRIC``: the same differences, one line per cell, each with its
+  95% interval (:mod:`ltexec.comparison`); only when the sweep has a baseline.
 
 With several seeds per cell a cell shows the mean over its finished seeds,
-written ``mean±sd``, and a relative cell whose difference is within the
-seed-to-seed spread (:func:`within_spread`) is dotted and marked ``~``; with
-one seed no spread is known and nothing is marked. Cells not yet run are
-hatched, so a figure of a sweep in progress shows what is done. Needs
-matplotlib (``pip install "ltexec[plot]"``); draws with the non-interactive
-Agg backend, so no display is needed.
+written ``mean±sd``; a relative cell writes the 95% interval of its
+difference (Welch's) under it and is dotted where that interval includes 0;
+with one seed no interval is known and nothing is marked. Cells not yet run
+are hatched, so a figure of a sweep in progress shows what is done.
+:func:`forest_figure` draws several sweeps' differences in one figure (the
+README's). Needs matplotlib (``pip install "ltexec[plot]"``); draws with the
+non-interactive Agg backend, so no display is needed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ltexec.comparison import METRICS as METRIC_NAMES
+from ltexec.comparison import Difference, compare_summaries, target_name
 from ltexec.generalization import beyond_levels
+from ltexec.intervals import CONFIDENCE, Interval, welch_interval
 from ltexec.sweep import Cell, MissingExtra, SweepSpec, cell_summaries, load_results
 from ltexec.validation import check_output_dir
 
@@ -34,8 +40,8 @@ METRICS = {
 }
 FORMATS = ("png", "svg")
 FIGURES_DIR = "figures"
-WITHIN_SPREAD_RULE = "~ and dotted: within the seed-to-seed spread,\n|difference| <= sqrt(sd² + sd_baseline²)"
-"""The relative figures' legend for the cells that :func:`within_spread` marks."""
+INTERVAL_RULE = "[95% interval of the difference, Welch's t]; dotted: the interval includes 0"
+"""The relative figures' legend for the intervals and the cells they mark."""
 
 
 def import_pyplot():
@@ -61,6 +67,10 @@ def plot_sweep(sweep_dir, figures_dir=None) -> list[Path]:
         figures = {f"absolute-{metric}": _absolute_figure(plt, spec, summaries, key, title)}
         if "baseline" in spec.strategies and len(spec.strategies) > 1:
             figures[f"relative-{metric}"] = _relative_figure(plt, spec, summaries, key, title)
+            differences = compare_summaries(summaries, (key,))
+            if differences:
+                figures[f"forest-{metric}"] = forest_figure(plt, [(spec.task, spec.task, differences)],
+                                                            f"{spec.task}: {title}")
         for name, figure in figures.items():
             for extension in FORMATS:
                 path = out / f"{name}.{extension}"
@@ -122,22 +132,20 @@ def _accuracy_texts(grid) -> list[list[str]]:
     return [[text(values) for values in row] for row in grid]
 
 
-def within_spread(difference: float, sd: float, sd_baseline: float) -> bool:
-    """Whether a strategy's mean differs from baseline's by no more than the seeds' spread.
-
-    The rule is |difference| <= sqrt(sd² + sd_baseline²), the standard
-    deviation of a difference of two independent runs. False when a spread is
-    unknown (NaN: a cell with one finished seed), so a one-seed sweep marks nothing.
-    """
-    return abs(difference) <= math.hypot(sd, sd_baseline)
-
-
-def _relative_cell(values: dict | None, baseline: dict | None) -> tuple[float, bool]:
-    """Strategy minus baseline in percentage points and whether it is within spread; NaN where either is missing."""
+def _relative_cell(values: dict | None, baseline: dict | None) -> Interval | None:
+    """Strategy minus baseline with its interval (:func:`~ltexec.intervals.welch_interval`); None if one is missing."""
     if values is None or baseline is None:
-        return math.nan, False
-    difference = values["mean"] - baseline["mean"]
-    return 100 * difference, within_spread(difference, values["sd"], baseline["sd"])
+        return None
+    return welch_interval(baseline, values)
+
+
+def _relative_text(interval: Interval | None) -> str:
+    if interval is None:
+        return ""
+    text = f"{100 * interval.difference:+.1f}"
+    if interval.known:
+        text += f"\n[{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
+    return text
 
 
 # ------------------------------------------------------------------- the figures
@@ -173,26 +181,62 @@ def _relative_figure(plt, spec, summaries, key, title):
     baseline = _grid(spec, summaries, "baseline", key)
     panels = {s: [[_relative_cell(values, base) for values, base in zip(row, base_row)]
                   for row, base_row in zip(_grid(spec, summaries, s, key), baseline)] for s in others}
-    finite = [abs(d) for panel in panels.values() for row in panel for d, _ in row if not math.isnan(d)]
+    finite = [abs(100 * i.difference) for panel in panels.values() for row in panel for i in row if i is not None]
     limit = max(finite + [5.0])
     figure, axes = plt.subplots(1, len(others), squeeze=False,
-                                figsize=(_panel_width(len(spec.lengths)) * len(others), 0.45 * len(rows) + 2.2),
+                                figsize=(_panel_width(len(spec.lengths), 1.0) * len(others),
+                                         0.7 * len(rows) + 2.2),
                                 layout="constrained")
     for column, strategy in enumerate(others):
         panel = panels[strategy]
-        _heatmap(axes[0][column], [[d for d, _ in row] for row in panel],
-                 [[("~" if within else "") + f"{d:+.1f}" for d, within in row] for row in panel],
+        _heatmap(axes[0][column], [[math.nan if i is None else 100 * i.difference for i in row] for row in panel],
+                 [[_relative_text(i) for i in row] for row in panel],
                  [str(r) for r in rows], [str(length) for length in spec.lengths], "RdBu", -limit, limit,
-                 [[within for _, within in row] for row in panel])
+                 [[i is not None and i.known and not i.excludes_zero for i in row] for row in panel])
         axes[0][column].set(title=f"{strategy} - baseline", xlabel="length", ylabel=row_name if column == 0 else "")
-    seeds = f"\nmeans over {spec.seeds} seeds; {WITHIN_SPREAD_RULE}" if spec.seeds > 1 else ""
+    seeds = f"\nmeans over {spec.seeds} seeds; {INTERVAL_RULE}" if spec.seeds > 1 else ""
     figure.suptitle(f"{spec.task}: {title}, percentage points relative to baseline{seeds}")
     return figure
 
 
-def _panel_width(columns: int) -> float:
-    """Inches for a heatmap panel of ``columns`` cells, its labels included."""
-    return max(3.0, 0.6 * columns + 1.2)
+def forest_figure(plt, groups: list[tuple[str, str, list[Difference]]], title: str):
+    """Differences against baseline with their intervals, one line per cell, grouped (e.g. by task).
+
+    ``groups`` holds (label, task, differences) for one accuracy each; the
+    groups stack top to bottom, each strategy in its own colour. A filled mark:
+    the interval excludes 0; a hollow one: it includes 0 (or is unknown, shown
+    without a line).
+    """
+    rows = [(label, task, d) for label, task, differences in groups for d in differences]
+    strategies = sorted({d.cell.strategy for _, _, d in rows}, key=("naive", "mix", "combined").index)
+    colours = dict(zip(("naive", "mix", "combined"), ("tab:green", "tab:orange", "tab:purple")))
+    figure, axes = plt.subplots(figsize=(7.5, 1.4 + 0.32 * len(rows)), layout="constrained")
+    labels = []
+    for position, (label, task, d) in enumerate(rows):
+        y = len(rows) - 1 - position
+        interval, colour = d.interval, colours[d.cell.strategy]
+        if interval.known:
+            axes.plot([100 * interval.low, 100 * interval.high], [y, y], color=colour, linewidth=2)
+        axes.plot(100 * interval.difference, y, "o", color=colour, markersize=6,
+                  markerfacecolor=colour if interval.excludes_zero else "white")
+        prefix = f"{label}: " if len(groups) > 1 else ""
+        suffix = f" ({d.cell.strategy})" if len(strategies) > 1 else ""
+        labels.append(f"{prefix}{target_name(task, d.cell)}{suffix}")
+    axes.axvline(0.0, color="black", linewidth=0.8)
+    axes.set_yticks(range(len(rows)), list(reversed(labels)))
+    axes.set_ylim(-0.7, len(rows) - 0.3)
+    metrics = sorted({METRIC_NAMES[d.metric] for _, _, d in rows})
+    strategy = strategies[0] if len(strategies) == 1 else "strategy"
+    axes.set_xlabel(f"{strategy} - baseline, {' / '.join(metrics)} accuracy, percentage points")
+    axes.grid(axis="x", color="0.9")
+    axes.set_title(f"{title}\nmean difference over seeds and its {100 * CONFIDENCE:g}% interval (Welch's t); "
+                   f"filled: the interval excludes 0", fontsize=9)
+    return figure
+
+
+def _panel_width(columns: int, per_column: float = 0.6) -> float:
+    """Inches for a heatmap panel of ``columns`` cells ``per_column`` inches wide, its labels included."""
+    return max(3.0, per_column * columns + 1.2)
 
 
 def _heatmap(ax, values, texts, row_labels, column_labels, cmap, vmin, vmax, marked=None) -> None:

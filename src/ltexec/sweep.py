@@ -295,14 +295,39 @@ def open_sweep_dir(sweep_dir, spec: SweepSpec) -> None:
 
 
 def load_results(sweep_dir) -> tuple[SweepSpec, dict[Run, dict]]:
-    """The sweep's spec and every finished run's result (runs not yet finished are absent)."""
+    """The sweep's spec and every finished run's result (runs not yet finished are absent).
+
+    A sweep directory kept without its runs' directories (``sweep.json`` and
+    ``results.jsonl`` alone, as a published result is) gives its results file's runs.
+    """
     spec = load_spec(sweep_dir)
+    if not (Path(sweep_dir) / CELLS_DIR).is_dir():
+        return spec, results_from_file(spec, Path(sweep_dir) / RESULTS_NAME)
     results = {}
     for run in spec.runs():
         path = run_dir(sweep_dir, run) / CELL_RESULT_NAME
         if path.is_file():
             results[run] = json.loads(path.read_text(encoding="utf-8"))
     return spec, results
+
+
+def results_from_file(spec: SweepSpec, path: Path) -> dict[Run, dict]:
+    """The runs of ``spec`` whose results a ``results.jsonl`` holds; a line of another grid is a ValueError."""
+    runs = {(run.cell, run.seed): run for run in spec.runs()}
+    results = {}
+    if not path.is_file():
+        return results
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            key = (Cell(**record["cell"]), record["seed"])
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} line {number} is not a sweep result ({error})") from None
+        if key not in runs:
+            raise ValueError(f"{path} line {number} is a run the sweep's grid does not hold: {key[0].name}, "
+                             f"seed {key[1]}")
+        results[runs[key]] = record
+    return results
 
 
 def write_results_file(sweep_dir) -> Path:
