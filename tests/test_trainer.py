@@ -106,6 +106,19 @@ def test_lr_decays_at_target_and_training_stops_below_min_lr(tmp_path):
     assert trainer.step == 15
 
 
+def test_the_summary_names_each_advance_and_the_level_reached(tmp_path):
+    config = TrainConfig(**dict(TINY, length=3), strategy="combined", max_steps=20)
+    trainer = Trainer(config, tmp_path, log=quiet)
+    real_update = trainer.curriculum.update
+    trainer.curriculum.update = lambda val_acc, train_acc: real_update(1.0, train_acc)   # always above 95%
+    summary = trainer.run()
+    assert summary["advances"] == [{"step": 5, "to": [2, 1]}, {"step": 10, "to": [3, 1]}]
+    assert summary["level"] == [3, 1]
+    assert [r.get("advanced_to") for r in metrics(tmp_path)] == [[2, 1], [3, 1], None, None]
+    assert Trainer(TrainConfig(**dict(TINY, length=3), strategy="combined", max_steps=5),
+                   log=quiet).run()["advances"] == []
+
+
 def test_stop_when_sees_every_evaluation_and_can_stop_the_run(tmp_path):
     seen = []
 

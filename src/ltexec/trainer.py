@@ -247,6 +247,8 @@ class Trainer:
             record["spike"] = self._recover(spike)
         else:
             record["event"] = self._follow_curriculum(val.char_acc, train_acc, figures.mean_loss)
+            if record["event"] == "advance":
+                record["advanced_to"] = list(self.curriculum.level)
         self.history.append(record)
         self._since_eval = TrainingFigures()
         self.report.evaluation(record, self.curriculum.target, self.curriculum.level, self.optimizer.lr)
@@ -316,7 +318,11 @@ class Trainer:
         return {"cause": cause, "restored_step": meta["step"], "lr": lr}
 
     def summary(self, reason: str = "finished") -> dict:
-        """The last good evaluation's figures (those of the model the run ends with) plus the run's identity."""
+        """The last good evaluation's figures (those of the model the run ends with) plus the run's identity.
+
+        ``level`` is the curriculum's level at the end, ``advances`` the step of each advance and the level it
+        moved to.
+        """
         last = next((record for record in reversed(self.history) if record["event"] != "spike"), {})
         return {
             "task": self.config.task, "length": self.config.length, "nesting": self.config.nesting,
@@ -327,6 +333,8 @@ class Trainer:
             "teacher_forced_acc": last.get("test_char_acc"),
             "exact_match_acc": last.get("test_exact_acc"),
             "stopped": reason, "spikes": self.spikes,
+            "level": list(self.curriculum.level),
+            "advances": [{"step": r["step"], "to": r["advanced_to"]} for r in self.history if "advanced_to" in r],
         }
 
 
