@@ -18,7 +18,7 @@ import pytest
 
 import ltexec
 from ltexec import sweep
-from ltexec.machine import git_revision
+from ltexec.machine import git_revision, speed_key
 from ltexec.cli import main
 from ltexec.generalization import beyond_levels, evaluate_beyond
 from ltexec.sweep import Cell, SweepSpec
@@ -171,7 +171,8 @@ def test_parallel_workers_run_every_cell_and_keep_training_output_in_cell_logs(t
         assert result["steps"] == 10 and 0.0 <= result["exact_match_acc"] <= 1.0
         assert result["config"]["max_steps"] == 10 and result["chars_per_s"] > 0
         assert [level["offset"] for level in result["beyond"]] == ["length+1"]
-        assert result["source"] == {"ltexec": ltexec.__version__, **git_revision(), "command": None}
+        assert result["source"] == {"ltexec": ltexec.__version__, **git_revision(), "command": None,
+                                    "machine": speed_key()}                  # the code and machine that made it
         assert result["backend_choices"] is not None
     assert len((tmp_path / sweep.RESULTS_NAME).read_text().splitlines()) == 4
     assert sum("finished" in line for line in lines) == 4 and "4/4 done" in lines[-1]

@@ -11,8 +11,8 @@ input transform x length for ``copy`` (Figure 7). Its directory holds
   ``train.log`` (the trainer's output) and, once it is done, ``result.json``
   (written atomically: its presence is what marks the run finished; it names
   the code that made it, ``source``: ltexec's version and the git commit it
-  ran from, with ``dirty`` where tracked files differed, and the command
-  that ran it). NAME is
+  ran from, with ``dirty`` where tracked files differed, the command
+  that ran it and the machine, :func:`ltexec.machine.speed_key`). NAME is
   the cell's name, followed by ``-sSEED`` when the sweep has several seeds;
 - ``results.jsonl``: every finished run's result, in grid order, rewritten
   after each run.
@@ -49,7 +49,7 @@ from ltexec.checkpoint import checkpoint_path
 from ltexec.config import TrainConfig
 from ltexec.curriculum import STRATEGIES
 from ltexec.generalization import evaluate_beyond
-from ltexec.machine import git_revision
+from ltexec.machine import git_revision, speed_key
 from ltexec.sampler import TASKS
 from ltexec.trainer import open_run
 from ltexec.validation import check_choice, check_float, check_int
@@ -365,7 +365,7 @@ def run_cell(job: dict) -> dict:
         beyond = evaluate_beyond(out, job["beyond"], backend=trainer.model.backend)
     result = {"status": "done", "cell": job["cell"], "seed": trainer.config.seed, **summary, "beyond": beyond,
               "config": dataclasses.asdict(trainer.config), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "source": {"ltexec": __version__, **git_revision(), "command": job["command"]}}
+              "source": {"ltexec": __version__, **git_revision(), "command": job["command"], "machine": speed_key()}}
     write_json(out / CELL_RESULT_NAME, result)
     return result
 
