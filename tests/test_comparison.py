@@ -28,6 +28,9 @@ def fake_sweep(directory, commits=("a" * 40,), choices=({"step_products": "tiled
         sweep.write_json(sweep.run_dir(directory, run) / sweep.CELL_RESULT_NAME, {
             "status": "done", "cell": run.cell.to_dict(), "seed": run.seed, "teacher_forced_acc": accuracy,
             "exact_match_acc": accuracy / 10, "steps": 1, "chars_per_s": 1.0, "beyond": [], "backend": "cpu",
+            "stopped": "reached 1 steps", "minutes": 0.25,
+            **({} if run.seed == 2 else {"level": [run.seed + 1, 1], "advances": [{"step": 700, "to": [2, 1]}]
+                                           if run.seed else []}),
             "backend_choices": choices[k % len(choices)],
             "source": {"ltexec": "0", "commit": commits[k % len(commits)], "dirty": False,
                        "command": "ltexec sweep --task addition"}})
@@ -102,3 +105,14 @@ def test_compare_command_prints_the_table_and_refuses_bad_arguments(tmp_path, ca
     assert main(["compare", str(tmp_path / "s"), "--confidence", "1"]) == 2
     err = capsys.readouterr().err
     assert err == "ltexec compare: error: confidence must be a finite number > 0.0 and < 1.0, got 1\n"
+
+
+def test_runs_table_says_where_each_curriculum_got_to(tmp_path, capsys):
+    fake_sweep(tmp_path)
+    lines = comparison.runs_table(tmp_path).splitlines()
+    assert len(lines) == 2 + 12
+    assert lines[2] == "| baseline | 3 digits | 0 | reached 1 steps | 1 | 0.2 | 1,1 | none | 60.0% | 6.0% |"
+    assert lines[3] == "| baseline | 3 digits | 1 | reached 1 steps | 1 | 0.2 | 2,1 | 2,1@700 | 62.0% | 6.2% |"
+    assert "| 2 | reached 1 steps | 1 | 0.2 | not recorded | not recorded |" in lines[4]    # a result before the fields
+    assert main(["compare", str(tmp_path), "--runs"]) == 0
+    assert capsys.readouterr().out.endswith("\n".join(lines) + "\n")

@@ -308,13 +308,18 @@ def _add_compare(subparsers) -> None:
                         help="a directory written by ltexec sweep (or its sweep.json and results.jsonl alone)")
     parser.add_argument("--confidence", type=float_arg("confidence", 0.0, 1.0, inclusive_min=False), default=0.95,
                         help="the intervals' confidence level, below 1 (default 0.95)")
+    parser.add_argument("--runs", action="store_true",
+                        help="also list every finished run: why it stopped, its steps and minutes, the level "
+                             "its curriculum reached and the step of each advance, its accuracies")
     parser.set_defaults(run=_run_compare)
 
 
 def _run_compare(args) -> None:
-    from ltexec.comparison import comparison_table
+    from ltexec.comparison import comparison_table, runs_table
 
     print(comparison_table(args.sweep_dir, confidence=args.confidence))
+    if args.runs:
+        print("\n" + runs_table(args.sweep_dir))
 
 
 def _add_plot(subparsers) -> None:

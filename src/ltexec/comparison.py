@@ -136,3 +136,33 @@ def provenance(results) -> str:
 
     return (f"{len(results)} runs; {listed(commits, 'commit', 'POOLED from')}; "
             f"{listed(paths, 'backend path', 'POOLED from')}; {listed(commands, 'command', 'run by')}.")
+
+
+def format_level(level) -> str:
+    return f"{level[0]},{level[1]}"
+
+
+def runs_table(sweep_dir) -> str:
+    """Markdown, one row per finished run: why it stopped, steps, minutes, where its curriculum got to, accuracies.
+
+    ``advances`` lists each advance as ``LENGTH,NESTING@STEP``; runs whose
+    result predates these fields show ``not recorded``.
+    """
+    spec, results = load_results(sweep_dir)
+    head = ["strategy", "target", "seed", "stopped", "steps", "minutes", "level reached", "advances (level@step)",
+            "teacher-forced", "exact match"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in spec.runs():
+        result = results.get(run)
+        if result is None:
+            continue
+        if "level" in result:
+            level = format_level(result["level"])
+            advances = ", ".join(f"{format_level(a['to'])}@{a['step']}" for a in result["advances"]) or "none"
+        else:
+            level = advances = "not recorded"
+        rows.append("| " + " | ".join([
+            run.cell.strategy, target_name(spec.task, run.cell), str(run.seed), result["stopped"],
+            f"{result['steps']:,}", f"{result['minutes']:.1f}", level, advances,
+            f"{100 * result['teacher_forced_acc']:.1f}%", f"{100 * result['exact_match_acc']:.1f}%"]) + " |")
+    return "\n".join(rows)

@@ -28,7 +28,7 @@ import math
 from pathlib import Path
 
 from ltexec.comparison import METRICS as METRIC_NAMES
-from ltexec.comparison import Difference, compare_summaries, target_name
+from ltexec.comparison import Difference, compare_summaries, format_interval, target_name
 from ltexec.generalization import beyond_levels
 from ltexec.intervals import CONFIDENCE, Interval, welch_interval
 from ltexec.sweep import Cell, MissingExtra, SweepSpec, cell_summaries, load_results
@@ -210,7 +210,7 @@ def forest_figure(plt, groups: list[tuple[str, str, list[Difference]]], title: s
     rows = [(label, task, d) for label, task, differences in groups for d in differences]
     strategies = sorted({d.cell.strategy for _, _, d in rows}, key=("naive", "mix", "combined").index)
     colours = dict(zip(("naive", "mix", "combined"), ("tab:green", "tab:orange", "tab:purple")))
-    figure, axes = plt.subplots(figsize=(7.5, 1.4 + 0.32 * len(rows)), layout="constrained")
+    figure, axes = plt.subplots(figsize=(8.5, 1.4 + 0.32 * len(rows)), layout="constrained")
     labels = []
     for position, (label, task, d) in enumerate(rows):
         y = len(rows) - 1 - position
@@ -225,12 +225,15 @@ def forest_figure(plt, groups: list[tuple[str, str, list[Difference]]], title: s
     axes.axvline(0.0, color="black", linewidth=0.8)
     axes.set_yticks(range(len(rows)), list(reversed(labels)))
     axes.set_ylim(-0.7, len(rows) - 0.3)
+    values = axes.twinx()                                        # each line's figures, as right-hand tick labels
+    values.set_ylim(axes.get_ylim())
+    values.set_yticks(range(len(rows)), [format_interval(d.interval) for _, _, d in reversed(rows)], fontsize=8)
     metrics = sorted({METRIC_NAMES[d.metric] for _, _, d in rows})
     strategy = strategies[0] if len(strategies) == 1 else "strategy"
     axes.set_xlabel(f"{strategy} - baseline, {' / '.join(metrics)} accuracy, percentage points")
     axes.grid(axis="x", color="0.9")
-    axes.set_title(f"{title}\nmean difference over seeds and its {100 * CONFIDENCE:g}% interval (Welch's t); "
-                   f"filled: the interval excludes 0", fontsize=9)
+    axes.set_title(f"{title}\nmean difference over seeds, its {100 * CONFIDENCE:g}% interval (Welch's t); "
+                   f"filled: excludes 0", fontsize=9)
     return figure
 
 
