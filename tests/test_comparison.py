@@ -116,3 +116,31 @@ def test_runs_table_says_where_each_curriculum_got_to(tmp_path, capsys):
     assert "| 2 | reached 1 steps | 1 | 0.2 | not recorded | not recorded |" in lines[4]    # a result before the fields
     assert main(["compare", str(tmp_path), "--runs"]) == 0
     assert capsys.readouterr().out.endswith("\n".join(lines) + "\n")
+
+
+def test_a_sweep_without_baseline_takes_it_from_another_trained_alike(tmp_path, capsys):
+    fake_sweep(tmp_path / "base")
+    spec = SweepSpec.from_dict({**SPEC, "strategies": ["mix"], "seeds": 2})
+    sweep.open_sweep_dir(tmp_path / "mix", spec)
+    for run in spec.runs():
+        sweep.write_json(sweep.run_dir(tmp_path / "mix", run) / sweep.CELL_RESULT_NAME, {
+            "status": "done", "cell": run.cell.to_dict(), "seed": run.seed, "teacher_forced_acc": 0.3 + run.seed / 10,
+            "exact_match_acc": 0.0, "steps": 1, "chars_per_s": 1.0, "beyond": [], "backend": "cpu"})
+    differences = comparison.compare_sweep(tmp_path / "mix", baseline_dir=tmp_path / "base")
+    assert [d.cell for d in differences[::2]] == [Cell("mix", 3), Cell("mix", 4)]
+    assert (differences[0].baseline["n"], differences[0].strategy["n"]) == (3, 2)
+    assert differences[0].interval.difference == pytest.approx(0.35 - 0.62)
+    table = comparison.comparison_table(tmp_path / "mix", baseline_dir=tmp_path / "base")
+    assert f"(baseline: {tmp_path / 'base'})" in table and "10 runs" in table      # 4 mix runs + 6 baseline runs
+    assert main(["compare", str(tmp_path / "mix"), "--baseline-from", str(tmp_path / "base")]) == 0
+    assert "| mix | 3 digits | teacher-forced | 62.0 ± 2.0 (3) | 35.0 ± 7.1 (2) |" in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match="has its own baseline"):
+        comparison.compare_sweep(tmp_path / "base", baseline_dir=tmp_path / "base")
+    sweep.open_sweep_dir(tmp_path / "other", SweepSpec.from_dict({**SPEC, "strategies": ["naive"],
+                                                                  "steps_per_cell": 2, "train": {"hidden": 8}}))
+    with pytest.raises(ValueError, match=r"not trained alike \(steps_per_cell: 2 here, 1 there; train: "
+                                         r"\{'hidden': 8\} here, \{\} there\)"):
+        comparison.compare_sweep(tmp_path / "other", baseline_dir=tmp_path / "base")
+    with pytest.raises(ValueError, match="has no baseline cells"):
+        comparison.compare_sweep(tmp_path / "other", baseline_dir=tmp_path / "mix")

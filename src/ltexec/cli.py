@@ -308,6 +308,8 @@ def _add_compare(subparsers) -> None:
                         help="a directory written by ltexec sweep (or its sweep.json and results.jsonl alone)")
     parser.add_argument("--confidence", type=float_arg("confidence", 0.0, 1.0, inclusive_min=False), default=0.95,
                         help="the intervals' confidence level, below 1 (default 0.95)")
+    parser.add_argument("--baseline-from", metavar="SWEEP_DIR",
+                        help="take the baseline cells from this sweep (trained alike) when SWEEP_DIR has none")
     parser.add_argument("--runs", action="store_true",
                         help="also list every finished run: why it stopped, its steps and minutes, the level "
                              "its curriculum reached and the step of each advance, its accuracies")
@@ -317,7 +319,7 @@ def _add_compare(subparsers) -> None:
 def _run_compare(args) -> None:
     from ltexec.comparison import comparison_table, runs_table
 
-    print(comparison_table(args.sweep_dir, confidence=args.confidence))
+    print(comparison_table(args.sweep_dir, confidence=args.confidence, baseline_dir=args.baseline_from))
     if args.runs:
         print("\n" + runs_table(args.sweep_dir))
 

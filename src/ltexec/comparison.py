@@ -3,7 +3,8 @@
 For every cell of a sweep that has a ``baseline`` counterpart (same target
 and transform) and every accuracy, :func:`compare_sweep` gives both sides'
 mean, sample sd and number of seeds and Welch's 95% interval of the
-difference strategy - baseline (:mod:`ltexec.intervals`).
+difference strategy - baseline (:mod:`ltexec.intervals`); a sweep without
+``baseline`` can take it from another sweep trained alike.
 :func:`comparison_table` writes them as Markdown, with a line saying which
 code and arithmetic made the results (:func:`provenance`): results from
 several commits or backend paths are said to be pooled, never silently mixed.
@@ -16,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ltexec.intervals import CONFIDENCE, Interval, welch_interval
-from ltexec.sweep import Cell, cell_summaries, load_results
+from ltexec.sweep import Cell, SweepSpec, cell_summaries, load_results
 
 METRICS = {"teacher_forced_acc": "teacher-forced", "exact_match_acc": "exact match"}
 """Result fields compared, with their names in tables and figures."""
@@ -52,10 +53,42 @@ def compare_summaries(summaries: dict[Cell, dict], metrics=tuple(METRICS),
     return differences
 
 
-def compare_sweep(sweep_dir, metrics=tuple(METRICS), confidence: float = CONFIDENCE) -> list[Difference]:
-    """:func:`compare_summaries` of the sweep in ``sweep_dir`` (its finished runs)."""
+COMPARABLE_FIELDS = ("task", "transforms", "steps_per_cell", "minutes_per_cell", "train", "backend_options")
+"""What a sweep and the one it takes its baseline from must share."""
+
+
+def load_compared(sweep_dir, baseline_dir=None) -> tuple[SweepSpec, dict[Cell, dict], list[dict]]:
+    """The sweep's spec, its cells' summaries and its finished results.
+
+    With ``baseline_dir``, the ``baseline`` cells come from that sweep (trained
+    alike: :data:`COMPARABLE_FIELDS` equal), and its baseline results join the list.
+    """
     spec, results = load_results(sweep_dir)
-    return compare_summaries(cell_summaries(spec, results), metrics, confidence)
+    summaries, finished = cell_summaries(spec, results), list(results.values())
+    if baseline_dir is None:
+        return spec, summaries, finished
+    if AGAINST in spec.strategies:
+        raise ValueError(f"{sweep_dir} has its own {AGAINST}; a baseline from another sweep is for one without")
+    base_spec, base_results = load_results(baseline_dir)
+    if AGAINST not in base_spec.strategies:
+        raise ValueError(f"{baseline_dir} has no {AGAINST} cells")
+    theirs, ours = base_spec.to_dict(), spec.to_dict()
+    differing = [f"{key}: {ours[key]!r} here, {theirs[key]!r} there" for key in COMPARABLE_FIELDS
+                 if ours[key] != theirs[key]]
+    if differing:
+        raise ValueError(f"{sweep_dir} and {baseline_dir} were not trained alike ({'; '.join(differing)})")
+    base = {cell: summary for cell, summary in cell_summaries(base_spec, base_results).items()
+            if cell.strategy == AGAINST}
+    return spec, {**base, **summaries}, finished + [r for run, r in base_results.items()
+                                                    if run.cell.strategy == AGAINST]
+
+
+def compare_sweep(sweep_dir, metrics=tuple(METRICS), confidence: float = CONFIDENCE,
+                  baseline_dir=None) -> list[Difference]:
+    """:func:`compare_summaries` of the sweep in ``sweep_dir`` (its finished runs; baseline's from
+    ``baseline_dir`` if given, see :func:`load_compared`)."""
+    _, summaries, _ = load_compared(sweep_dir, baseline_dir)
+    return compare_summaries(summaries, metrics, confidence)
 
 
 def target_name(task: str, cell: Cell) -> str:
@@ -91,13 +124,13 @@ def mean_sd(values: dict) -> str:
     return f"{100 * values['mean']:.1f} ± {100 * values['sd']:.1f} ({values['n']})"
 
 
-def comparison_table(sweep_dir, metrics=tuple(METRICS), confidence: float = CONFIDENCE) -> str:
+def comparison_table(sweep_dir, metrics=tuple(METRICS), confidence: float = CONFIDENCE, baseline_dir=None) -> str:
     """Markdown: per cell and accuracy, baseline and strategy (mean ± sd (seeds)), the difference and its interval.
 
-    Ends with the :func:`provenance` of the results.
+    Ends with the :func:`provenance` of the results (``baseline_dir``'s baseline runs included).
     """
-    spec, results = load_results(sweep_dir)
-    differences = compare_summaries(cell_summaries(spec, results), metrics, confidence)
+    spec, summaries, results = load_compared(sweep_dir, baseline_dir)
+    differences = compare_summaries(summaries, metrics, confidence)
     percent = f"{100 * confidence:g}%"
     head = ["strategy", "target", "accuracy", "baseline, % (seeds)", "strategy, % (seeds)",
             f"difference, points [{percent} interval]", "interval"]
@@ -109,7 +142,8 @@ def comparison_table(sweep_dir, metrics=tuple(METRICS), confidence: float = CONF
     if not differences:
         rows.append("| " + " | ".join(["(no cell with both a strategy and baseline finished)"] + [""] * 6) + " |")
     note = (f"Mean ± sample sd over seeds; interval: Welch's t, {percent}, of the strategy's mean minus "
-            f"baseline's. {provenance(results.values())}")
+            f"baseline's{f' (baseline: {baseline_dir})' if baseline_dir is not None else ''}. "
+            f"{provenance(results)}")
     return "\n".join(rows) + "\n\n" + note
 
 
