@@ -10,6 +10,10 @@
 * ``npi-vs-lte.png``: exact match against the number of digits (log scale),
   every seed of the NPI and of Learning to Execute's LSTM trained on the same
   lengths, from one ``npi_vs_lte.py`` record.
+* ``curriculum-forest.png``: ``combined`` minus ``baseline`` per cell with
+  its 95% interval (Welch's t), teacher-forced accuracy, from the committed
+  ten-seed sweeps in ``docs/curriculum-10-seeds/`` (their ``sweep.json`` and
+  ``results.jsonl``).
 
     python benchmarks/figures.py [--out docs/figures]
 """
@@ -31,6 +35,9 @@ TIME_TO_ACCURACY = (
 TRAINING_STEP = "cpu-2core-amd-epyc-zen4-tuned-2026-12-07-964ce45.json"
 NPI_VS_LTE = "npi-vs-lte-2026-12-07-9ad8762.json"
 """The ``npi_vs_lte.py`` record drawn."""
+CURRICULUM = Path(__file__).resolve().parents[1] / "docs" / "curriculum-10-seeds"
+CURRICULUM_SWEEPS = (("addition", "addition"), ("programs", "programs"))
+"""(label, folder under CURRICULUM) of the sweeps in the curriculum figure, top to bottom."""
 RUNNERS = ("cpu", "cpu-tiled-2lanes", "cpu-blas-2lanes", "cpu-blas-1lane", "cpu-tiled-1lane", "torch")
 """The runners drawn, in order: the tuned default first."""
 
@@ -138,6 +145,16 @@ def npi_vs_lte_figure(record: dict, title: str):
     return figure
 
 
+def curriculum_forest_figure(sweeps: list[tuple[str, Path]], title: str):
+    """Each sweep's combined - baseline per cell with its interval, teacher-forced accuracy, one figure."""
+    from ltexec.comparison import compare_sweep
+    from ltexec.plot import forest_figure, import_pyplot
+    from ltexec.sweep import load_spec
+
+    groups = [(label, load_spec(path).task, compare_sweep(path, ("teacher_forced_acc",))) for label, path in sweeps]
+    return forest_figure(import_pyplot(), groups, title)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "figures"),
@@ -157,7 +174,10 @@ def main(argv=None) -> int:
     figure = npi_vs_lte_figure(record, "addition trained on 1-10 digits; 100 held-out additions per point; "
                                        "5 seeds each; 2-core AMD EPYC (Zen 4), no GPU")
     figure.savefig(out / "npi-vs-lte.png", dpi=120)
-    for name in ("time-to-accuracy.png", "training-step.png", "npi-vs-lte.png"):
+    figure = curriculum_forest_figure([(label, CURRICULUM / name) for label, name in CURRICULUM_SWEEPS],
+                                      "after 5,000 steps, 10 seeds a cell (1x128 LSTM; 2-core AMD EPYC, Zen 4)")
+    figure.savefig(out / "curriculum-forest.png", dpi=120, bbox_inches="tight")
+    for name in ("time-to-accuracy.png", "training-step.png", "npi-vs-lte.png", "curriculum-forest.png"):
         print(out / name)
     return 0
 

@@ -203,7 +203,7 @@ def test_time_to_accuracy_sets_seed_and_out_itself(capsys):
 def test_the_readmes_figures_are_drawn_from_the_committed_records(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert figures.main(["--out", str(tmp_path)]) == 0
-    names = ("time-to-accuracy.png", "training-step.png", "npi-vs-lte.png")
+    names = ("time-to-accuracy.png", "training-step.png", "npi-vs-lte.png", "curriculum-forest.png")
     for name in names:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert capsys.readouterr().out.splitlines() == [str(tmp_path / name) for name in names]
