@@ -51,11 +51,6 @@ class Interval:
         """Whether the interval lies wholly above or below zero (False where it is not known)."""
         return self.known and (self.low > 0.0 or self.high < 0.0)
 
-    def to_dict(self) -> dict:
-        return {"difference": self.difference, "low": self.low, "high": self.high, "df": self.df,
-                "n_a": self.n_a, "n_b": self.n_b, "confidence": self.confidence,
-                "excludes_zero": self.excludes_zero}
-
 
 def welch_interval(a: dict, b: dict, confidence: float = CONFIDENCE) -> Interval:
     """Welch's interval for mean(b) - mean(a), from each side's ``mean``, sample ``sd`` and ``n``.
