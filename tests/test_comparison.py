@@ -55,9 +55,9 @@ def test_table_rows_say_which_intervals_exclude_zero_and_name_the_code(tmp_path)
     fake_sweep(tmp_path)
     table = comparison.comparison_table(tmp_path)
     lines = table.splitlines()
-    assert lines[2] == ("| combined | 3 digits | teacher-forced | 62.0 ± 2.0 (3) | 70.0 ± 20.0 (3) | "
+    assert lines[2] == ("| combined | 3 digits | teacher-forced | 62.0 ± 2.0 (n=3) | 70.0 ± 20.0 (n=3) | "
                         "+8.0 [−41.0, +57.0] | includes 0 |")
-    assert lines[4] == ("| combined | 4 digits | teacher-forced | 51.0 ± 1.0 (3) | 41.0 ± 1.0 (3) | "
+    assert lines[4] == ("| combined | 4 digits | teacher-forced | 51.0 ± 1.0 (n=3) | 41.0 ± 1.0 (n=3) | "
                         "−10.0 [−12.3, −7.7] | below 0 |")
     assert lines[-1].endswith("12 runs; commit aaaaaaa; backend path cpu step_products=tiled lanes=1; "
                               "command ltexec sweep --task addition.")
@@ -133,7 +133,7 @@ def test_a_sweep_without_baseline_takes_it_from_another_trained_alike(tmp_path, 
     table = comparison.comparison_table(tmp_path / "mix", baseline_dir=tmp_path / "base")
     assert f"(baseline: {tmp_path / 'base'})" in table and "10 runs" in table      # 4 mix runs + 6 baseline runs
     assert main(["compare", str(tmp_path / "mix"), "--baseline-from", str(tmp_path / "base")]) == 0
-    assert "| mix | 3 digits | teacher-forced | 62.0 ± 2.0 (3) | 35.0 ± 7.1 (2) |" in capsys.readouterr().out
+    assert "| mix | 3 digits | teacher-forced | 62.0 ± 2.0 (n=3) | 35.0 ± 7.1 (n=2) |" in capsys.readouterr().out
 
     with pytest.raises(ValueError, match="has its own baseline"):
         comparison.compare_sweep(tmp_path / "base", baseline_dir=tmp_path / "base")

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ltexec.intervals import CONFIDENCE, Interval, welch_interval
-from ltexec.sweep import Cell, SweepSpec, cell_summaries, load_results
+from ltexec.sweep import Cell, SweepSpec, cell_summaries, format_spread, load_results
 
 METRICS = {"teacher_forced_acc": "teacher-forced", "exact_match_acc": "exact match"}
 """Result fields compared, with their names in tables and figures."""
@@ -120,25 +120,22 @@ def verdict(interval: Interval) -> str:
     return "includes 0"
 
 
-def mean_sd(values: dict) -> str:
-    return f"{100 * values['mean']:.1f} ± {100 * values['sd']:.1f} ({values['n']})"
-
-
 def comparison_table(sweep_dir, metrics=tuple(METRICS), confidence: float = CONFIDENCE, baseline_dir=None) -> str:
-    """Markdown: per cell and accuracy, baseline and strategy (mean ± sd (seeds)), the difference and its interval.
+    """Markdown: per cell and accuracy, baseline and strategy (mean ± sd (n=seeds)), the difference and its interval.
 
     Ends with the :func:`provenance` of the results (``baseline_dir``'s baseline runs included).
     """
     spec, summaries, results = load_compared(sweep_dir, baseline_dir)
     differences = compare_summaries(summaries, metrics, confidence)
     percent = f"{100 * confidence:g}%"
-    head = ["strategy", "target", "accuracy", "baseline, % (seeds)", "strategy, % (seeds)",
+    head = ["strategy", "target", "accuracy", "baseline, %", "strategy, %",
             f"difference, points [{percent} interval]", "interval"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in differences:
         rows.append("| " + " | ".join([d.cell.strategy, target_name(spec.task, d.cell), METRICS[d.metric],
-                                       mean_sd(d.baseline), mean_sd(d.strategy), format_interval(d.interval),
-                                       verdict(d.interval)]) + " |")
+                                       format_spread(d.baseline, True, scale=100),
+                                       format_spread(d.strategy, True, scale=100),
+                                       format_interval(d.interval), verdict(d.interval)]) + " |")
     if not differences:
         rows.append("| " + " | ".join(["(no cell with both a strategy and baseline finished)"] + [""] * 6) + " |")
     note = (f"Mean ± sample sd over seeds; interval: Welch's t, {percent}, of the strategy's mean minus "
