@@ -4,6 +4,7 @@ summaries, sweeps written before seeds existed, the Ray executor."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -152,9 +153,30 @@ def test_restart_with_another_grid_is_refused(tmp_path):
     sweep.open_sweep_dir(tmp_path, tiny_spec())                     # the same grid continues
     with pytest.raises(ValueError, match=r"different grid \(lengths: \[1, 2\] there, \[1, 3\] now\)"):
         sweep.open_sweep_dir(tmp_path, tiny_spec(lengths=[1, 3]))
-    with pytest.raises(ValueError, match=r"different grid \(seeds: 1 there, 2 now\)"):
+    with pytest.raises(ValueError, match=r"different grid \(seeds: 1 there, 2 now\) \(seeds can be raised, not "
+                                         r"lowered, and not from 1, whose runs are named without a seed\)"):
         sweep.open_sweep_dir(tmp_path, tiny_spec(seeds=2))
     assert sweep.load_spec(tmp_path) == tiny_spec()
+
+
+def test_a_restart_with_more_seeds_adds_them_and_keeps_the_finished_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "local_executor", inline_executor())
+    argv = ["sweep", "--out", str(tmp_path), "--task", "addition", "--strategies", "baseline", "--lengths", "1",
+            "--steps-per-cell", "6", "--beyond", "1", *TINY_FLAGS]
+    assert main([*argv, "--seeds", "2"]) == 0
+    kept = (tmp_path / sweep.RESULTS_NAME).read_text()
+    with pytest.raises(ValueError, match=r"seeds: 2 there, 1 now\) \(seeds can be raised, not lowered"):
+        sweep.open_sweep_dir(tmp_path, dataclasses.replace(sweep.load_spec(tmp_path), seeds=1))
+    with pytest.raises(ValueError, match=r"lengths: \[1\] there, \[2\] now; seeds: 2 there, 3 now"):
+        sweep.open_sweep_dir(tmp_path, dataclasses.replace(sweep.load_spec(tmp_path), lengths=(2,), seeds=3))
+    capsys.readouterr()
+    assert main([*argv, "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds raised from 2 to 3: seeds 2-2 added" in out and "2 already done" in out
+    assert sweep.load_spec(tmp_path).seeds == 3
+    records = [json.loads(line) for line in (tmp_path / sweep.RESULTS_NAME).open()]
+    assert [r["seed"] for r in records] == [0, 1, 2]
+    assert (tmp_path / sweep.RESULTS_NAME).read_text().startswith(kept)     # the first two runs untouched
 
 
 # ------------------------------------------------------------------------- running

@@ -6,7 +6,8 @@ cell of a grid, one per seed: strategies x target length x nesting for
 input transform x length for ``copy`` (Figure 7). Its directory holds
 
 - ``sweep.json``: the grid, seeds and training options, written at the start;
-  a restart with a different grid is refused, so results never mix two grids;
+  a restart with a different grid is refused, so results never mix two grids
+  (more seeds are the exception: they add runs to every cell);
 - ``cells/NAME/``: each run's own ``metrics.jsonl``, ``checkpoint.npz``,
   ``train.log`` (the trainer's output) and, once it is done, ``result.json``
   (written atomically: its presence is what marks the run finished; it names
@@ -277,21 +278,33 @@ def load_spec(sweep_dir) -> SweepSpec:
         raise ValueError(f"{path} is not a readable sweep spec ({error})") from None
 
 
-def open_sweep_dir(sweep_dir, spec: SweepSpec) -> None:
-    """Write the spec of a new sweep, or check that a restart asks for the grid the directory holds."""
+def open_sweep_dir(sweep_dir, spec: SweepSpec) -> str | None:
+    """Write the spec of a new sweep, or check that a restart asks for the grid the directory holds.
+
+    A restart may raise the seeds of a sweep that has several (its finished
+    runs keep their names): ``sweep.json`` is rewritten and a line saying so
+    returned. Any other difference is refused.
+    """
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / SPEC_NAME
     wanted = spec.validate().to_dict()
-    if path.exists():
-        held = load_spec(sweep_dir).to_dict()
-        differences = [f"{key}: {held.get(key)!r} there, {wanted.get(key)!r} now"
-                       for key in wanted if held.get(key) != wanted.get(key)]
-        if differences:
-            raise ValueError(f"{sweep_dir} holds a sweep with a different grid ({'; '.join(differences)}); "
-                             f"rerun with the same arguments to continue it, or choose another --out")
-        return
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, wanted)
+    if not path.exists():
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, wanted)
+        return None
+    held = load_spec(sweep_dir).to_dict()
+    differences = [f"{key}: {held.get(key)!r} there, {wanted.get(key)!r} now"
+                   for key in wanted if held.get(key) != wanted.get(key)]
+    if not differences:
+        return None
+    before, after = held["seeds"], wanted["seeds"]
+    if differences == [f"seeds: {before!r} there, {after!r} now"] and 1 < before < after:
+        write_json(path, wanted)
+        return f"seeds raised from {before} to {after}: seeds {before}-{after - 1} added"
+    extend = " (seeds can be raised, not lowered, and not from 1, whose runs are named without a seed)" \
+        if any(d.startswith("seeds:") for d in differences) else ""
+    raise ValueError(f"{sweep_dir} holds a sweep with a different grid ({'; '.join(differences)}){extend}; "
+                     f"rerun with the same arguments to continue it, or choose another --out")
 
 
 def load_results(sweep_dir) -> tuple[SweepSpec, dict[Run, dict]]:
@@ -520,7 +533,9 @@ def run_sweep(spec: SweepSpec, sweep_dir, workers: int = 1, threads: int | None 
     spec.validate()
     if spec.backend_options:        # the backend checks their values (and lanes against threads) before any run
         get_backend(spec.train["backend"], threads=threads, **spec.backend_options)
-    open_sweep_dir(sweep_dir, spec)
+    extended = open_sweep_dir(sweep_dir, spec)
+    if extended:
+        log(f"sweep {sweep_dir}: {extended}")
     runs = spec.runs()
     _, finished = load_results(sweep_dir)
     pending = [run for run in runs if run not in finished]
