@@ -293,16 +293,16 @@ def open_sweep_dir(sweep_dir, spec: SweepSpec) -> str | None:
         write_json(path, wanted)
         return None
     held = load_spec(sweep_dir).to_dict()
-    differences = [f"{key}: {held.get(key)!r} there, {wanted.get(key)!r} now"
-                   for key in wanted if held.get(key) != wanted.get(key)]
-    if not differences:
+    changed = [key for key in wanted if held.get(key) != wanted.get(key)]
+    if not changed:
         return None
     before, after = held["seeds"], wanted["seeds"]
-    if differences == [f"seeds: {before!r} there, {after!r} now"] and 1 < before < after:
+    if changed == ["seeds"] and 1 < before < after:
         write_json(path, wanted)
         return f"seeds raised from {before} to {after}: seeds {before}-{after - 1} added"
+    differences = [f"{key}: {held.get(key)!r} there, {wanted.get(key)!r} now" for key in changed]
     extend = " (seeds can be raised, not lowered, and not from 1, whose runs are named without a seed)" \
-        if any(d.startswith("seeds:") for d in differences) else ""
+        if "seeds" in changed else ""
     raise ValueError(f"{sweep_dir} holds a sweep with a different grid ({'; '.join(differences)}){extend}; "
                      f"rerun with the same arguments to continue it, or choose another --out")
 
